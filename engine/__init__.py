@@ -1,0 +1,1 @@
+"""A running world: ``World`` (networks loaded once) and ``Session`` (one streaming rollout)."""
