@@ -1,0 +1,325 @@
+"""Session records: write every input of a session to a file, read it back, re-render it.
+
+A record is a JSON-lines file. The first line is the header (everything needed to start the same
+session again); each later line is one event, in the order it happened::
+
+    {"type": "header", "format": "sana-wm-record", "version": 1, "seed": 0, "model": {...},
+     "versions": {...}, "prompt": "...", "image": {"encoding": "base64", "data": "..."},
+     "intrinsics": [fx, fy, cx, cy] | null, "fov_deg": null, "height": H, "width": W, ...}
+    {"type": "step", "chunk": 0, "actions": "w-24"}               # session.step("w-24")
+    {"type": "step", "chunk": 1, "poses": <array>}                # session.step(poses=(N,4,4))
+    {"type": "step", "chunk": 2, "keys": [["w"], ["w", "shift"], ...]}   # session.step(keys=...)
+    {"type": "snapshot", "name": "s0", "chunk": 3}                # snap = session.snapshot()
+    {"type": "restore", "name": "s0", "chunk": 5}                 # session.restore(snap)
+    {"type": "reset", "chunk": 6}                                 # a fresh session, same header
+
+Arrays are stored exactly: ``{"dtype": "float64", "shape": [N,4,4], "data": base64 of the raw
+little-endian bytes}``. ``chunk`` is the index of the chunk the step produced (``chunk.index``) or, for
+snapshot / restore / reset, the index of the next chunk at the time of the event. Each line is flushed as
+it is written, so a record survives a crash up to its last complete line. A step may carry
+``"digest"``: the SHA-256 of its frames' raw bytes, which ``replay`` can check.
+
+Replaying the same record on the same device and precision reproduces the frames bitwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "sana-wm-record"
+VERSION = 1
+_EVENT_TYPES = ("step", "snapshot", "restore", "reset")
+_STEP_INPUTS = ("actions", "poses", "keys")
+
+
+def frames_digest(frames: np.ndarray) -> str:
+    """SHA-256 hex digest of uint8 frames (N,H,W,3): their shape and raw bytes."""
+    frames = np.ascontiguousarray(frames)
+    h = hashlib.sha256(repr((frames.dtype.str, frames.shape)).encode())
+    h.update(frames.tobytes())
+    return h.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that decides the numbers: sana-wm, torch, numpy, python."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        ours = version("sana-wm")
+    except Exception:  # not installed: running from a checkout
+        ours = "checkout"
+    return {"sana_wm": ours, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """An array as JSON, exactly: dtype, shape and base64 of its little-endian bytes."""
+    a = np.asarray(a)
+    a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+def decode_array(obj: dict[str, Any], what: str = "array") -> np.ndarray:
+    """Inverse of ``encode_array``; ``what`` names the field in error messages."""
+    try:
+        dt = np.dtype(obj["dtype"]).newbyteorder("<")
+        raw = base64.b64decode(obj["data"], validate=True)
+        return np.frombuffer(raw, dtype=dt).reshape(obj["shape"]).astype(dt.newbyteorder("="))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{what}: expected {{dtype, shape, data(base64)}}, got an unreadable value ({e})") from None
+
+
+def image_bytes(image: Any) -> bytes:
+    """The first image as file bytes: PNG for arrays (H,W,3) uint8 and PIL images; bytes and paths as they are."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: expected a (H,W,3) uint8 array, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image: expected a PIL image, (H,W,3) uint8 array, bytes or path, got {type(image).__name__}")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Recorder:
+    """Writes a session record (JSON lines, flushed per line).
+
+    Args:
+        path: the record file to create (parent folders are created).
+        image: the first image given to ``world.start`` (PIL, (H,W,3) uint8, bytes or a path).
+        prompt, seed, intrinsics, fov_deg: the other ``world.start`` arguments.
+        model: how to rebuild the world, e.g. ``{"kind": "demo", "height": 64, "width": 64, "seed": 0}``
+            or ``{"kind": "folder", "path": "/models/sana-wm"}``.
+        height, width: frame size of the session.
+        device, dtype: where it ran (``"cpu"``, ``"float32"``); replay is bitwise only on the same.
+        sampler: ``"streaming"`` for a live session.
+        meta: any other JSON-able facts (client name, server address, ...).
+
+    Use ``step`` after each ``session.step``, and ``snapshot`` / ``restore`` / ``reset`` as they happen.
+    """
+
+    def __init__(self, path: str | Path, *, image: Any, prompt: str, seed: int, model: dict[str, Any],
+                 height: int, width: int, intrinsics: Any = None, fov_deg: float | None = None,
+                 device: str = "cpu", dtype: str = "float32", sampler: str = "streaming", fps: int = 16,
+                 meta: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = {
+            "type": "header", "format": FORMAT, "version": VERSION, "created": time.time(),
+            "seed": int(seed), "model": model, "versions": software_versions(),
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "sampler": sampler, "fps": fps,
+            "prompt": prompt, "height": int(height), "width": int(width),
+            "intrinsics": None if intrinsics is None else [float(v) for v in np.asarray(intrinsics).reshape(-1)],
+            "fov_deg": None if fov_deg is None else float(fov_deg),
+            "image": {"encoding": "base64", "data": base64.b64encode(image_bytes(image)).decode()},
+            "meta": meta or {},
+        }
+        self._file = self.path.open("w", encoding="utf-8")
+        self._write(header)
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        if self._file.closed:
+            raise ValueError(f"record {self.path} is closed")
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def step(self, chunk: int, *, actions: str | None = None, poses: np.ndarray | None = None,
+             keys: list | None = None, frames: np.ndarray | None = None) -> None:
+        """Log one ``session.step`` call: exactly one of ``actions`` / ``poses`` / ``keys`` (as passed to
+        ``session.step``), and the index of the chunk it produced. ``frames`` (optional) stores their digest."""
+        given = [n for n, v in (("actions", actions), ("poses", poses), ("keys", keys)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"Recorder.step: give exactly one of actions / poses / keys, got {given or 'none'}")
+        ev: dict[str, Any] = {"type": "step", "chunk": int(chunk)}
+        if actions is not None:
+            ev["actions"] = str(actions)
+        elif poses is not None:
+            ev["poses"] = encode_array(np.asarray(poses))
+        else:
+            ev["keys"] = [sorted(str(k) for k in frame_keys) for frame_keys in keys]
+        if frames is not None:
+            ev["digest"] = frames_digest(frames)
+        self._write(ev)
+
+    def snapshot(self, name: str, chunk: int) -> None:
+        """Log ``session.snapshot()`` stored under ``name``; ``chunk`` = index of the next chunk."""
+        self._write({"type": "snapshot", "name": str(name), "chunk": int(chunk)})
+
+    def restore(self, name: str, chunk: int) -> None:
+        """Log ``session.restore(snapshot named name)``; ``chunk`` = index of the next chunk before restoring."""
+        self._write({"type": "restore", "name": str(name), "chunk": int(chunk)})
+
+    def reset(self, chunk: int) -> None:
+        """Log a reset: the session is started again from the header's image, prompt and seed."""
+        self._write({"type": "reset", "chunk": int(chunk)})
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Record:
+    """A loaded record: ``header`` (dict, see module docstring) and ``events`` (list of dicts)."""
+
+    header: dict[str, Any]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def image(self) -> bytes:
+        """The first image's file bytes."""
+        return base64.b64decode(self.header["image"]["data"])
+
+    def start_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``world.start`` that reproduce the recorded session's start."""
+        kw: dict[str, Any] = {"prompt": self.header["prompt"], "seed": self.header["seed"]}
+        if self.header.get("intrinsics") is not None:
+            kw["intrinsics"] = np.asarray(self.header["intrinsics"], dtype=np.float64)
+        if self.header.get("fov_deg") is not None:
+            kw["fov_deg"] = self.header["fov_deg"]
+        return kw
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "step"]
+
+
+def load_record(path: str | Path) -> Record:
+    """Read a record file; raises FileNotFoundError / ValueError naming the file and line on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"record file not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty file, expected a sana-wm record (JSON lines, header first)")
+    objs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or "type" not in obj:
+            raise ValueError(f"{path}:{n}: expected a JSON object with a 'type' field")
+        objs.append((n, obj))
+    n0, header = objs[0]
+    if header.get("type") != "header" or header.get("format") != FORMAT:
+        raise ValueError(f"{path}:{n0}: expected a '{FORMAT}' header line first")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path}: record version {header.get('version')!r} is not supported (expected {VERSION})")
+    for key in ("seed", "prompt", "image", "model", "height", "width"):
+        if key not in header:
+            raise ValueError(f"{path}:{n0}: header lacks '{key}'")
+    events = []
+    for n, ev in objs[1:]:
+        if ev["type"] not in _EVENT_TYPES:
+            raise ValueError(f"{path}:{n}: unknown event type {ev['type']!r}, expected one of {_EVENT_TYPES}")
+        if ev["type"] == "step":
+            given = [k for k in _STEP_INPUTS if k in ev]
+            if len(given) != 1:
+                raise ValueError(f"{path}:{n}: a step needs exactly one of {_STEP_INPUTS}, got {given}")
+            if "poses" in ev:
+                ev["poses"] = decode_array(ev["poses"], f"{path}:{n}: poses")
+        elif ev["type"] in ("snapshot", "restore") and "name" not in ev:
+            raise ValueError(f"{path}:{n}: a {ev['type']} event needs a 'name'")
+        events.append(ev)
+    return Record(header=header, events=events, path=path)
+
+
+def _step_kwargs(ev: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    if "actions" in ev:
+        return (ev["actions"],), {}
+    if "poses" in ev:
+        return (), {"poses": ev["poses"]}
+    return (), {"keys": [set(k) for k in ev["keys"]]}
+
+
+def replay_chunks(record: Record, world, *, verify: bool = False) -> Iterator[Any]:
+    """Re-run a record's events on ``world`` with the streaming sampler; yields each step's chunk in order.
+
+    With ``verify=True`` a step's frames must match its recorded digest (same device and precision),
+    else ValueError names the chunk.
+    """
+    session = world.start(record.image, **record.start_kwargs())
+    snaps: dict[str, Any] = {}
+    try:
+        for ev in record.events:
+            kind = ev["type"]
+            if kind == "step":
+                args, kwargs = _step_kwargs(ev)
+                chunk = session.step(*args, **kwargs)
+                if verify and "digest" in ev and frames_digest(chunk.frames) != ev["digest"]:
+                    raise ValueError(f"replay of {record.path}: chunk {ev['chunk']} differs from the recorded frames")
+                yield chunk
+            elif kind == "snapshot":
+                snaps[ev["name"]] = session.snapshot()
+            elif kind == "restore":
+                if ev["name"] not in snaps:
+                    raise ValueError(f"{record.path}: restore of snapshot {ev['name']!r} that was never taken")
+                session.restore(snaps[ev["name"]])
+            else:  # reset
+                session.close()
+                snaps.clear()
+                session = world.start(record.image, **record.start_kwargs())
+    finally:
+        session.close()
+
+
+def replay(record: Record | str | Path, world) -> np.ndarray:
+    """Re-render a record with the streaming sampler: all frames in the order they were produced, (N,H,W,3) uint8."""
+    if not isinstance(record, Record):
+        record = load_record(record)
+    chunks = [c.frames for c in replay_chunks(record, world)]
+    if not chunks:
+        return np.zeros((0, record.header["height"], record.header["width"], 3), np.uint8)
+    return np.concatenate(chunks)
+
+
+def timeline_poses(record: Record, world) -> np.ndarray:
+    """The camera path of the record's final timeline (restores cut back to their snapshot), (F,4,4) c2w.
+
+    Used for a bidirectional re-render of a live session: it replays the steps with the streaming
+    sampler to learn the poses of every frame (``chunk.poses``), then keeps the branch that was last played.
+    """
+    marks: dict[str, int] = {}
+    kept: list[np.ndarray] = []
+    chunks = replay_chunks(record, world)
+    for ev in record.events:
+        if ev["type"] == "step":
+            kept.append(np.asarray(next(chunks).poses))
+        elif ev["type"] == "snapshot":
+            marks[ev["name"]] = len(kept)
+        elif ev["type"] == "restore":
+            del kept[marks[ev["name"]]:]
+        else:
+            kept.clear()
+            marks.clear()
+    chunks.close()
+    return np.concatenate(kept) if kept else np.zeros((0, 4, 4))
