@@ -8,7 +8,7 @@ session again); each later line is one event, in the order it happened::
      "intrinsics": [fx, fy, cx, cy] | null, "fov_deg": null, "height": H, "width": W, ...}
     {"type": "step", "chunk": 0, "actions": "w-24"}               # session.step("w-24")
     {"type": "step", "chunk": 1, "poses": <array>}                # session.step(poses=(N,4,4))
-    {"type": "step", "chunk": 2, "keys": [["w"], ["w", "shift"], ...]}   # session.step(keys=...)
+    {"type": "step", "chunk": 2, "keys": [["w"], ["a", "w"], ...]}   # session.step(keys=...)
     {"type": "snapshot", "name": "s0", "chunk": 3}                # snap = session.snapshot()
     {"type": "restore", "name": "s0", "chunk": 5}                 # session.restore(snap)
     {"type": "reset", "chunk": 6}                                 # a fresh session, same header
@@ -17,7 +17,8 @@ Arrays are stored exactly: ``{"dtype": "float64", "shape": [N,4,4], "data": base
 little-endian bytes}``. ``chunk`` is the index of the chunk the step produced (``chunk.index``) or, for
 snapshot / restore / reset, the index of the next chunk at the time of the event. Each line is flushed as
 it is written, so a record survives a crash up to its last complete line. A step may carry
-``"digest"``: the SHA-256 of its frames' raw bytes, which ``replay`` can check.
+``"digest"``: the SHA-256 of its frames' raw bytes, which replay can check, and ``"frame_poses"``: the
+chunk's per-frame poses (``chunk.poses``), which let a record be re-rendered offline with another sampler.
 
 Replaying the same record on the same device and precision reproduces the frames bitwise.
 """
@@ -144,9 +145,11 @@ class Recorder:
         self._file.flush()
 
     def step(self, chunk: int, *, actions: str | None = None, poses: np.ndarray | None = None,
-             keys: list | None = None, frames: np.ndarray | None = None) -> None:
+             keys: list | None = None, frames: np.ndarray | None = None,
+             frame_poses: np.ndarray | None = None) -> None:
         """Log one ``session.step`` call: exactly one of ``actions`` / ``poses`` / ``keys`` (as passed to
-        ``session.step``), and the index of the chunk it produced. ``frames`` (optional) stores their digest."""
+        ``session.step``) and the index of the chunk it produced (``chunk.index``). Optional: ``frames``
+        (``chunk.frames``; stores their digest) and ``frame_poses`` (``chunk.poses``); pass both when you can."""
         given = [n for n, v in (("actions", actions), ("poses", poses), ("keys", keys)) if v is not None]
         if len(given) != 1:
             raise ValueError(f"Recorder.step: give exactly one of actions / poses / keys, got {given or 'none'}")
@@ -159,6 +162,8 @@ class Recorder:
             ev["keys"] = [sorted(str(k) for k in frame_keys) for frame_keys in keys]
         if frames is not None:
             ev["digest"] = frames_digest(frames)
+        if frame_poses is not None:
+            ev["frame_poses"] = encode_array(np.asarray(frame_poses, dtype=np.float64))
         self._write(ev)
 
     def snapshot(self, name: str, chunk: int) -> None:
@@ -238,6 +243,7 @@ def load_record(path: str | Path) -> Record:
         if key not in header:
             raise ValueError(f"{path}:{n0}: header lacks '{key}'")
     events = []
+    taken: set[str] = set()
     for n, ev in objs[1:]:
         if ev["type"] not in _EVENT_TYPES:
             raise ValueError(f"{path}:{n}: unknown event type {ev['type']!r}, expected one of {_EVENT_TYPES}")
@@ -245,10 +251,18 @@ def load_record(path: str | Path) -> Record:
             given = [k for k in _STEP_INPUTS if k in ev]
             if len(given) != 1:
                 raise ValueError(f"{path}:{n}: a step needs exactly one of {_STEP_INPUTS}, got {given}")
-            if "poses" in ev:
-                ev["poses"] = decode_array(ev["poses"], f"{path}:{n}: poses")
-        elif ev["type"] in ("snapshot", "restore") and "name" not in ev:
-            raise ValueError(f"{path}:{n}: a {ev['type']} event needs a 'name'")
+            for key in ("poses", "frame_poses"):
+                if key in ev:
+                    ev[key] = decode_array(ev[key], f"{path}:{n}: {key}")
+        elif ev["type"] in ("snapshot", "restore"):
+            if "name" not in ev:
+                raise ValueError(f"{path}:{n}: a {ev['type']} event needs a 'name'")
+            if ev["type"] == "snapshot":
+                taken.add(ev["name"])
+            elif ev["name"] not in taken:
+                raise ValueError(f"{path}:{n}: restore of snapshot {ev['name']!r}, which was not taken before")
+        else:
+            taken.clear()
         events.append(ev)
     return Record(header=header, events=events, path=path)
 
@@ -281,8 +295,6 @@ def replay_chunks(record: Record, world, *, verify: bool = False) -> Iterator[An
             elif kind == "snapshot":
                 snaps[ev["name"]] = session.snapshot()
             elif kind == "restore":
-                if ev["name"] not in snaps:
-                    raise ValueError(f"{record.path}: restore of snapshot {ev['name']!r} that was never taken")
                 session.restore(snaps[ev["name"]])
             else:  # reset
                 session.close()
@@ -302,18 +314,22 @@ def replay(record: Record | str | Path, world) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def timeline_poses(record: Record, world) -> np.ndarray:
-    """The camera path of the record's final timeline (restores cut back to their snapshot), (F,4,4) c2w.
+def timeline_poses(record: Record) -> np.ndarray:
+    """The camera path of the record's final timeline, (F,4,4) c2w of every frame after frame 0.
 
-    Used for a bidirectional re-render of a live session: it replays the steps with the streaming
-    sampler to learn the poses of every frame (``chunk.poses``), then keeps the branch that was last played.
+    Restores cut the timeline back to their snapshot and a reset starts it again, so this is the branch that
+    was played last: the path to re-render offline (e.g. with the bidirectional sampler). Each step needs
+    ``frame_poses`` or a ``poses`` input; ValueError names the first step with neither.
     """
     marks: dict[str, int] = {}
     kept: list[np.ndarray] = []
-    chunks = replay_chunks(record, world)
     for ev in record.events:
         if ev["type"] == "step":
-            kept.append(np.asarray(next(chunks).poses))
+            poses = ev.get("frame_poses", ev.get("poses"))
+            if poses is None:
+                raise ValueError(f"{record.path}: step of chunk {ev['chunk']} has no poses (recorded from "
+                                 f"{'actions' if 'actions' in ev else 'keys'} without frame_poses)")
+            kept.append(poses)
         elif ev["type"] == "snapshot":
             marks[ev["name"]] = len(kept)
         elif ev["type"] == "restore":
@@ -321,5 +337,4 @@ def timeline_poses(record: Record, world) -> np.ndarray:
         else:
             kept.clear()
             marks.clear()
-    chunks.close()
     return np.concatenate(kept) if kept else np.zeros((0, 4, 4))
