@@ -1,0 +1,455 @@
+"""The ``sana-wm`` command line: explore | render | image | replay | serve | bench.
+
+    sana-wm explore --demo                                  # pygame window, WASD + arrows / mouse drag
+    sana-wm render --demo --actions "w-24,l-24" --output out.mp4      # + out.json sidecar
+    sana-wm image --demo --prompt "a red lighthouse" --output still.png
+    sana-wm replay session.jsonl --output take.mp4 [--sampler bidirectional]
+    sana-wm serve ...   (server.app)      sana-wm bench ...   (server.bench)
+
+A mistake in the arguments (missing model folder, unknown preset, unreadable path file, missing image)
+prints one line ``sana-wm <command>: error: ...`` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROG = "sana-wm"
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+_DISPATCH = {"serve": ("server.app", "run the websocket server (server.app)"),
+             "bench": ("server.bench", "measure speed and latency (server.bench)")}
+
+
+class UsageError(Exception):
+    """A bad argument or input file: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) raised as UsageError."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _multiple_of_32(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 32, got {value}")
+    return value
+
+
+def _dtype(text: str) -> str:
+    if text.lower() not in _DTYPES:
+        raise argparse.ArgumentTypeError(f"expected float32, bfloat16 or float16 (or fp32/bf16/fp16), got {text!r}")
+    return _DTYPES[text.lower()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required: bool = True) -> None:
+    g = p.add_argument_group("world")
+    src = g.add_mutually_exclusive_group(required=required)
+    src.add_argument("--demo", action="store_true", help="the tiny random demo world (CPU, no weights needed)")
+    src.add_argument("--model", metavar="DIR", type=Path, help="a SANA-WM release folder (World.load)")
+    g.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
+    g.add_argument("--dtype", type=_dtype, metavar="{float32,bfloat16,float16}", help="weights/compute precision (default: bf16 on cuda, fp32 on cpu)")
+    g.add_argument("--width", type=_multiple_of_32, help="frame width, a multiple of 32 (demo default 96; model default 1280)")
+    g.add_argument("--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
+    if image:
+        g.add_argument("--image", type=Path, help="first frame (PNG/JPEG); the demo uses a generated test card if omitted")
+        g.add_argument("--prompt", default="", help="text prompt (default: empty)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Interactive world-model engine for NVIDIA SANA-WM.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("explore", help="explore the world live in a pygame window",
+                       description="Stream the world live into a pygame window (in-process, or from a server with "
+                                   "--connect). Keys: WASD move, arrows / IJKL / mouse drag look, Shift faster, "
+                                   "P pause, R reset, F5 snapshot, F9 restore, F12 screenshot, F8 start/stop mp4, "
+                                   "H hide HUD, Esc quit.")
+    _add_world_args(p, required=False)
+    p.add_argument("--connect", metavar="URL", help="stream from a sana-wm server (ws://host:port) instead of in-process")
+    p.add_argument("--mapping", default="sana-wm-v2", help="camera motion model (default sana-wm-v2, NVlabs streaming)")
+    p.add_argument("--fps", type=float, default=16.0, help="presentation rate (default 16)")
+    p.add_argument("--scale", type=float, default=None, help="window scale factor (default: fit ~1280 px wide)")
+    p.add_argument("--record", metavar="FILE", type=Path, help="record the session (inputs, seed, image...) to FILE")
+    p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save every generated raw frame to FILE (.npz)")
+    p.add_argument("--output-dir", type=Path, default=Path("."), help="where screenshots and mp4 captures go")
+    p.add_argument("--script", metavar="FILE", type=Path, help="scripted input: a file of 't:keydown:KEY' lines")
+    p.add_argument("--events", metavar="LIST", help="scripted input inline: 't:keydown:w,t:keyup:w,t:mouse:dx:dy,...'")
+    p.add_argument("--max-chunks", type=_positive_int, help="quit after this many chunks were generated and shown")
+    p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("render", help="render a camera path to an mp4 with a sidecar JSON",
+                       description="Render a camera path to an H.264 mp4 and a sidecar JSON (same stem, .json) with "
+                                   "per-frame poses, intrinsics, seed, model and timings. The video holds one frame per "
+                                   "pose after the first (the first pose is the given image).")
+    _add_world_args(p)
+    path = p.add_argument_group("camera path (exactly one)").add_mutually_exclusive_group(required=True)
+    path.add_argument("--actions", metavar="STRING", help="action string, e.g. 'w-24,l-24' (see --mapping)")
+    path.add_argument("--path", metavar="FILE", type=Path, help="keyframe path JSON (controllers.paths.load_path)")
+    path.add_argument("--preset", metavar="NAME", help="a named path (controllers.paths presets); length --frames")
+    path.add_argument("--poses", metavar="FILE", type=Path, help="camera poses file (.npy/.npz/.json; see --convention)")
+    p.add_argument("--mapping", default="sana-wm-v1", help="key mapping of --actions (default sana-wm-v1)")
+    p.add_argument("--frames", type=_positive_int, default=48, help="frames after the first for --preset (default 48)")
+    p.add_argument("--convention", choices=("opencv", "opengl", "blender"), default="opencv",
+                   help="axes of --poses (default opencv)")
+    p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
+                   help="streaming (chunked, constant memory) or bidirectional (whole clip) checkpoint")
+    p.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
+    p.add_argument("--preview", action="store_true", help="first write the path's top-down PNG (<stem>.path.png)")
+    p.add_argument("--dry-run", action="store_true", help="write the preview PNG and stop before generating")
+    p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save the raw frames to FILE (.npz)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("image", help="render a still image (one-frame rollout) to PNG",
+                       description="Render a still image from a prompt (a one-latent-frame rollout) to PNG, "
+                                   "at --width x --height.")
+    _add_world_args(p, image=False)
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the PNG to write")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("replay", help="re-render a recorded session to an mp4",
+                       description="Re-render a session record (from 'explore --record' or 'serve --record'). With the "
+                                   "streaming sampler on the recorded device and precision the frames are bitwise "
+                                   "those of the session; --sampler bidirectional re-renders the final timeline's "
+                                   "camera path with the bidirectional model for a higher-quality take.")
+    p.add_argument("record", type=Path, help="the record file (.jsonl)")
+    _add_world_args(p, image=False, required=False)
+    p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
+                   help="streaming: exact replay of every chunk; bidirectional: offline take of the final timeline")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
+    p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save the raw frames to FILE (.npz)")
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) if a chunk differs from the recorded digest")
+    p.set_defaults(func=cmd_replay)
+
+    for name, (module, text) in _DISPATCH.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- world set-up
+
+def model_id(args: argparse.Namespace, variant: str = "streaming") -> dict[str, Any]:
+    """How to rebuild the world: stored in records and sidecars."""
+    if args.demo:
+        return {"kind": "demo", "height": args.height or 64, "width": args.width or 96, "seed": 0, "variant": variant}
+    return {"kind": "folder", "path": str(args.model.resolve())}
+
+
+def load_world(model: dict[str, Any], device: str | None, dtype: str | None):
+    """A World from a model id (``model_id``): the demo world or ``World.load(folder)``."""
+    import torch
+
+    from engine import World
+
+    torch_dtype = None if dtype is None else getattr(torch, _DTYPES[dtype])
+    if model["kind"] == "demo":
+        kw = {"device": device} if device else {}
+        if torch_dtype is not None:
+            kw["dtype"] = torch_dtype
+        return World.demo(height=model["height"], width=model["width"], seed=model["seed"],
+                          variant=model.get("variant", "streaming"), **kw)
+    folder = Path(model["path"])
+    if not folder.is_dir():
+        raise UsageError(f"model folder not found: {folder}")
+    kw = {k: v for k, v in (("height", model.get("height")), ("width", model.get("width"))) if v}
+    return World.load(folder, device=device, dtype=torch_dtype, **kw)
+
+
+def _world_from_args(args: argparse.Namespace, variant: str = "streaming"):
+    model = model_id(args, variant)
+    if model["kind"] == "folder":
+        model.update({k: getattr(args, k) for k in ("height", "width") if getattr(args, k)})
+    return model, load_world(model, args.device, args.dtype)
+
+
+def test_card(height: int, width: int) -> np.ndarray:
+    """A deterministic test card (H,W,3) uint8: colour bars over a grey ramp, with a grid (the demo's first image)."""
+    bars = np.array([[235, 235, 235], [235, 235, 16], [16, 235, 235], [16, 235, 16],
+                     [235, 16, 235], [235, 16, 16], [16, 16, 235], [16, 16, 16]], np.uint8)
+    x = np.arange(width)
+    y = np.arange(height)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = bars[(x * len(bars)) // width][None]
+    ramp_from = (2 * height) // 3
+    img[ramp_from:] = (x * 255 // max(width - 1, 1)).astype(np.uint8)[None, :, None]
+    step = max(min(height, width) // 8, 4)
+    img[y % step == 0] = 128
+    img[:, x % step == 0] = 128
+    return img
+
+
+def first_image(args: argparse.Namespace, height: int, width: int):
+    """The first frame: --image (checked to be a readable image) or, for the demo, the test card."""
+    if args.image is None:
+        if not args.demo:
+            raise UsageError("--image is required with --model (the first frame of the world)")
+        return test_card(height, width)
+    if not args.image.is_file():
+        raise UsageError(f"image not found: {args.image}")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(args.image) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{args.image}: not a readable image ({e})") from None
+
+
+def _world_size(world) -> tuple[int, int]:
+    return world.height, world.width
+
+
+# ----------------------------------------------------------------------------------------------- camera paths
+
+def camera_path(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
+    """The requested camera path, (F,4,4) c2w relative to its first pose, and intrinsics from a poses file
+    ((4,) or None)."""
+    import controllers
+    from controllers import paths
+
+    intrinsics = None
+    if args.actions is not None:
+        c2w = controllers.actions_to_poses(args.actions, mapping=args.mapping)
+    elif args.path is not None:
+        if not args.path.is_file():
+            raise UsageError(f"path file not found: {args.path}")
+        c2w = paths.load_path(args.path)
+    elif args.preset is not None:
+        c2w = paths.preset(args.preset, args.frames + 1)
+    else:
+        if not args.poses.is_file():
+            raise UsageError(f"poses file not found: {args.poses}")
+        c2w, intrinsics = paths.load_poses(args.poses, convention=args.convention)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) < 2:
+        raise UsageError(f"camera path: expected (F,4,4) poses with F >= 2, got {c2w.shape}")
+    c2w = np.linalg.inv(c2w[0]) @ c2w
+    if intrinsics is not None:
+        intrinsics = np.asarray(intrinsics, dtype=np.float64)
+        if intrinsics.ndim == 2:
+            if not np.allclose(intrinsics, intrinsics[0]):
+                raise UsageError(f"{args.poses}: per-frame intrinsics must be constant over the path")
+            intrinsics = intrinsics[0]
+    return c2w, intrinsics
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server.export import VideoWriter, save_frames_npz, write_sidecar
+
+    if args.fps <= 0:
+        raise UsageError(f"--fps must be > 0, got {args.fps}")
+    if args.output.suffix.lower() != ".mp4":
+        raise UsageError(f"--output must be an .mp4 file, got {args.output}")
+    c2w, intrinsics = camera_path(args)
+    if args.preview or args.dry_run:
+        from controllers import preview_png
+
+        png = args.output.with_suffix(".path.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        preview_png(c2w, png)
+        print(f"path preview: {png} ({len(c2w) - 1} frames)", file=sys.stderr)
+        if args.dry_run:
+            return 0
+    model, world = _world_from_args(args, variant=args.sampler)
+    image = first_image(args, *_world_size(world))
+    n = len(c2w) - 1
+    t0 = time.perf_counter()
+    chunk_times: list[float] = []
+    if args.sampler == "streaming":
+        session = world.start(image, prompt=args.prompt, seed=args.seed, intrinsics=intrinsics)
+        fpc = session.frames_per_chunk
+        pad = (-n) % fpc
+        poses_in = np.concatenate([c2w[1:], np.repeat(c2w[-1:], pad, axis=0)])
+        frames_out, poses_out = [], []
+        with VideoWriter(args.output, fps=args.fps) as video, tqdm(total=n, unit="frame", desc="render") as bar:
+            for c in range(len(poses_in) // fpc):
+                chunk = session.step(poses=poses_in[c * fpc:(c + 1) * fpc])
+                keep = min(fpc, n - c * fpc)
+                video.write(chunk.frames[:keep])
+                poses_out.append(chunk.poses[:keep])
+                if args.frames_npz:
+                    frames_out.append(chunk.frames[:keep])
+                chunk_times.append(chunk.timings.get("total", float("nan")))
+                k = chunk.intrinsics
+                bar.update(keep)
+        session.close()
+        poses = np.concatenate(poses_out)
+        frames = np.concatenate(frames_out) if frames_out else None
+    else:
+        frames = world.render_path(image, args.prompt, c2w, seed=args.seed, intrinsics=intrinsics,
+                                   sampler="bidirectional", progress=True)
+        with VideoWriter(args.output, fps=args.fps) as video:
+            video.write(frames)
+        poses, pad = c2w[1:], 0
+        k = world.intrinsics_for(image, intrinsics=intrinsics)
+    total = time.perf_counter() - t0
+    timings = {"total_s": total, "frames": n, "x_real_time": (n / args.fps) / total}
+    if chunk_times:
+        timings.update(chunk_s=chunk_times, mean_chunk_s=float(np.mean(chunk_times)))
+    side = write_sidecar(args.output, poses=poses, intrinsics=k, fps=args.fps, width=world.width,
+                         height=world.height, seed=args.seed, model=model, prompt=args.prompt,
+                         sampler=args.sampler, timings=timings,
+                         extra={"first_frame_index": 1, "padded_frames": pad})
+    if args.frames_npz:
+        save_frames_npz(args.frames_npz, frames, poses=poses)
+    print(f"wrote {args.output} ({n} frames, {world.width}x{world.height} @ {args.fps:g} fps) and {side} "
+          f"in {total:.1f} s ({timings['x_real_time']:.2f}x real time)", file=sys.stderr)
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from server.export import save_png
+
+    if args.output.suffix.lower() != ".png":
+        raise UsageError(f"--output must be a .png file, got {args.output}")
+    _, world = _world_from_args(args)
+    kw = {k: getattr(args, k) for k in ("height", "width") if getattr(args, k)}
+    still = world.render_image(args.prompt, seed=args.seed, **kw)
+    save_png(args.output, still)
+    print(f"wrote {args.output} ({still.shape[1]}x{still.shape[0]})", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server import record as rec_mod
+    from server.export import VideoWriter, save_frames_npz, write_sidecar
+
+    if args.output.suffix.lower() != ".mp4":
+        raise UsageError(f"--output must be an .mp4 file, got {args.output}")
+    if not args.record.is_file():
+        raise UsageError(f"record file not found: {args.record}")
+    record = rec_mod.load_record(args.record)
+    head = record.header
+    if args.demo or args.model:
+        model = model_id(args, args.sampler)
+        if args.demo:
+            model.update(height=args.height or head["height"], width=args.width or head["width"])
+    else:
+        model = dict(head["model"])
+        if model.get("kind") == "demo":
+            model["variant"] = args.sampler
+    device = args.device or (head.get("device") if model.get("kind") == "demo" else None)
+    dtype = args.dtype or head.get("dtype")
+    world = load_world(model, device, dtype)
+    fps = head.get("fps", 16)
+    t0 = time.perf_counter()
+    if args.sampler == "streaming":
+        steps = record.steps()
+        frames_out, poses_out, same = [], [], 0
+        with VideoWriter(args.output, fps=fps) as video, tqdm(total=len(steps), unit="chunk", desc="replay") as bar:
+            for ev, chunk in zip(steps, rec_mod.replay_chunks(record, world)):
+                video.write(chunk.frames)
+                poses_out.append(chunk.poses)
+                if args.frames_npz:
+                    frames_out.append(chunk.frames)
+                if ev.get("digest") == rec_mod.frames_digest(chunk.frames):
+                    same += 1
+                elif args.strict and "digest" in ev:
+                    print(f"sana-wm replay: chunk {ev['chunk']} differs from the record", file=sys.stderr)
+                    return 1
+                k = chunk.intrinsics
+                bar.update(1)
+        digests = sum("digest" in ev for ev in steps)
+        print(f"replay: {same}/{digests} recorded chunks bitwise identical", file=sys.stderr)
+        poses = np.concatenate(poses_out) if poses_out else np.zeros((0, 4, 4))
+        frames = np.concatenate(frames_out) if frames_out else None
+    else:
+        poses = rec_mod.timeline_poses(record)
+        if not len(poses):
+            raise UsageError(f"{args.record}: the record has no steps to render")
+        c2w = np.concatenate([np.eye(4)[None], poses])
+        start = record.start_kwargs()
+        frames = world.render_path(record.image, start.pop("prompt"), c2w, sampler="bidirectional",
+                                   progress=True, **start)
+        with VideoWriter(args.output, fps=fps) as video:
+            video.write(frames)
+        k = world.intrinsics_for(record.image, intrinsics=start.get("intrinsics"), fov_deg=start.get("fov_deg"))
+    total = time.perf_counter() - t0
+    write_sidecar(args.output, poses=poses, intrinsics=k, fps=fps, width=world.width, height=world.height,
+                  seed=head["seed"], model=model, prompt=head["prompt"], sampler=args.sampler,
+                  timings={"total_s": total}, extra={"record": str(args.record)})
+    if args.frames_npz and frames is not None:
+        save_frames_npz(args.frames_npz, frames, poses=poses)
+    print(f"wrote {args.output} ({len(poses)} frames) in {total:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from server import viewer
+
+    return viewer.explore(args)
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+def _dispatch(name: str, argv: list[str]) -> int:
+    module_name = _DISPATCH[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        print(f"{PROG} {name}: error: {module_name} is not available in this installation", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``sana-wm`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DISPATCH:
+        return _dispatch(argv[0], argv[1:])
+    parser = build_parser()
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        _one_line_error(command, str(e))
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        _one_line_error(command, str(e))
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+
+
+def _one_line_error(command: str | None, message: str) -> None:
+    where = f"{PROG} {command}" if command else PROG
+    print(f"{where}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

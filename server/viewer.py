@@ -1,0 +1,438 @@
+"""``sana-wm explore``: a pygame window onto a live world, in-process or from a server.
+
+The world produces chunks of 24 frames (in parts of 8 as they are decoded) on a worker thread (or a server); a
+``FramePacer`` shows them evenly at 16 fps and asks for the next chunk just in time, so held keys reach the
+screen after about one buffer plus one chunk time, never after a growing queue.
+
+Keys (physical; mapped to the camera mapping's letters):
+    W/S forward/back, A/D strafe, arrows or I/K/J/L look (pitch/yaw), mouse drag look, Shift faster,
+    P pause, R reset, F5 snapshot, F9 restore the last snapshot, F12 screenshot (PNG),
+    F8 start/stop an mp4 capture, H hide/show the HUD, Esc quit.
+
+Scripted input (tests, demos): events ``t:keydown:KEY``, ``t:keyup:KEY``, ``t:mouse:DX:DY`` (a drag) and
+``t:quit`` with ``t`` in seconds since the first chunk was requested and ``KEY`` a pygame key name
+(``w``, ``left shift``, ``f5``, ``escape``...). They are posted into pygame's event queue, so they take the
+same path as real input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.export import VideoWriter, save_frames_npz, save_png
+from server.pacing import FramePacer
+
+CONTROL_KEYS = {  # pygame key name -> canonical control (controllers.actions.CONTROLS)
+    "w": "forward", "s": "back", "a": "strafe_left", "d": "strafe_right",
+    "left": "yaw_left", "right": "yaw_right", "up": "pitch_up", "down": "pitch_down",
+    "j": "yaw_left", "l": "yaw_right", "i": "pitch_up", "k": "pitch_down",
+}
+SHIFT_KEYS = ("left shift", "right shift")
+
+
+@dataclass
+class ScriptEvent:
+    """One scripted input: at ``t`` seconds, ``kind`` in keydown | keyup | mouse | quit."""
+
+    t: float
+    kind: str
+    key: str = ""
+    dx: float = 0.0
+    dy: float = 0.0
+
+
+def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
+    """Parse ``"0:keydown:w,1.5:keyup:w,2:mouse:40:0,4:quit"`` (commas or newlines; ``#`` starts a comment)."""
+    import pygame
+
+    events = []
+    items = [s.split("#", 1)[0].strip() for line in spec.splitlines() for s in line.split(",")]
+    for item in filter(None, items):
+        parts = [p.strip() for p in item.split(":")]
+        try:
+            t = float(parts[0])
+        except ValueError:
+            raise ValueError(f"{source}: event {item!r} does not start with a time in seconds") from None
+        kind = parts[1].lower() if len(parts) > 1 else ""
+        if kind in ("keydown", "keyup") and len(parts) == 3:
+            try:
+                pygame.key.key_code(parts[2])
+            except ValueError:
+                raise ValueError(f"{source}: event {item!r} names an unknown key {parts[2]!r}") from None
+            events.append(ScriptEvent(t, kind, key=parts[2].lower()))
+        elif kind == "mouse" and len(parts) == 4:
+            try:
+                events.append(ScriptEvent(t, kind, dx=float(parts[2]), dy=float(parts[3])))
+            except ValueError:
+                raise ValueError(f"{source}: event {item!r}: mouse needs numbers 't:mouse:DX:DY'") from None
+        elif kind == "quit" and len(parts) == 2:
+            events.append(ScriptEvent(t, kind))
+        else:
+            raise ValueError(f"{source}: event {item!r} is not 't:keydown:KEY', 't:keyup:KEY', "
+                             f"'t:mouse:DX:DY' or 't:quit'")
+    return sorted(events, key=lambda e: e.t)
+
+
+def load_script(path: str | Path) -> list[ScriptEvent]:
+    """A script file: the ``parse_events`` syntax, one or more events per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"script file not found: {path}")
+    return parse_events(path.read_text(), source=str(path))
+
+
+class LocalSource:
+    """A ``Session`` driven on a worker thread; commands in, frame parts out (both through queues).
+
+    Commands: ``("step", poses (24,4,4), meta)``, ``("snapshot", name)``, ``("restore", name)``, ``("reset",)``.
+    Outputs (``poll``): ``("part", chunk_part, meta, is_first_part)`` per latent frame, ``("done", seconds, meta)``
+    per chunk,
+    ``("error", exception)``. ``meta["epoch"]`` lets the viewer drop frames of a branch it left.
+    Every finished chunk is logged to ``recorder`` (if any) and its frames kept for ``frames`` (if ``keep``).
+    """
+
+    def __init__(self, world, image, *, prompt: str, seed: int, intrinsics=None, recorder=None, keep: bool = False):
+        self.world = world
+        self._start = dict(image=image, prompt=prompt, seed=seed, intrinsics=intrinsics)
+        self.session = world.start(**self._start)
+        self.frames_per_chunk = self.session.frames_per_chunk
+        self.recorder = recorder
+        self.frames: list[np.ndarray] = [] if keep else None
+        self._cmds: queue.Queue = queue.Queue()
+        self._out: queue.Queue = queue.Queue()
+        self._snaps: dict[str, Any] = {}
+        self._busy = 0
+        self._next_chunk = 0
+        self._thread = threading.Thread(target=self._run, name="sana-wm-world", daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> bool:
+        """A step was submitted and its chunk is not finished."""
+        return self._busy > 0
+
+    def submit(self, *cmd) -> None:
+        if cmd[0] == "step":
+            self._busy += 1
+        self._cmds.put(cmd)
+
+    def poll(self) -> list[tuple]:
+        out = []
+        while True:
+            try:
+                item = self._out.get_nowait()
+            except queue.Empty:
+                return out
+            if item[0] in ("done", "error"):
+                self._busy -= item[0] == "done"
+            out.append(item)
+
+    def gpu_memory(self) -> str | None:
+        import torch
+
+        dev = getattr(self.world, "device", None)
+        if dev is None or torch.device(dev).type != "cuda":
+            return None
+        return f"{torch.cuda.memory_allocated(dev) / 2**30:.1f}/{torch.cuda.memory_reserved(dev) / 2**30:.1f} GiB"
+
+    def close(self) -> None:
+        self._cmds.put(None)
+        self._thread.join()
+        self.session.close()
+
+    def _run(self) -> None:
+        while (cmd := self._cmds.get()) is not None:
+            try:
+                self._do(cmd)
+            except Exception as e:  # handed to the viewer thread, which re-raises it
+                self._out.put(("error", e))
+                return
+
+    def _do(self, cmd: tuple) -> None:
+        kind = cmd[0]
+        if kind == "step":
+            poses, meta = cmd[1], cmd[2]
+            t0 = time.perf_counter()
+            parts = []
+            for part in self.session.stream(poses=poses):
+                self._out.put(("part", part, meta, not parts))
+                parts.append(part)
+            seconds = time.perf_counter() - t0
+            frames = np.concatenate([p.frames for p in parts])
+            index = parts[0].index
+            self._next_chunk = index + 1
+            if self.recorder is not None:
+                self.recorder.step(index, poses=poses, frames=frames,
+                                   frame_poses=np.concatenate([p.poses for p in parts]))
+            if self.frames is not None:
+                self.frames.append(frames)
+            self._out.put(("done", seconds, dict(meta, chunk=index)))
+        elif kind == "snapshot":
+            self._snaps[cmd[1]] = self.session.snapshot()
+            if self.recorder is not None:
+                self.recorder.snapshot(cmd[1], self._next_chunk)
+        elif kind == "restore":
+            if self.recorder is not None:
+                self.recorder.restore(cmd[1], self._next_chunk)
+            self.session.restore(self._snaps[cmd[1]])
+            self._next_chunk = self._snaps[cmd[1]].chunk_index
+        else:  # reset
+            if self.recorder is not None:
+                self.recorder.reset(self._next_chunk)
+            self.session.close()
+            self._snaps.clear()
+            self.session = self.world.start(**self._start)
+            self._next_chunk = 0
+
+
+class Explorer:
+    """The window and its loop: input -> controller -> source -> pacer -> screen (+ HUD, captures, records)."""
+
+    def __init__(self, source, *, mapping: str = "sana-wm-v2", fps: float = 16.0, scale: float | None = None,
+                 output_dir: Path = Path("."), script: list[ScriptEvent] | None = None,
+                 max_chunks: int | None = None, height: int, width: int):
+        import pygame
+
+        import controllers
+        from controllers.actions import get_mapping
+
+        self.pg = pygame
+        self.source = source
+        self.fps = fps
+        letters = {control: letter for letter, control in get_mapping(mapping).keys.items()}
+        self.key_letters = {name: letters[c] for name, c in CONTROL_KEYS.items()}
+        self.controller = controllers.LiveController(mapping=mapping, fps=fps)
+        self.pacer = FramePacer(fps=fps)
+        self.output_dir = Path(output_dir)
+        self.script = list(script or [])
+        self.max_chunks = max_chunks
+        self.height, self.width = height, width
+        self.scale = scale if scale else max(1.0, min(1280 / width, 720 / height))
+        self.size = (round(width * self.scale), round(height * self.scale))
+        self.requested = self.finished = 0
+        self.epoch = 0
+        self.snaps: list[tuple[str, dict]] = []
+        self.pending_input_t: float | None = None
+        self.last_latency: float | None = None
+        self.last_chunk_s: float | None = None
+        self.capture: VideoWriter | None = None
+        self.show_hud = True
+        self.frame: np.ndarray | None = None
+        self.shown_in_chunk = 0
+        self.dragging = False
+        self.running = True
+        self.t0 = 0.0
+
+    # ---------------------------------------------------------------------------------------------- input
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _input(self, t: float) -> None:
+        if self.pending_input_t is None:
+            self.pending_input_t = t
+
+    def on_key(self, key: int, down: bool, t: float) -> None:
+        pg = self.pg
+        name = pg.key.name(key).lower()
+        if name in self.key_letters or name in SHIFT_KEYS:
+            letter = "shift" if name in SHIFT_KEYS else self.key_letters[name]
+            (self.controller.key_down if down else self.controller.key_up)(letter, t)
+            self._input(t)
+            return
+        if not down:
+            return
+        if key == pg.K_ESCAPE:
+            self.running = False
+        elif key == pg.K_p:
+            self.pacer.set_paused(not self.pacer.paused)
+        elif key == pg.K_r:
+            self.controller.reset()
+            self._new_branch()
+            self.source.submit("reset")
+        elif key == pg.K_F5:
+            name = f"s{len(self.snaps)}"
+            self.snaps.append((name, self.controller.state_dict()))
+            self.source.submit("snapshot", name)
+        elif key == pg.K_F9 and self.snaps:
+            name, state = self.snaps[-1]
+            self.controller.load_state_dict(state)
+            self._new_branch()
+            self.source.submit("restore", name)
+        elif key == pg.K_F12 and self.frame is not None:
+            path = save_png(self.output_dir / f"sana-wm-{time.strftime('%Y%m%d-%H%M%S')}-{self.pacer.shown}.png",
+                            self.frame)
+            print(f"screenshot: {path}", file=sys.stderr)
+        elif key == pg.K_F8:
+            self.toggle_capture()
+        elif key == pg.K_h:
+            self.show_hud = not self.show_hud
+
+    def _new_branch(self) -> None:
+        """After reset / restore: drop buffered frames of the old branch and any still in flight."""
+        self.epoch += 1
+        self.pacer.clear()
+        self.pending_input_t = self.now()
+
+    def toggle_capture(self) -> None:
+        if self.capture is None:
+            self.capture = VideoWriter(self.output_dir / f"sana-wm-{time.strftime('%Y%m%d-%H%M%S')}.mp4", fps=self.fps)
+            print(f"capturing to {self.capture.path}", file=sys.stderr)
+        else:
+            self.capture.close()
+            print(f"saved {self.capture.path} ({self.capture.frame_count} frames)", file=sys.stderr)
+            self.capture = None
+
+    def handle_events(self) -> None:
+        pg = self.pg
+        t = self.now()
+        while self.script and self.script[0].t <= t:
+            ev = self.script.pop(0)
+            if ev.kind == "quit":
+                pg.event.post(pg.event.Event(pg.QUIT))
+            elif ev.kind == "mouse":
+                pg.event.post(pg.event.Event(pg.MOUSEMOTION, pos=(0, 0), rel=(ev.dx, ev.dy), buttons=(1, 0, 0)))
+            else:
+                etype = pg.KEYDOWN if ev.kind == "keydown" else pg.KEYUP
+                pg.event.post(pg.event.Event(etype, key=pg.key.key_code(ev.key), mod=0))
+        for e in pg.event.get():
+            if e.type == pg.QUIT:
+                self.running = False
+            elif e.type in (pg.KEYDOWN, pg.KEYUP):
+                self.on_key(e.key, e.type == pg.KEYDOWN, t)
+            elif e.type == pg.MOUSEMOTION and e.buttons[0]:
+                self.controller.mouse(float(e.rel[0]), float(e.rel[1]), t)
+                self._input(t)
+
+    # ---------------------------------------------------------------------------------------------- world
+    def pump_source(self) -> None:
+        for item in self.source.poll():
+            if item[0] == "error":
+                raise item[1]
+            meta = item[2]
+            if meta["epoch"] != self.epoch:
+                if item[0] == "done":
+                    self.finished += 1
+                continue
+            if item[0] == "part":
+                self.pacer.push(item[1].frames, meta if item[3] else None)
+                self.pacer.chunk_started()
+            else:
+                self.finished += 1
+                self.last_chunk_s = item[1]
+                self.pacer.chunk_done(item[1])
+        more = self.max_chunks is None or self.requested < self.max_chunks
+        if more and self.running and self.pacer.should_request(self.source.in_flight):
+            n = self.source.frames_per_chunk
+            poses = self.controller.poses_for_next(n)
+            meta = {"epoch": self.epoch, "t_input": self.pending_input_t}
+            self.pending_input_t = None
+            self.source.submit("step", poses, meta)
+            self.requested += 1
+            self.pacer.chunk_started()
+
+    # ---------------------------------------------------------------------------------------------- screen
+    def hud_lines(self, now: float) -> list[str]:
+        p = self.pacer
+        chunk = self.last_chunk_s
+        xrt = (self.source.frames_per_chunk / self.fps) / chunk if chunk else None
+        lat = f"{self.last_latency * 1000:.0f} ms" if self.last_latency is not None else "-"
+        lines = [f"{p.displayed_fps(now):4.1f} fps  buffer {len(p):2d}  underruns {p.underruns}",
+                 f"gen {xrt:.2f}x real time  chunk {chunk:.2f} s" if chunk else "gen -  chunk -",
+                 f"key->frame {lat}  GPU {self.source.gpu_memory() or 'n/a'}"]
+        flags = [s for s, on in (("PAUSED", p.paused), ("REC mp4", self.capture is not None)) if on]
+        if flags:
+            lines.append("  ".join(flags))
+        return lines
+
+    def draw(self, screen, font, now: float) -> None:
+        pg = self.pg
+        if self.frame is not None:
+            surf = pg.surfarray.make_surface(self.frame.swapaxes(0, 1))
+            screen.blit(pg.transform.scale(surf, self.size), (0, 0))
+        if self.show_hud:
+            for i, line in enumerate(self.hud_lines(now)):
+                screen.blit(font.render(line, True, (255, 255, 0), (0, 0, 0)), (6, 6 + 18 * i))
+        pg.display.flip()
+
+    def show(self, frame, now: float) -> None:
+        self.frame = frame.pixels
+        t_input = frame.meta.get("t_input")
+        if t_input is not None:
+            self.last_latency = now - t_input
+        if self.capture is not None:
+            self.capture.write(frame.pixels)
+
+    def run(self) -> int:
+        pg = self.pg
+        pg.init()
+        try:
+            screen = pg.display.set_mode(self.size)
+            pg.display.set_caption("sana-wm explore")
+            font = pg.font.Font(None, 20)
+            self.t0 = time.perf_counter()
+            while self.running:
+                self.handle_events()
+                self.pump_source()
+                now = self.now()
+                frame = self.pacer.tick(now)
+                if frame is not None:
+                    self.show(frame, now)
+                    self.draw(screen, font, now)
+                if (self.max_chunks is not None and self.finished >= self.max_chunks
+                        and not self.source.in_flight and not len(self.pacer)):
+                    break
+                time.sleep(self.pacer.next_wait(self.now()))
+            if self.capture is not None:
+                self.toggle_capture()
+        finally:
+            pg.quit()
+        return 0
+
+
+def explore(args: argparse.Namespace) -> int:
+    """``sana-wm explore`` (arguments from ``server.cli``)."""
+    from server import cli
+
+    script = []
+    if args.script is not None:
+        script += load_script(args.script)
+    if args.events:
+        script += parse_events(args.events)
+    script.sort(key=lambda e: e.t)
+    if args.fps <= 0:
+        raise cli.UsageError(f"--fps must be > 0, got {args.fps}")
+    if args.connect:
+        raise cli.UsageError("--connect: the websocket client is not available yet")
+    if not args.demo and args.model is None:
+        raise cli.UsageError("give --demo or --model DIR (or --connect URL)")
+    model, world = cli._world_from_args(args)
+    image = cli.first_image(args, world.height, world.width)
+    recorder = None
+    if args.record is not None:
+        from server.record import Recorder
+
+        recorder = Recorder(args.record, image=image, prompt=args.prompt, seed=args.seed, model=model,
+                            height=world.height, width=world.width, device=str(getattr(world, "device", "cpu")),
+                            dtype=str(getattr(world, "dtype", "float32")), fps=int(args.fps),
+                            meta={"client": "sana-wm explore", "mapping": args.mapping})
+    source = LocalSource(world, image, prompt=args.prompt, seed=args.seed, recorder=recorder,
+                         keep=args.frames_npz is not None)
+    try:
+        status = Explorer(source, mapping=args.mapping, fps=args.fps, scale=args.scale, output_dir=args.output_dir,
+                          script=script, max_chunks=args.max_chunks, height=world.height, width=world.width).run()
+    finally:
+        source.close()
+        if recorder is not None:
+            recorder.close()
+    if args.frames_npz is not None and source.frames:
+        save_frames_npz(args.frames_npz, np.concatenate(source.frames))
+    return status
