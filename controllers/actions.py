@@ -213,10 +213,12 @@ class CameraMotion:
         pitch_step += extra_pitch
 
         new_pitch = self.pitch + pitch_step
+        # a pose placed beyond the limit (reset to an imported pose) may move back but not further out
+        low, high = min(-self.pitch_limit, self.pitch), max(self.pitch_limit, self.pitch)
         if self.mapping.pitch_saturates:
-            new_pitch = min(self.pitch_limit, max(-self.pitch_limit, new_pitch))
+            new_pitch = min(high, max(low, new_pitch))
             pitch_step = new_pitch - self.pitch
-        elif not -self.pitch_limit <= new_pitch <= self.pitch_limit:
+        elif not low <= new_pitch <= high:
             new_pitch, pitch_step = self.pitch, 0.0
         self.pitch = new_pitch
 
