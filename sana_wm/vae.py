@@ -1,0 +1,987 @@
+"""The LTX-2 video VAE (diffusers ``AutoencoderKLLTX2Video``) with a streaming causal decoder.
+
+SANA-WM's latents come from this autoencoder: 128 channels, 32x spatial and 8x temporal compression with a
+causal first frame (``F = 1 + 8k`` pixel frames <-> ``1 + k`` latent frames; 704x1280 -> 22x40).
+
+- :class:`LTX2VAEConfig`: the diffusers config (``preset("ltx2" | "tiny")``, ``from_diffusers_config(dict)``).
+- :class:`LTX2VAE`: encoder + decoder with parameter names identical to diffusers, so diffusers folders
+  (SANA-WM's ``vae/``, the streaming release's ``ltx2_causal_vae/``) load strictly with :func:`load_vae`.
+  ``encode`` returns normalised latents (posterior mode), ``decode`` un-normalises and decodes the whole clip.
+- :class:`LTX2StreamingDecoder` (``vae.streaming_decoder()``): decodes latent frames one at a time (the first
+  gives 1 pixel frame, each later one 8), carrying every causal conv's temporal tail between calls in
+  fixed-size buffers; the result equals a full causal decode of the same latents.
+
+Latent normalisation (per channel): ``z = (z_raw - latents_mean) * scaling_factor / latents_std``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sana_wm.weights import load_into, read_state_dict
+
+__all__ = ["LTX2VAEConfig", "LTX2VAE", "LTX2StreamingDecoder", "load_vae"]
+
+DIFFUSERS_CLASS_NAMES = ("AutoencoderKLLTX2Video", "AutoencoderKLCausalLTX2Video")
+_DOWN_STRIDES = {"conv": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1), "spatiotemporal": (2, 2, 2)}
+_UP_STRIDES = {"spatial": (1, 2, 2), "temporal": (2, 1, 1), "spatiotemporal": (2, 2, 2)}
+# Keys of the NVlabs causal-VAE config that only matter for training.
+_TRAINING_ONLY_KEYS = ("gradient_checkpointing",)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _per_block(value, n: int, name: str) -> tuple:
+    """A bool/int broadcast to ``n`` blocks, or a sequence of exactly ``n`` entries, as a tuple."""
+    if isinstance(value, (bool, int, str)):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"LTX2VAEConfig.{name} needs {n} entries, got {len(value)}: {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class LTX2VAEConfig:
+    """Configuration of :class:`LTX2VAE`; field names and defaults are diffusers' ``AutoencoderKLLTX2Video``.
+
+    Per-block fields given as a single bool are broadcast like diffusers does. ``spatial_compression_ratio`` /
+    ``temporal_compression_ratio`` may be left ``None``: the real ratios follow from the block layout
+    (:attr:`spatial_compression`, :attr:`temporal_compression`) and explicit values must agree with them.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 128
+    block_out_channels: tuple[int, ...] = (256, 512, 1024, 2048)
+    down_block_types: tuple[str, ...] = ("LTX2VideoDownBlock3D",) * 4
+    decoder_block_out_channels: tuple[int, ...] = (256, 512, 1024)
+    layers_per_block: tuple[int, ...] = (4, 6, 6, 2, 2)
+    decoder_layers_per_block: tuple[int, ...] = (5, 5, 5, 5)
+    spatio_temporal_scaling: tuple[bool, ...] = (True, True, True, True)
+    decoder_spatio_temporal_scaling: tuple[bool, ...] = (True, True, True)
+    decoder_inject_noise: tuple[bool, ...] = (False, False, False, False)
+    downsample_type: tuple[str, ...] = ("spatial", "temporal", "spatiotemporal", "spatiotemporal")
+    upsample_type: tuple[str, ...] = ("spatiotemporal", "spatiotemporal", "spatiotemporal")
+    upsample_residual: tuple[bool, ...] = (True, True, True)
+    upsample_factor: tuple[int, ...] = (2, 2, 2)
+    timestep_conditioning: bool = False
+    patch_size: int = 4
+    patch_size_t: int = 1
+    resnet_norm_eps: float = 1e-6
+    scaling_factor: float = 1.0
+    encoder_causal: bool = True
+    decoder_causal: bool = True
+    encoder_spatial_padding_mode: str = "zeros"
+    decoder_spatial_padding_mode: str = "reflect"
+    spatial_compression_ratio: int | None = None
+    temporal_compression_ratio: int | None = None
+
+    def __post_init__(self) -> None:
+        n_enc = len(tuple(self.layers_per_block))
+        n_dec = len(tuple(self.decoder_layers_per_block))
+        n_down, n_up = len(tuple(self.block_out_channels)), len(tuple(self.decoder_block_out_channels))
+        if n_enc != n_down + 1 or n_dec != n_up + 1:
+            raise ValueError(
+                "LTX2VAEConfig: layers_per_block needs one entry per encoder block plus one for the mid block "
+                f"(got {n_enc} for {n_down} blocks) and decoder_layers_per_block likewise (got {n_dec} for {n_up})"
+            )
+        fix = {
+            "block_out_channels": tuple(int(c) for c in self.block_out_channels),
+            "decoder_block_out_channels": tuple(int(c) for c in self.decoder_block_out_channels),
+            "layers_per_block": tuple(int(c) for c in self.layers_per_block),
+            "decoder_layers_per_block": tuple(int(c) for c in self.decoder_layers_per_block),
+            "down_block_types": _per_block(self.down_block_types, n_down, "down_block_types"),
+            "spatio_temporal_scaling": _per_block(self.spatio_temporal_scaling, n_down, "spatio_temporal_scaling"),
+            "decoder_spatio_temporal_scaling": _per_block(
+                self.decoder_spatio_temporal_scaling, n_up, "decoder_spatio_temporal_scaling"
+            ),
+            "decoder_inject_noise": _per_block(self.decoder_inject_noise, n_dec, "decoder_inject_noise"),
+            "downsample_type": _per_block(self.downsample_type, n_down, "downsample_type"),
+            "upsample_type": _per_block(self.upsample_type, n_up, "upsample_type"),
+            "upsample_residual": _per_block(self.upsample_residual, n_up, "upsample_residual"),
+            "upsample_factor": _per_block(self.upsample_factor, n_up, "upsample_factor"),
+        }
+        for name, value in fix.items():
+            object.__setattr__(self, name, value)
+        bad = [t for t in self.down_block_types if t != "LTX2VideoDownBlock3D"]
+        if bad:
+            raise ValueError(f"LTX2VAEConfig.down_block_types: unknown block type(s) {bad}")
+        bad = [t for t in self.downsample_type if t not in _DOWN_STRIDES]
+        if bad:
+            raise ValueError(f"LTX2VAEConfig.downsample_type: {bad} not in {sorted(_DOWN_STRIDES)}")
+        bad = [t for t in self.upsample_type if t not in _UP_STRIDES]
+        if bad:
+            raise ValueError(f"LTX2VAEConfig.upsample_type: {bad} not in {sorted(_UP_STRIDES)}")
+        if self.patch_size_t != 1:
+            raise ValueError(f"LTX2VAEConfig.patch_size_t must be 1 (as in every LTX-2 VAE), got {self.patch_size_t}")
+        for name in ("encoder_spatial_padding_mode", "decoder_spatial_padding_mode"):
+            if getattr(self, name) not in ("zeros", "reflect", "replicate", "circular"):
+                raise ValueError(f"LTX2VAEConfig.{name}: unknown padding mode {getattr(self, name)!r}")
+        enc, dec = self._encoder_factors(), self._decoder_factors()
+        if enc != dec:
+            raise ValueError(
+                f"LTX2VAEConfig: encoder compresses (t, s) by {enc} but the decoder expands by {dec}"
+            )
+        for name, actual in (("temporal_compression_ratio", enc[0]), ("spatial_compression_ratio", enc[1])):
+            given = getattr(self, name)
+            if given is not None and int(given) != actual:
+                raise ValueError(f"LTX2VAEConfig.{name}={given} disagrees with the block layout, which gives {actual}")
+
+    def _encoder_factors(self) -> tuple[int, int]:
+        t, s = self.patch_size_t, self.patch_size
+        for kind, on in zip(self.downsample_type, self.spatio_temporal_scaling):
+            if on:
+                t, s = t * _DOWN_STRIDES[kind][0], s * _DOWN_STRIDES[kind][1]
+        return t, s
+
+    def _decoder_factors(self) -> tuple[int, int]:
+        t, s = self.patch_size_t, self.patch_size
+        for kind, on in zip(self.upsample_type, self.decoder_spatio_temporal_scaling):
+            if on:
+                t, s = t * _UP_STRIDES[kind][0], s * _UP_STRIDES[kind][1]
+        return t, s
+
+    @property
+    def temporal_compression(self) -> int:
+        """Pixel frames per latent frame after the first (8 for LTX-2)."""
+        return self._encoder_factors()[0]
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent cell along H and W (32 for LTX-2)."""
+        return self._encoder_factors()[1]
+
+    @classmethod
+    def preset(cls, name: str) -> LTX2VAEConfig:
+        """``"ltx2"``: diffusers' default (full-size LTX-2 VAE). ``"tiny"``: 16 latent channels, small widths,
+        still 32x spatial / 8x temporal; fast on a CPU (tests and the demo world)."""
+        if name == "ltx2":
+            return cls()
+        if name == "tiny":
+            return cls(
+                latent_channels=16,
+                block_out_channels=(16, 32, 64, 64),
+                layers_per_block=(1, 1, 1, 1, 1),
+                decoder_block_out_channels=(16, 32, 64),
+                decoder_layers_per_block=(1, 1, 1, 1),
+            )
+        raise ValueError(f"unknown LTX-2 VAE preset {name!r}; expected 'ltx2' or 'tiny'")
+
+    @classmethod
+    def from_diffusers_config(cls, config: Mapping) -> LTX2VAEConfig:
+        """Build from a diffusers ``config.json`` dict (``AutoencoderKLLTX2Video`` or NVlabs'
+        ``AutoencoderKLCausalLTX2Video``). Keys starting with ``_`` are metadata; NVlabs'
+        ``decoder_upsample_type`` (listed from the innermost block out) maps to ``upsample_type``; keys this
+        class does not know are reported with a warning and ignored, as diffusers does."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"expected a dict (parsed config.json), got {type(config).__name__}")
+        class_name = config.get("_class_name")
+        if class_name is not None and class_name not in DIFFUSERS_CLASS_NAMES:
+            raise ValueError(f"config is for {class_name!r}, not an LTX-2 video VAE ({' / '.join(DIFFUSERS_CLASS_NAMES)})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs, unknown = {}, []
+        for key, value in config.items():
+            if key.startswith("_") or key in _TRAINING_ONLY_KEYS:
+                continue
+            if key == "decoder_upsample_type":
+                if value is not None:
+                    kwargs["upsample_type"] = tuple(reversed(value))
+                continue
+            if key in fields:
+                if value is not None or key.endswith("compression_ratio"):
+                    kwargs[key] = tuple(value) if isinstance(value, list) else value
+                continue
+            unknown.append(key)
+        if unknown:
+            warnings.warn(f"LTX-2 VAE config: ignoring unknown key(s) {sorted(unknown)}", stacklevel=2)
+        return cls(**kwargs)
+
+    def to_diffusers_config(self) -> dict:
+        """The equivalent diffusers ``AutoencoderKLLTX2Video`` keyword arguments (lists as tuples)."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming state
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _StreamState:
+    """Temporal state of one streaming decoder pass: for every causal conv, the last ``k_t - 1`` frames of its
+    (padded) input, keyed by the conv's module name; ``started`` is False until the first latent frame passed.
+    The tails are allocated on the first call and updated in place afterwards (fixed size)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.tails: dict[str, torch.Tensor] = {}
+
+    def pad(self, key: str, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Left-pad ``x`` (B,C,T,H,W) with ``n`` frames of history (or copies of its first frame at the start)
+        and remember the last ``n`` padded frames for the next call."""
+        if self.started:
+            tail = self.tails[key]
+            padded = torch.cat([tail, x], dim=2)
+        else:
+            padded = torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+            tail = self.tails.get(key)
+            want = padded[:, :, -n:]
+            if tail is None or tail.shape != want.shape or tail.dtype != want.dtype or tail.device != want.device:
+                tail = self.tails[key] = torch.empty_like(want)
+        tail.copy_(padded[:, :, -n:])
+        return padded
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks (diffusers layout and parameter names)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rms_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-location RMS norm over channels (dim 1), no weights (diffusers ``PerChannelRMSNorm``)."""
+    return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + eps)
+
+
+class LTX2VideoCausalConv3d(nn.Module):
+    """3-D conv whose temporal padding is causal (``k_t - 1`` copies of the first frame, or the carried tail
+    when streaming) or symmetric (``causal=False``); spatial padding by ``nn.Conv3d``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int | tuple[int, int, int] = 1,
+        spatial_padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        k = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        self.time_pad = k[0] - 1
+        self.stream_key = ""
+        self.conv = nn.Conv3d(
+            in_channels, out_channels, k, stride=stride, padding=(0, k[1] // 2, k[2] // 2),
+            padding_mode=spatial_padding_mode,
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None) -> torch.Tensor:
+        n = self.time_pad
+        if n and state is not None:
+            x = state.pad(self.stream_key, x, n)
+        elif n and causal:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+        elif n:
+            h = n // 2
+            x = torch.cat([x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)], dim=2)
+        return self.conv(x)
+
+
+class _TimestepMLP(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(256, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+
+class LTX2TimestepEmbedder(nn.Module):
+    """Sinusoidal(256, cos first) -> Linear -> SiLU -> Linear; the layout of diffusers
+    ``PixArtAlphaCombinedTimestepSizeEmbeddings(dim, 0)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.timestep_embedder = _TimestepMLP(dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t (N,) -> (N, dim)."""
+        half = 128
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        angles = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(dtype)
+        mlp = self.timestep_embedder
+        return mlp.linear_2(F.silu(mlp.linear_1(emb)))
+
+
+class LTX2VideoResnetBlock3d(nn.Module):
+    """RMS norm -> (timestep scale/shift) -> SiLU -> causal conv, twice (optional spatial noise after each conv),
+    plus a LayerNorm + 1x1x1 conv shortcut when the channel count changes."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        eps: float = 1e-6,
+        inject_noise: bool = False,
+        timestep_conditioning: bool = False,
+        spatial_padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.conv1 = LTX2VideoCausalConv3d(in_channels, out_channels, 3, spatial_padding_mode=spatial_padding_mode)
+        self.conv2 = LTX2VideoCausalConv3d(out_channels, out_channels, 3, spatial_padding_mode=spatial_padding_mode)
+        self.norm3 = self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.norm3 = nn.LayerNorm(in_channels, eps=eps, elementwise_affine=True, bias=True)
+            self.conv_shortcut = nn.Conv3d(in_channels, out_channels, kernel_size=1, stride=1)
+        self.per_channel_scale1 = self.per_channel_scale2 = None
+        if inject_noise:
+            self.per_channel_scale1 = nn.Parameter(torch.zeros(in_channels, 1, 1))
+            self.per_channel_scale2 = nn.Parameter(torch.zeros(in_channels, 1, 1))
+        self.scale_shift_table = None
+        if timestep_conditioning:
+            self.scale_shift_table = nn.Parameter(torch.randn(4, in_channels) / in_channels**0.5)
+
+    @staticmethod
+    def _noise(h: torch.Tensor, scale: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        noise = torch.randn(h.shape[-2:], generator=generator, device=h.device, dtype=h.dtype)
+        return h + (noise[None] * scale)[None, :, None]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        causal: bool = True,
+        state: _StreamState | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        h = _rms_norm(x)
+        if self.scale_shift_table is not None:
+            mod = temb.unflatten(1, (4, -1)) + self.scale_shift_table[None, ..., None, None, None]
+            shift1, scale1, shift2, scale2 = mod.unbind(dim=1)
+            h = h * (1 + scale1) + shift1
+        h = self.conv1(F.silu(h), causal, state)
+        if self.per_channel_scale1 is not None:
+            h = self._noise(h, self.per_channel_scale1, generator)
+        h = _rms_norm(h)
+        if self.scale_shift_table is not None:
+            h = h * (1 + scale2) + shift2
+        h = self.conv2(F.silu(h), causal, state)
+        if self.per_channel_scale2 is not None:
+            h = self._noise(h, self.per_channel_scale2, generator)
+        if self.norm3 is not None:
+            x = self.norm3(x.movedim(1, -1)).movedim(-1, 1)
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return h + x
+
+
+def _space_to_depth(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
+    """(B,C,T,H,W) -> (B, C*st*sh*sw, T/st, H/sh, W/sw), channel order (c, st, sh, sw)."""
+    st, sh, sw = stride
+    x = x.unflatten(4, (-1, sw)).unflatten(3, (-1, sh)).unflatten(2, (-1, st))
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(1, 4)
+
+
+def _depth_to_space(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C*st*sh*sw, T, H, W) -> (B, C, T*st, H*sh, W*sw), channel order (c, st, sh, sw)."""
+    st, sh, sw = stride
+    b, _, t, h, w = x.shape
+    x = x.reshape(b, -1, st, sh, sw, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class LTX2VideoDownsampler3d(nn.Module):
+    """Space/time-to-depth downsampler: causal conv then pixel-unshuffle, plus the unshuffled input averaged
+    over channel groups; ``stride_t - 1`` copies of the first frame are prepended (causal first frame)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int, int], spatial_padding_mode: str):
+        super().__init__()
+        self.stride = stride
+        self.group_size = in_channels * math.prod(stride) // out_channels
+        self.conv = LTX2VideoCausalConv3d(
+            in_channels, out_channels // math.prod(stride), 3, spatial_padding_mode=spatial_padding_mode
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        x = torch.cat([x[:, :, : self.stride[0] - 1], x], dim=2)
+        residual = _space_to_depth(x, self.stride).unflatten(1, (-1, self.group_size)).mean(dim=2)
+        return _space_to_depth(self.conv(x, causal), self.stride) + residual
+
+
+class LTX2VideoUpsampler3d(nn.Module):
+    """Depth-to-space/time upsampler: causal conv then pixel-shuffle (optionally plus the shuffled input
+    repeated over channels); the first ``stride_t - 1`` output frames of a clip are dropped (causal first
+    frame) - when streaming only on the first call."""
+
+    def __init__(
+        self, in_channels: int, stride: tuple[int, int, int], residual: bool, upscale_factor: int,
+        spatial_padding_mode: str,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.residual = residual
+        self.upscale_factor = upscale_factor
+        self.conv = LTX2VideoCausalConv3d(
+            in_channels, in_channels * math.prod(stride) // upscale_factor, 3, spatial_padding_mode=spatial_padding_mode
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None) -> torch.Tensor:
+        drop = 0 if state is not None and state.started else self.stride[0] - 1
+        h = _depth_to_space(self.conv(x, causal, state), self.stride)[:, :, drop:]
+        if self.residual:
+            repeats = math.prod(self.stride) // self.upscale_factor
+            h = h + _depth_to_space(x, self.stride).repeat(1, repeats, 1, 1, 1)[:, :, drop:]
+        return h
+
+
+class LTX2VideoDownBlock3D(nn.Module):
+    """Encoder block: ``num_layers`` resnets at ``in_channels`` then an optional downsampler to ``out_channels``."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_layers: int, eps: float, spatio_temporal_scale: bool,
+        downsample_type: str, spatial_padding_mode: str,
+    ) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            LTX2VideoResnetBlock3d(in_channels, in_channels, eps, spatial_padding_mode=spatial_padding_mode)
+            for _ in range(num_layers)
+        )
+        self.downsamplers = None
+        if spatio_temporal_scale:
+            stride = _DOWN_STRIDES[downsample_type]
+            if downsample_type == "conv":
+                down = LTX2VideoCausalConv3d(in_channels, in_channels, 3, stride, spatial_padding_mode)
+            else:
+                down = LTX2VideoDownsampler3d(in_channels, out_channels, stride, spatial_padding_mode)
+            self.downsamplers = nn.ModuleList([down])
+
+    def forward(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, causal=causal)
+        if self.downsamplers is not None:
+            for down in self.downsamplers:
+                x = down(x, causal)
+        return x
+
+
+class LTX2VideoMidBlock3d(nn.Module):
+    """``num_layers`` resnets at constant width, with an optional timestep embedder feeding their scale/shift."""
+
+    def __init__(
+        self, in_channels: int, num_layers: int, eps: float, inject_noise: bool = False,
+        timestep_conditioning: bool = False, spatial_padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self.time_embedder = LTX2TimestepEmbedder(in_channels * 4) if timestep_conditioning else None
+        self.resnets = nn.ModuleList(
+            LTX2VideoResnetBlock3d(in_channels, in_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode)
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor | None = None, causal: bool = True,
+        state: _StreamState | None = None, generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if self.time_embedder is not None:
+            temb = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], -1, 1, 1, 1)
+        for resnet in self.resnets:
+            x = resnet(x, temb, causal, state, generator)
+        return x
+
+
+class LTX2VideoUpBlock3d(nn.Module):
+    """Decoder block: optional channel-changing resnet (``conv_in``), optional upsampler, then resnets."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_layers: int, eps: float, spatio_temporal_scale: bool,
+        upsample_type: str, inject_noise: bool, timestep_conditioning: bool, upsample_residual: bool,
+        upscale_factor: int, spatial_padding_mode: str,
+    ) -> None:
+        super().__init__()
+        self.time_embedder = LTX2TimestepEmbedder(in_channels * 4) if timestep_conditioning else None
+        self.conv_in = None
+        if in_channels != out_channels:
+            self.conv_in = LTX2VideoResnetBlock3d(
+                in_channels, out_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode
+            )
+        self.upsamplers = None
+        if spatio_temporal_scale:
+            self.upsamplers = nn.ModuleList([
+                LTX2VideoUpsampler3d(
+                    out_channels * upscale_factor, _UP_STRIDES[upsample_type], upsample_residual, upscale_factor,
+                    spatial_padding_mode,
+                )
+            ])
+        self.resnets = nn.ModuleList(
+            LTX2VideoResnetBlock3d(out_channels, out_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode)
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor | None = None, causal: bool = True,
+        state: _StreamState | None = None, generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if self.conv_in is not None:
+            # diffusers feeds the raw (not yet embedded) timestep here.
+            x = self.conv_in(x, temb, causal, state, generator)
+        if self.time_embedder is not None:
+            temb = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], -1, 1, 1, 1)
+        if self.upsamplers is not None:
+            for up in self.upsamplers:
+                x = up(x, causal, state)
+        for resnet in self.resnets:
+            x = resnet(x, temb, causal, state, generator)
+        return x
+
+
+class LTX2VideoEncoder3d(nn.Module):
+    """Patchify (4x4) -> conv_in -> down blocks -> mid block -> RMS norm, SiLU, conv_out (latent + 1 channels:
+    the posterior means, then one shared log-variance channel)."""
+
+    def __init__(self, cfg: LTX2VAEConfig) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        pad = cfg.encoder_spatial_padding_mode
+        width = cfg.latent_channels
+        self.conv_in = LTX2VideoCausalConv3d(cfg.in_channels * cfg.patch_size**2, width, 3, spatial_padding_mode=pad)
+        self.down_blocks = nn.ModuleList()
+        for i, out in enumerate(cfg.block_out_channels):
+            self.down_blocks.append(
+                LTX2VideoDownBlock3D(
+                    width, out, cfg.layers_per_block[i], cfg.resnet_norm_eps, cfg.spatio_temporal_scaling[i],
+                    cfg.downsample_type[i], pad,
+                )
+            )
+            width = out
+        self.mid_block = LTX2VideoMidBlock3d(width, cfg.layers_per_block[-1], cfg.resnet_norm_eps, spatial_padding_mode=pad)
+        self.conv_out = LTX2VideoCausalConv3d(width, cfg.latent_channels + 1, 3, spatial_padding_mode=pad)
+
+    def forward(self, video: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """video (B,C,F,H,W) -> conv_out output (B, latent+1, T, H/32, W/32)."""
+        p = self.patch_size
+        b, c, f, h, w = video.shape
+        x = video.reshape(b, c, f, 1, h // p, p, w // p, p).permute(0, 1, 3, 7, 5, 2, 4, 6).flatten(1, 4)
+        x = self.conv_in(x, causal)
+        for block in self.down_blocks:
+            x = block(x, causal)
+        x = self.mid_block(x, causal=causal)
+        return self.conv_out(F.silu(_rms_norm(x)), causal)
+
+
+class LTX2VideoDecoder3d(nn.Module):
+    """conv_in -> mid block -> up blocks (each x2 in t/h/w) -> RMS norm, (timestep scale/shift), SiLU, conv_out
+    -> unpatchify (4x4) to pixels."""
+
+    def __init__(self, cfg: LTX2VAEConfig) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        pad = cfg.decoder_spatial_padding_mode
+        eps = cfg.resnet_norm_eps
+        widths = tuple(reversed(cfg.decoder_block_out_channels))
+        layers = tuple(reversed(cfg.decoder_layers_per_block))
+        noise = tuple(reversed(cfg.decoder_inject_noise))
+        scaling = tuple(reversed(cfg.decoder_spatio_temporal_scaling))
+        residual = tuple(reversed(cfg.upsample_residual))
+        factor = tuple(reversed(cfg.upsample_factor))
+        ts = cfg.timestep_conditioning
+        width = widths[0]
+        self.conv_in = LTX2VideoCausalConv3d(cfg.latent_channels, width, 3, spatial_padding_mode=pad)
+        self.mid_block = LTX2VideoMidBlock3d(width, layers[0], eps, noise[0], ts, pad)
+        self.up_blocks = nn.ModuleList()
+        for i, block_width in enumerate(widths):
+            in_width, width = width // factor[i], block_width // factor[i]
+            self.up_blocks.append(
+                LTX2VideoUpBlock3d(
+                    in_width, width, layers[i + 1], eps, scaling[i], cfg.upsample_type[i], noise[i + 1], ts,
+                    residual[i], factor[i], pad,
+                )
+            )
+        self.conv_out = LTX2VideoCausalConv3d(width, cfg.out_channels * cfg.patch_size**2, 3, spatial_padding_mode=pad)
+        self.timestep_scale_multiplier = self.time_embedder = self.scale_shift_table = None
+        if ts:
+            self.timestep_scale_multiplier = nn.Parameter(torch.tensor(1000.0, dtype=torch.float32))
+            self.time_embedder = LTX2TimestepEmbedder(width * 2)
+            self.scale_shift_table = nn.Parameter(torch.randn(2, width) / width**0.5)
+        for name, module in self.named_modules():
+            if isinstance(module, LTX2VideoCausalConv3d):
+                module.stream_key = name
+
+    def forward(
+        self, z: torch.Tensor, temb: torch.Tensor | None = None, causal: bool = True,
+        state: _StreamState | None = None, generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """z (B,C,T,h,w) raw latents -> pixels (B,3,1+8(T-1),32h,32w); streaming (``state`` given, after the
+        first call): (B,3,8T,32h,32w)."""
+        x = self.conv_in(z, causal, state)
+        if self.timestep_scale_multiplier is not None:
+            temb = temb * self.timestep_scale_multiplier
+        x = self.mid_block(x, temb, causal, state, generator)
+        for block in self.up_blocks:
+            x = block(x, temb, causal, state, generator)
+        x = _rms_norm(x)
+        if self.time_embedder is not None:
+            mod = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], 2, -1, 1, 1, 1)
+            shift, scale = (mod + self.scale_shift_table[None, ..., None, None, None]).unbind(dim=1)
+            x = x * (1 + scale) + shift
+        x = self.conv_out(F.silu(x), causal, state)
+        p = self.patch_size
+        b, _, t, h, w = x.shape
+        x = x.reshape(b, -1, 1, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The autoencoder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LTX2VAE(nn.Module):
+    """LTX-2 video VAE; ``state_dict()`` keys equal diffusers ``AutoencoderKLLTX2Video``'s.
+
+    >>> vae = LTX2VAE(LTX2VAEConfig.preset("tiny"))
+    >>> z = vae.encode(video)        # (B,3,1+8k,H,W) in [-1,1] -> normalised latents (B,C,1+k,H/32,W/32)
+    >>> x = vae.decode(z)            # -> (B,3,1+8k,H,W)
+    >>> dec = vae.streaming_decoder(); frames = dec.decode(z[:, :, :1])   # 1 frame, then 8 per latent frame
+    """
+
+    def __init__(self, config: LTX2VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = LTX2VideoEncoder3d(config)
+        self.decoder = LTX2VideoDecoder3d(config)
+        self.register_buffer("latents_mean", torch.zeros(config.latent_channels), persistent=True)
+        self.register_buffer("latents_std", torch.ones(config.latent_channels), persistent=True)
+        self.tile_size: int | None = None
+        self.tile_stride: int | None = None
+        self.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.conv_in.conv.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.conv_in.conv.weight.device
+
+    # -- latent normalisation ------------------------------------------------------------------------------
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1, 1)
+        return self.latents_mean.view(shape).to(like), self.latents_std.view(shape).to(like)
+
+    def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
+        """Raw posterior latents -> the diffusion model's latents: ``(z - mean) * scaling_factor / std``."""
+        mean, std = self._stats(z_raw)
+        return (z_raw - mean) * self.config.scaling_factor / std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: ``z / scaling_factor * std + mean``."""
+        mean, std = self._stats(z)
+        return z / self.config.scaling_factor * std + mean
+
+    # -- encode / decode ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, causal: bool | None = None) -> torch.Tensor:
+        """video (B,3,F,H,W) in [-1,1], F = 1 + 8k, H and W multiples of 32 -> normalised latents
+        (B,C,1+k,H/32,W/32): the posterior mode, normalised. ``causal`` defaults to the config's
+        ``encoder_causal``. Not tiled."""
+        self._check_video(video)
+        causal = self.config.encoder_causal if causal is None else causal
+        moments = self.encoder(video.to(self.dtype), causal)
+        return self.normalize(moments[:, : self.config.latent_channels])
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: torch.Tensor,
+        temb: torch.Tensor | float | None = None,
+        causal: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Normalised latents (B,C,T,h,w) -> pixels (B,3,1+8(T-1),32h,32w), nominally in [-1,1] (not clamped).
+
+        ``causal`` defaults to the config's ``decoder_causal``. ``temb``: the decode timestep (B,) or a float,
+        required exactly when the config has ``timestep_conditioning`` (SANA-WM's VAEs do not).
+        ``generator`` seeds the decoder noise of configs with ``decoder_inject_noise``. Uses spatial tiles when
+        :meth:`enable_tiling` was called and the latents are larger than one tile."""
+        self._check_latents(z)
+        temb = self._check_temb(temb, z.shape[0])
+        causal = self.config.decoder_causal if causal is None else causal
+        z = self.denormalize(z.to(self.dtype))
+        return self._maybe_tiled(
+            z, lambda tile, key: self.decoder(tile, temb, causal, None, generator)
+        )
+
+    def streaming_decoder(self) -> LTX2StreamingDecoder:
+        """A stateful causal decoder that takes latent frames in order (see :class:`LTX2StreamingDecoder`);
+        it keeps the tiling settings active now."""
+        return LTX2StreamingDecoder(self)
+
+    # -- tiling ---------------------------------------------------------------------------------------------
+
+    def enable_tiling(self, tile: int = 512, stride: int = 448) -> None:
+        """Decode in overlapping ``tile`` x ``tile`` pixel tiles placed every ``stride`` pixels, blended
+        linearly over the ``tile - stride`` overlap (diffusers' ``tiled_decode``); both multiples of the
+        spatial compression (32). Lowers peak decoder memory; off by default."""
+        r = self.config.spatial_compression
+        if not (isinstance(tile, int) and isinstance(stride, int)) or tile <= 0 or stride <= 0:
+            raise ValueError(f"enable_tiling: tile and stride must be positive ints, got tile={tile!r} stride={stride!r}")
+        if tile % r or stride % r or stride > tile:
+            raise ValueError(
+                f"enable_tiling: tile ({tile}) and stride ({stride}) must be multiples of {r} with stride <= tile"
+            )
+        self.tile_size, self.tile_stride = tile, stride
+
+    def disable_tiling(self) -> None:
+        self.tile_size = self.tile_stride = None
+
+    def _maybe_tiled(
+        self,
+        z: torch.Tensor,
+        decode_tile: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+    ) -> torch.Tensor:
+        """Run ``decode_tile(z_tile, (row, col))`` on the whole latent or on overlapping tiles, blended."""
+        tile_size = self.tile_size if tile_size is None else tile_size
+        tile_stride = self.tile_stride if tile_stride is None else tile_stride
+        h, w = z.shape[-2:]
+        r = self.config.spatial_compression
+        if tile_size is None or (h <= tile_size // r and w <= tile_size // r):
+            return decode_tile(z, (0, 0))
+        tl, sl, blend = tile_size // r, tile_stride // r, tile_size - tile_stride
+        rows = [
+            [decode_tile(z[..., i : i + tl, j : j + tl], (a, b)) for b, j in enumerate(range(0, w, sl))]
+            for a, i in enumerate(range(0, h, sl))
+        ]
+        out_rows = []
+        for a, row in enumerate(rows):
+            for b, tile in enumerate(row):
+                if a > 0:
+                    _blend_into(rows[a - 1][b], tile, blend, dim=3)
+                if b > 0:
+                    _blend_into(row[b - 1], tile, blend, dim=4)
+            out_rows.append(torch.cat([t[..., :tile_stride, :tile_stride] for t in row], dim=4))
+        return torch.cat(out_rows, dim=3)[..., : h * r, : w * r]
+
+    # -- input checks ---------------------------------------------------------------------------------------
+
+    def _check_video(self, video: torch.Tensor) -> None:
+        cfg = self.config
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != cfg.in_channels:
+            got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(
+                f"vae.encode: video must be a (B,{cfg.in_channels},F,H,W) tensor, got {got} "
+                "(for one image use image[:, :, None])"
+            )
+        f, h, w = video.shape[2:]
+        rt, rs = cfg.temporal_compression, cfg.spatial_compression
+        if (f - 1) % rt or h % rs or w % rs:
+            raise ValueError(
+                f"vae.encode: video of {f} frames of {h}x{w}; need F = 1 + {rt}k frames and H, W multiples of {rs}"
+            )
+
+    def _check_latents(self, z: torch.Tensor, where: str = "vae.decode") -> None:
+        c = self.config.latent_channels
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != c or z.shape[2] < 1:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"{where}: latents must be a (B,{c},T>=1,h,w) tensor, got {got}")
+
+    def _check_temb(self, temb: torch.Tensor | float | None, batch: int) -> torch.Tensor | None:
+        if not self.config.timestep_conditioning:
+            if temb is not None:
+                raise ValueError("this VAE has no timestep conditioning; do not pass temb")
+            return None
+        if temb is None:
+            raise ValueError("this VAE config has timestep_conditioning=True; pass the decode timestep temb")
+        temb = torch.as_tensor(temb, dtype=self.dtype, device=self.device)
+        if temb.ndim == 0:
+            temb = temb.expand(batch)
+        if temb.shape != (batch,):
+            raise ValueError(f"temb must be a float or a ({batch},) tensor, got shape {tuple(temb.shape)}")
+        return temb
+
+
+@torch.no_grad()
+def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None:
+    """Linearly cross-fade the last ``extent`` rows/cols of ``a`` into the first ones of ``b`` along ``dim``
+    (3 = H, 4 = W), in place on ``b``."""
+    extent = min(a.shape[dim], b.shape[dim], extent)
+    if extent <= 0:
+        return
+    shape = [1] * b.ndim
+    shape[dim] = extent
+    wgt = (torch.arange(extent, device=b.device, dtype=torch.float64) / extent).to(b.dtype).view(shape)
+    head = b.narrow(dim, 0, extent)
+    head.copy_(a.narrow(dim, a.shape[dim] - extent, extent) * (1 - wgt) + head * wgt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming decoder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LTX2StreamingDecoder:
+    """Causal decoder driven one latent frame at a time; output equals ``vae.decode(z, causal=True)`` of all
+    latents fed since the last :meth:`reset`, split at latent-frame boundaries.
+
+    State: for every causal conv of the decoder the last 2 frames of its input (allocated on the first call,
+    then overwritten in place: :meth:`nbytes` does not grow), whether the clip's first frame has passed (the
+    depth-to-space upsamplers drop their first output frame only then), and the number of latent frames
+    decoded. With tiling enabled on the VAE, one such state per spatial tile.
+    """
+
+    def __init__(self, vae: LTX2VAE) -> None:
+        if any(vae.config.decoder_inject_noise):
+            raise ValueError("streaming decode needs a deterministic decoder; this config has decoder_inject_noise")
+        if not vae.config.decoder_causal:
+            warnings.warn(
+                "this VAE was configured with decoder_causal=False (e.g. SANA-WM's bidirectional vae/); the streaming "
+                "decoder is causal, so it reproduces decode(z, causal=True), not decode(z). For streaming, load the "
+                "streaming release's ltx2_causal_vae/.",
+                stacklevel=3,
+            )
+        self.vae = vae
+        self.tile_size, self.tile_stride = vae.tile_size, vae.tile_stride
+        self._states: dict[tuple[int, int], _StreamState] = {}
+        self._shape: tuple[int, ...] | None = None
+        self.num_latent_frames = 0
+
+    def reset(self) -> None:
+        """Start a new clip: the next latent frame is decoded as frame 0. Buffers are kept for reuse."""
+        for state in self._states.values():
+            state.started = False
+        self._shape = None
+        self.num_latent_frames = 0
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, temb: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Normalised latents (B,C,n,h,w), n >= 1, continuing the clip -> pixels (B,3,n_px,32h,32w) in
+        nominal [-1,1], with ``n_px = 1 + 8(n-1)`` for the clip's first call and ``8n`` afterwards. Frames are
+        decoded one latent frame at a time (peak memory independent of n)."""
+        vae = self.vae
+        vae._check_latents(z, "streaming decode")
+        shape = (z.shape[0], z.shape[1], *z.shape[3:])
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(
+                f"streaming decode: latents of shape (B,C,h,w)={shape} do not continue the clip of shape "
+                f"{self._shape}; call reset() to start a new clip"
+            )
+        temb = vae._check_temb(temb, z.shape[0])
+        z = vae.denormalize(z.to(vae.dtype))
+        out = []
+        for t in range(z.shape[2]):
+            frame = z[:, :, t : t + 1]
+            out.append(vae._maybe_tiled(frame, self._decode_tile(temb), self.tile_size, self.tile_stride))
+            for key in self._keys(*frame.shape[-2:]):
+                self._states[key].started = True
+            self._shape = shape
+            self.num_latent_frames += 1
+        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+    def _decode_tile(self, temb: torch.Tensor | None) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
+        def run(tile: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+            state = self._states.setdefault(key, _StreamState())
+            return self.vae.decoder(tile, temb, True, state)
+
+        return run
+
+    def _keys(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(row, col) of the spatial tiles of an h x w latent (one tile when tiling is off or not needed)."""
+        r = self.vae.config.spatial_compression
+        if self.tile_size is None or (h <= self.tile_size // r and w <= self.tile_size // r):
+            return [(0, 0)]
+        sl = self.tile_stride // r
+        return [(a, b) for a in range(len(range(0, h, sl))) for b in range(len(range(0, w, sl)))]
+
+    def nbytes(self) -> int:
+        """Bytes held by the carried temporal tails (constant after the first call of a clip)."""
+        return sum(t.numel() * t.element_size() for s in self._states.values() for t in s.tails.values())
+
+    def state_dict_snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of the decoder state: ``"num_latent_frames"`` (int64 scalar) and, once the clip started,
+        ``"latent_shape"`` (int64 (4,): B,C,h,w) and one ``"tile{row}_{col}.{conv name}"`` tail per causal conv
+        and tile."""
+        snap = {"num_latent_frames": torch.tensor(self.num_latent_frames, dtype=torch.int64)}
+        if self._shape is not None:
+            snap["latent_shape"] = torch.tensor(self._shape, dtype=torch.int64)
+            for a, b in self._keys(*self._shape[2:]):
+                for name, tail in self._states[(a, b)].tails.items():
+                    snap[f"tile{a}_{b}.{name}"] = tail.clone()
+        return snap
+
+    def load_snapshot(self, snapshot: Mapping[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict_snapshot` (tensors are copied; the snapshot stays usable)."""
+        if "num_latent_frames" not in snapshot:
+            raise ValueError("not a streaming-decoder snapshot: no 'num_latent_frames' entry")
+        n = int(snapshot["num_latent_frames"])
+        if n == 0:
+            if len(snapshot) > 1:
+                raise ValueError("streaming-decoder snapshot at frame 0 must hold nothing but 'num_latent_frames'")
+            self.reset()
+            return
+        shape = tuple(int(v) for v in snapshot["latent_shape"])
+        names = [m.stream_key for m in self.vae.decoder.modules() if isinstance(m, LTX2VideoCausalConv3d) and m.time_pad]
+        wanted = {f"tile{a}_{b}.{name}" for a, b in self._keys(*shape[2:]) for name in names}
+        given = snapshot.keys() - {"num_latent_frames", "latent_shape"}
+        if given != wanted:
+            diff = sorted(given ^ wanted)
+            raise ValueError(
+                f"streaming-decoder snapshot does not match this decoder (tiling or model differ): "
+                f"{len(diff)} key(s) differ, e.g. {diff[:3]}"
+            )
+        states: dict[tuple[int, int], _StreamState] = {}
+        for a, b in self._keys(*shape[2:]):
+            state = states[(a, b)] = self._states.get((a, b)) or _StreamState()
+            for name in names:
+                value, mine = snapshot[f"tile{a}_{b}.{name}"], state.tails.get(name)
+                if mine is not None and mine.shape == value.shape and mine.dtype == value.dtype:
+                    mine.copy_(value)
+                else:
+                    state.tails[name] = value.to(self.vae.device).clone()
+            state.started = True
+        self._states = states
+        self._shape = shape
+        self.num_latent_frames = n
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_vae(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LTX2VAE:
+    """Load a diffusers-layout LTX-2 VAE folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or a
+    sharded ``*.safetensors.index.json``): SANA-WM's ``vae/`` (``AutoencoderKLLTX2Video``) or the streaming
+    release's ``ltx2_causal_vae/`` (``AutoencoderKLCausalLTX2Video``, same weights layout, causal decoder).
+
+    Keys and shapes are checked strictly (ValueError listing offenders); the module is built on the meta
+    device and materialised from the (memory-mapped) file, so no second copy of the weights is held."""
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"no LTX-2 VAE folder at {folder}")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file; load_vae expects a diffusers VAE folder holding config.json")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        subs = [p.name for p in sorted(folder.iterdir()) if (p / "config.json").is_file()]
+        hint = f"; did you mean one of its subfolders {subs}?" if subs else ""
+        raise FileNotFoundError(f"{folder} has no config.json (expected a diffusers LTX-2 VAE folder){hint}")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+    if raw.get("_class_name") is None:
+        raise ValueError(f"{config_path} has no _class_name; expected one of {DIFFUSERS_CLASS_NAMES}")
+    try:
+        config = LTX2VAEConfig.from_diffusers_config(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    state = read_state_dict(folder)
+    with torch.device("meta"):
+        vae = LTX2VAE(config)
+    load_into(vae, state, source=str(folder), device=device, dtype=dtype)
+    return vae.eval()
