@@ -108,8 +108,8 @@ class FramePacer:
         """The frame to show at time ``now`` (seconds, monotonic), or None if the shown frame stays."""
         if self.paused or not self._buf:
             if not self._buf and self._next_due is not None and now >= self._next_due:
-                self._next_due = None  # ran dry when a frame was due: underrun
-                self.underruns += 1
+                self._next_due = None  # ran dry when a frame was due
+                self.underruns += not self._source_idle  # an underrun if the source was still at work
             return None
         if self._next_due is None:
             if len(self._buf) < self.prebuffer and not self._source_idle:

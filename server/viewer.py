@@ -54,6 +54,8 @@ def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
     """Parse ``"0:keydown:w,1.5:keyup:w,2:mouse:40:0,4:quit"`` (commas or newlines; ``#`` starts a comment)."""
     import pygame
 
+    if not pygame.get_init():
+        pygame.init()
     events = []
     items = [s.split("#", 1)[0].strip() for line in spec.splitlines() for s in line.split(",")]
     for item in filter(None, items):
