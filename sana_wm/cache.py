@@ -1,17 +1,23 @@
 """Per-session streaming cache of the SANA-WM transformer (:class:`StreamingCache`).
 
-Preallocated, bounded, static shapes (gpt-fast spirit): its byte size is fixed at construction and does not depend
-on how many chunks have been streamed.
+Preallocated, bounded, static shapes (gpt-fast spirit): every tensor is allocated at construction and only written
+in place, so the byte size never depends on how many chunks have been streamed.
 
-Per GDN block (fp32 states, activation-dtype tails):
-- ``state_kv`` (B, H, D, D) main key x value state, ``state_z`` (B, H, D) main normaliser state,
-  ``cam_state_kv`` (B, H, D, D) camera key x value state;
+``cache.blocks[i]`` is a dict of tensors for block i. GDN blocks (states float32, tails in the activation dtype):
+
+- ``state_kv`` (B, H, D, D) main key x value state; ``state_z`` (B, H, D) main normaliser state;
+  ``cam_state_kv`` (B, H, D, D) camera state;
 - ``k_tail`` (B, K-1, S, C): raw (pre-conv) main K of the last ``conv_kernel_size - 1`` frames;
-- ``cam_k_tail`` (B, K-1, S, C): raw camera K tail (only when ``cfg.cam_conv_cross_chunk``);
-- ``ffn_tail`` (B, 1, S, C): last frame of the FFN point-conv output (temporal-conv left context).
-Per softmax block: post-RoPE main K/V and post-UCPE camera K/V, each (B, H, F_slots * S, D), laid out as
-``[sink chunk (chunk_size + 1 frames) | window slot 0 | ... | window slot w-1]`` (ring buffer of ``chunk_size``
-frames per slot), plus ``ffn_tail``. ``valid`` (F_slots,) bool marks which frames hold written K/V.
+- ``cam_k_tail`` (B, K-1, S, C): raw camera K tail (only when ``cfg.cam_conv_cross_chunk``; the streaming variant's
+  camera conv has no cross-chunk state);
+- ``ffn_tail`` (B, C, 1, S): last frame of the FFN point-conv output (left context of the temporal conv).
+
+Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
+F = ``chunk_size + 1 + window_chunks * chunk_size`` frames laid out ``[sink chunk 0 | window slot 1 | ... | slot w]``
+(the window is a ring buffer: chunk c >= 1 goes to slot ``1 + (c - 1) % w``), plus ``ffn_tail``.
+
+``kv_valid`` (1 + w,) bool marks the written slots (unwritten slots are masked out of the softmax). Host-side ints
+``frames_written`` / ``chunks_written`` record how many latent frames / chunks the cache holds.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ __all__ = ["StreamingCache"]
 class StreamingCache:
     """Fixed-size per-session cache; build with ``model.new_cache(batch_size, height=h, width=w)``.
 
-    Bookkeeping (host-side ints, no device syncs): ``frames_written`` (latent frames whose clean-pass state is in the
-    cache), ``chunks_written``. ``forward_chunk`` must be called with ``start_frame == frames_written``.
+    ``forward_chunk`` must be called with ``start_frame == cache.frames_written``; its chunk has
+    ``chunk_size + 1`` frames at frame 0 and ``chunk_size`` frames after.
     """
 
     def __init__(
@@ -40,20 +46,133 @@ class StreamingCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        raise NotImplementedError
+        for name, value in (("batch_size", batch_size), ("height", height), ("width", width)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"StreamingCache {name} must be a positive int, got {value!r}.")
+        self.config = cfg
+        self.batch_size = batch_size
+        self.height = height
+        self.width = width
+        self.dtype = dtype
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        B, C, H, D = batch_size, cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        S = height * width
+        self.tokens_per_frame = S
+        sink_frames = cfg.first_chunk_size
+        self.sink_tokens = sink_frames * S
+        self.slot_tokens = cfg.chunk_size * S
+        kv_tokens = self.sink_tokens + cfg.window_chunks * self.slot_tokens
+
+        def zeros(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=self.device)
+
+        self.blocks: list[dict[str, torch.Tensor]] = []
+        for i in range(cfg.num_layers):
+            entry = {"ffn_tail": zeros(B, C, 1, S)}
+            if cfg.is_softmax_block(i):
+                for key in ("k", "v", "cam_k", "cam_v"):
+                    entry[key] = zeros(B, H, kv_tokens, D)
+            else:
+                entry["state_kv"] = zeros(B, H, D, D, dtype=torch.float32)
+                entry["state_z"] = zeros(B, H, D, dtype=torch.float32)
+                entry["cam_state_kv"] = zeros(B, H, D, D, dtype=torch.float32)
+                entry["k_tail"] = zeros(B, cfg.conv_kernel_size - 1, S, C)
+                if cfg.cam_conv_cross_chunk:
+                    entry["cam_k_tail"] = zeros(B, cfg.conv_kernel_size - 1, S, C)
+            self.blocks.append(entry)
+        self.kv_valid = torch.zeros(1 + cfg.window_chunks, dtype=torch.bool, device=self.device)
+        self.frames_written = 0
+        self.chunks_written = 0
+
+    # ------------------------------------------------------------------ tensor management
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for entry in self.blocks for t in entry.values()] + [self.kv_valid]
 
     def nbytes(self) -> int:
         """Total bytes of all cache tensors (constant for the cache's lifetime)."""
-        raise NotImplementedError
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def clone(self) -> "StreamingCache":
         """Deep copy (new tensors, same bookkeeping)."""
-        raise NotImplementedError
+        new = object.__new__(StreamingCache)
+        new.__dict__.update(self.__dict__)
+        new.blocks = [{k: t.clone() for k, t in entry.items()} for entry in self.blocks]
+        new.kv_valid = self.kv_valid.clone()
+        return new
 
     def copy_(self, other: "StreamingCache") -> "StreamingCache":
-        """Copy ``other``'s contents into this cache's preallocated tensors (shapes must match)."""
-        raise NotImplementedError
+        """Copy ``other``'s contents into this cache's preallocated tensors (same config and geometry)."""
+        if not isinstance(other, StreamingCache):
+            raise TypeError(f"copy_ expects a StreamingCache, got {type(other).__name__}.")
+        mine, theirs = self._tensors(), other._tensors()
+        if self.config != other.config or [t.shape for t in mine] != [t.shape for t in theirs]:
+            raise ValueError("copy_: the other StreamingCache has a different configuration or geometry.")
+        for dst, src in zip(mine, theirs):
+            dst.copy_(src)
+        self.frames_written = other.frames_written
+        self.chunks_written = other.chunks_written
+        return self
 
     def reset(self) -> "StreamingCache":
-        """Zero all states/tails, invalidate all K/V slots, ``frames_written = 0``."""
-        raise NotImplementedError
+        """Zero all states / tails / K/V, invalidate all K/V slots, ``frames_written = 0``."""
+        for t in self._tensors():
+            t.zero_()
+        self.frames_written = 0
+        self.chunks_written = 0
+        return self
+
+    # ------------------------------------------------------------------ used by SanaWMTransformer.forward_chunk
+    def expected_chunk_frames(self) -> int:
+        """Latent frames of the next chunk (``chunk_size + 1`` for chunk 0, else ``chunk_size``)."""
+        return self.config.first_chunk_size if self.chunks_written == 0 else self.config.chunk_size
+
+    def check_chunk(self, *, batch_size: int, height: int, width: int, start_frame: int, num_frames: int) -> None:
+        """Raise ``ValueError`` unless a chunk with these sizes is the cache's next chunk."""
+        if (batch_size, height, width) != (self.batch_size, self.height, self.width):
+            raise ValueError(
+                f"chunk (B, H, W) = {(batch_size, height, width)} does not match the cache's "
+                f"{(self.batch_size, self.height, self.width)}."
+            )
+        if start_frame != self.frames_written:
+            raise ValueError(
+                f"start_frame={start_frame} but the cache holds frames [0, {self.frames_written}); the next chunk "
+                f"must start at {self.frames_written}."
+            )
+        expected = self.expected_chunk_frames()
+        if num_frames != expected:
+            raise ValueError(f"chunk at frame {start_frame} must have {expected} latent frames, got {num_frames}.")
+
+    def _next_slot(self) -> int | None:
+        if self.chunks_written == 0:
+            return 0
+        w = self.config.window_chunks
+        return None if w == 0 else 1 + (self.chunks_written - 1) % w
+
+    def write_token_range(self) -> tuple[int, int] | None:
+        """Token range ``[a, b)`` of the K/V buffers the next chunk is written to (None: not kept, window 0)."""
+        slot = self._next_slot()
+        if slot is None:
+            return None
+        if slot == 0:
+            return 0, self.sink_tokens
+        a = self.sink_tokens + (slot - 1) * self.slot_tokens
+        return a, a + self.slot_tokens
+
+    def key_bias(self) -> torch.Tensor:
+        """(F*S,) float32 additive softmax bias of the cached K/V tokens: 0 where written, -inf elsewhere."""
+        per_token = torch.cat(
+            [
+                self.kv_valid[:1].expand(self.sink_tokens),
+                self.kv_valid[1:].repeat_interleave(self.slot_tokens),
+            ]
+        )
+        zero = torch.zeros((), dtype=torch.float32, device=self.device)
+        return torch.where(per_token, zero, torch.full_like(zero, float("-inf")))
+
+    def commit_chunk(self, num_frames: int) -> None:
+        """Bookkeeping after a cache-writing forward of ``num_frames`` frames."""
+        slot = self._next_slot()
+        if slot is not None:
+            self.kv_valid[slot] = True
+        self.frames_written += num_frames
+        self.chunks_written += 1

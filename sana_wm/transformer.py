@@ -1,23 +1,489 @@
 """SANA-WM transformer (hybrid Gated-DeltaNet + softmax DiT with UCPE camera control) in plain PyTorch.
 
 One parameter set, three forwards:
-- ``model(latents, timestep, text, text_mask, raymap, plucker)``: bidirectional over the whole clip (diffusers);
-- ``model(..., causal=True)``: chunk-causal over the whole clip (the oracle for streaming);
-- ``model.forward_chunk(..., cache=cache, start_frame=s, write_cache=False)``: one chunk against a
-  :class:`~sana_wm.cache.StreamingCache`.
 
-Parameter names and shapes equal diffusers' ``SanaWMTransformer3DModel`` (minus the dropped ``pos_embed``).
+- ``model(latents, timestep, text, text_mask, raymap, plucker)``: bidirectional over the whole clip (== diffusers
+  ``SanaWMTransformer3DModel`` for the bidirectional variant);
+- ``model(..., causal=True)``: chunk-causal over the whole clip (the training-time attention pattern and the oracle
+  for streaming): chunks of ``chunk_size`` latent frames (the first ``chunk_size + 1``); GDN forward scans run across
+  chunks, reverse scans reset per chunk; softmax queries of chunk c see chunk 0 (sink), chunks
+  ``c - window_chunks .. c - 1`` and chunk c; the FFN temporal conv sees the previous chunk's last frame on the left
+  and zeros on the right; the main K short conv is causal across chunks and anti-causal within the chunk;
+- ``model.forward_chunk(..., cache=cache, start_frame=s, write_cache=False)``: one chunk against a
+  :class:`~sana_wm.cache.StreamingCache` (equal to the chunk-causal forward when earlier chunks were written clean).
+
+Parameter names and shapes equal diffusers' ``SanaWMTransformer3DModel`` (the ``pos_embed`` buffer of NVlabs
+checkpoints is dropped). ``raymap_embedder`` exists for checkpoint compatibility only: with the chunk-Plücker
+post-attention injection (all released checkpoints) it is unused, like in diffusers and NVlabs.
+
+RoPE positions are absolute latent-frame indices computed on the fly (``sana_wm.ops.rope``): identical to the
+1024-entry table below frame 1024, and sessions are not capped there.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cache import StreamingCache
 from .config import SanaWMConfig
+from .ops.gdn import chunk_segments, gdn_cam, gdn_main
+from .ops.rope import apply_rope, rope_frequencies, slice_rope_for_camera
+from .ops.temporal_conv import ffn_temporal_conv, short_conv_k
+from .ops.ucpe import RAYMAP_CHANNELS, downscale_to_reference_rms, invert_se3, ray_matrices, ucpe_transform
 
 __all__ = ["SanaWMTransformer"]
+
+_TIMESTEP_CHANNELS = 256
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small modules (names follow diffusers so state dicts load strictly)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim (statistics in float32), learnable ``weight``."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(var + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return x * self.weight
+
+
+class PatchEmbed(nn.Module):
+    """1x1x1 Conv3d patch embedding (B, C, T, H, W) -> tokens (B, T*H*W, D) (``proj``)."""
+
+    def __init__(self, in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.proj.weight
+        tokens = x.to(w.dtype).permute(0, 2, 3, 4, 1).flatten(1, 3)
+        return F.linear(tokens, w.flatten(1), self.proj.bias)
+
+
+class TimestepEmbedder(nn.Module):
+    """diffusers ``TimestepEmbedding``: Linear(256, D) -> SiLU -> Linear(D, D)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(_TIMESTEP_CHANNELS, hidden_size)
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(t)))
+
+
+def timestep_sinusoid(timesteps: torch.Tensor) -> torch.Tensor:
+    """(N,) float -> (N, 256) ``[cos, sin]`` embedding (diffusers ``Timesteps(256, flip_sin_to_cos=True, 0)``)."""
+    half = _TIMESTEP_CHANNELS // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    angles = timesteps[:, None].float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class CaptionMlp(nn.Module):
+    """``fc1`` -> GELU(tanh) -> ``fc2``."""
+
+    def __init__(self, in_features: int, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class CaptionEmbedder(nn.Module):
+    def __init__(self, caption_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.y_proj = CaptionMlp(caption_channels, hidden_size)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(text)
+
+
+class ShortConv(nn.Module):
+    """Depthwise temporal short-conv weight (C, 1, K) (FLA ``ShortConvolution`` layout); applied by
+    :func:`sana_wm.ops.temporal_conv.short_conv_k`."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        nn.init.normal_(self.weight, std=kernel_size**-0.5)
+
+
+class ConvLayer(nn.Module):
+    """Holds ``conv`` (keeps the checkpoint names ``mlp.*_conv.conv.*``)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+
+class GLUMBConvTemp(nn.Module):
+    """FFN: per frame 1x1 conv (SiLU) -> depthwise 3x3 -> GLU (value * SiLU(gate)) -> 1x1 conv, then the residual
+    temporal conv ``h + t_conv(h)`` over frames."""
+
+    def __init__(self, hidden_size: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.inverted_conv = ConvLayer(nn.Conv2d(hidden_size, 2 * mlp_hidden, 1, bias=True))
+        self.depth_conv = ConvLayer(nn.Conv2d(2 * mlp_hidden, 2 * mlp_hidden, 3, padding=1, groups=2 * mlp_hidden))
+        self.point_conv = ConvLayer(nn.Conv2d(mlp_hidden, hidden_size, 1, bias=False))
+        self.t_conv = nn.Conv2d(hidden_size, hidden_size, kernel_size=(3, 1), padding=(1, 0), bias=False)
+
+    def spatial(self, x: torch.Tensor, frames: "_Frames") -> torch.Tensor:
+        """(B, N, C) -> (B, C, T, S) point-conv output."""
+        B, N, C = x.shape
+        T, H, W = frames.T, frames.H, frames.W
+        h = x.reshape(B * T, H, W, C).permute(0, 3, 1, 2)
+        h = F.silu(self.inverted_conv.conv(h))
+        h = self.depth_conv.conv(h)
+        value, gate = h.chunk(2, dim=1)
+        h = self.point_conv.conv(value * F.silu(gate))
+        return h.reshape(B, T, C, H * W).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, frames: "_Frames", cache: dict | None, write: bool) -> torch.Tensor:
+        B, N, C = x.shape
+        h = self.spatial(x, frames)
+        out = ffn_temporal_conv(
+            h,
+            self.t_conv.weight,
+            chunk_starts=frames.chunk_starts,
+            history=None if cache is None else cache["ffn_tail"],
+        )
+        if write:
+            cache["ffn_tail"].copy_(h[:, :, -1:])
+        return out.permute(0, 2, 3, 1).reshape(B, N, C)
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention: RMSNorm'd q (tokens) and k (text) over the full width, padding mask on the text."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.heads = num_heads
+        self.q_linear = nn.Linear(hidden_size, hidden_size)
+        self.kv_linear = nn.Linear(hidden_size, 2 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.q_norm = RMSNorm(hidden_size, eps=1e-6)
+        self.k_norm = RMSNorm(hidden_size, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C), y (B, L, C), mask (B, 1, 1, L) bool -> (B, N, C)."""
+        B, N, C = x.shape
+        q = self.q_norm(self.q_linear(x)).view(B, N, self.heads, -1).transpose(1, 2)
+        k, v = self.kv_linear(y).view(B, y.shape[1], 2, C).unbind(2)
+        k = self.k_norm(k).view(B, -1, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, -1, self.heads, C // self.heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C).type_as(q))
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm (no affine) + per-frame shift/scale from ``t`` + table, then Linear(D, C_out)."""
+
+    def __init__(self, hidden_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, out_channels)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x (B, N, D), t (B, T, D) -> (B, N, C_out)."""
+        B, N, C = x.shape
+        shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unbind(2)
+        h = F.layer_norm(x, (C,), eps=1e-6).view(B, num_frames, -1, C)
+        h = h * (1 + scale[:, :, None]) + shift[:, :, None]
+        return self.linear(h.reshape(B, N, C))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-forward geometry / conditioning shared by all blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frames:
+    """Token geometry and camera encodings of one forward (T frames of H x W tokens).
+
+    ``mode``: ``"full"`` (bidirectional), ``"causal"`` (chunk-causal, ``chunk_starts`` set) or ``"stream"`` (one chunk
+    against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
+    (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P).
+    """
+
+    mode: str
+    T: int
+    H: int
+    W: int
+    chunk_starts: list[int] | None
+    rope: torch.Tensor
+    rope_cam: torch.Tensor
+    ray_q: torch.Tensor
+    ray_kv: torch.Tensor
+    ray_out: torch.Tensor
+    window_chunks: int
+    cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens
+    write_tokens: tuple[int, int] | None = None  # stream + write: token range of this chunk in the K/V buffers
+
+    @property
+    def S(self) -> int:
+        return self.H * self.W
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention (GDN or softmax main branch + UCPE camera branch, shared gates / output gate / proj)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SanaWMAttention(nn.Module):
+    """Dual-branch self-attention of one block. ``softmax=False``: bidirectional / chunk-causal Gated DeltaNet with
+    K short convs; ``softmax=True``: SDPA (no short convs; the GDN gate parameters exist but are unused)."""
+
+    def __init__(self, cfg: SanaWMConfig, softmax: bool) -> None:
+        super().__init__()
+        C, H = cfg.hidden_size, cfg.num_heads
+        self.cfg = cfg
+        self.softmax = softmax
+        self.heads = H
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.proj = nn.Linear(C, C)
+        self.q_norm = RMSNorm(C, eps=1e-5)
+        self.k_norm = RMSNorm(C, eps=1e-5)
+        self.beta_proj = nn.Linear(C, H)
+        self.gate_proj = nn.Linear(C, H)
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.register_buffer("recall_gate", torch.zeros(1))  # unused; kept for checkpoint compatibility
+        self.output_gate = nn.Linear(C, C)
+        if not softmax:
+            self.conv_k = ShortConv(C, cfg.conv_kernel_size)
+        self.q_proj_cam = nn.Linear(C, C)
+        self.k_proj_cam = nn.Linear(C, C)
+        self.v_proj_cam = nn.Linear(C, C)
+        self.out_proj_cam = nn.Linear(C, C)
+        self.q_norm_cam = RMSNorm(C, eps=1e-5)
+        self.k_norm_cam = RMSNorm(C, eps=1e-5)
+        if not softmax:
+            self.conv_k_cam = ShortConv(C, cfg.conv_kernel_size)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, H, N, D)."""
+        B, N, _ = x.shape
+        return x.view(B, N, self.heads, self.head_dim).transpose(1, 2)
+
+    def _frames5(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
+        """(B, H, N, D) -> (B, H, T, S, D)."""
+        B, H, N, D = x.shape
+        return x.view(B, H, frames.T, frames.S, D)
+
+    def _gates(self, x: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta (B, H, T, S) per token, g (B, H, T) per frame (float32)."""
+        B, N, C = x.shape
+        beta = torch.sigmoid(self.beta_proj(x)).view(B, frames.T, frames.S, self.heads).permute(0, 3, 1, 2)
+        gate = self.gate_proj(x.view(B, frames.T, frames.S, C).mean(dim=2)).float()
+        rate = self.A_log.float().exp()
+        g = torch.exp(-rate * F.softplus(gate + self.dt_bias.float())).transpose(1, 2)
+        return beta, g
+
+    def _short_conv(
+        self,
+        k: torch.Tensor,
+        conv: ShortConv,
+        frames: _Frames,
+        cache: dict | None,
+        tail_key: str,
+        cross_chunk: bool,
+        write: bool,
+    ) -> torch.Tensor:
+        """Raw K (B, N, C) -> short-conv'd K; updates the cache tail on write."""
+        B, N, C = k.shape
+        k4 = k.view(B, frames.T, frames.S, C)
+        history = cache[tail_key] if (cache is not None and cross_chunk) else None
+        out = short_conv_k(
+            k4,
+            conv.weight,
+            chunk_starts=frames.chunk_starts,
+            history=history,
+            cross_chunk=cross_chunk or frames.mode == "full",
+        )
+        if write and history is not None:
+            keep = history.shape[1]
+            history.copy_(torch.cat([history, k4], dim=1)[:, -keep:])
+        return out.view(B, N, C)
+
+    def _sdpa(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        frames: _Frames,
+        scale: float,
+        cache: dict | None,
+        k_key: str,
+        v_key: str,
+        write: bool,
+    ) -> torch.Tensor:
+        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream)."""
+        if frames.mode == "full":
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        if frames.mode == "causal":
+            S = frames.S
+            segments = chunk_segments(frames.T, frames.chunk_starts)
+            outs = []
+            for c, (s, e) in enumerate(segments):
+                visible = sorted({0, *range(max(1, c - frames.window_chunks), c + 1)})
+                idx = torch.cat([torch.arange(segments[j][0] * S, segments[j][1] * S) for j in visible]).to(q.device)
+                outs.append(
+                    F.scaled_dot_product_attention(
+                        q[:, :, s * S : e * S], k.index_select(2, idx), v.index_select(2, idx), scale=scale
+                    )
+                )
+            return torch.cat(outs, dim=2)
+        # stream: cached sink + window K/V (masked where not yet written) followed by this chunk's K/V
+        cached_k, cached_v = cache[k_key], cache[v_key]
+        keys = torch.cat([cached_k, k], dim=2)
+        values = torch.cat([cached_v, v], dim=2)
+        bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])])
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+        if write and frames.write_tokens is not None:
+            a, b = frames.write_tokens
+            cached_k[:, :, a:b].copy_(k)
+            cached_v[:, :, a:b].copy_(v)
+        return out
+
+    # -- branches --------------------------------------------------------------------------------------------------
+    def _main(self, x, frames, beta, g, cache, write) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
+        if self.softmax:
+            q = apply_rope(self._split(self.q_norm(q)), frames.rope)
+            k = apply_rope(self._split(self.k_norm(k)), frames.rope)
+            out = self._sdpa(q, k, self._split(v), frames, self.cfg.softmax_scale, cache, "k", "v", write)
+            return out.transpose(1, 2).reshape(B, N, C)
+        k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
+        q = self._split(F.relu(self.q_norm(q)))
+        k = self._split(F.relu(self.k_norm(k))) * (self.head_dim**-0.5 * frames.S**-0.5)
+        q_rot, k_rot = apply_rope(q, frames.rope), apply_rope(k, frames.rope)
+        out, state_kv, state_z = gdn_main(
+            *(self._frames5(t, frames) for t in (q, k, q_rot, k_rot, self._split(v))),
+            beta,
+            g,
+            chunk_starts=frames.chunk_starts,
+            state_kv=None if cache is None else cache["state_kv"],
+            state_z=None if cache is None else cache["state_z"],
+            eps=1e-8,
+        )
+        if write:
+            cache["state_kv"].copy_(state_kv)
+            cache["state_z"].copy_(state_z)
+        return out.permute(0, 2, 3, 1, 4).reshape(B, N, C)
+
+    def _camera(self, x, frames, beta, g, cache, write) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
+        if not self.softmax:
+            k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
+        q, k, v = self._split(self.q_norm_cam(q)), self._split(self.k_norm_cam(k)), self._split(v)
+        if not self.softmax:
+            q = F.relu(q)
+            k = F.relu(k) * (self.head_dim**-0.5 * frames.S**-0.5)
+        q_u = ucpe_transform(q, frames.ray_q, frames.rope_cam)
+        k_u = ucpe_transform(k, frames.ray_kv, frames.rope_cam)
+        v_u = ucpe_transform(v, frames.ray_kv, frames.rope_cam)
+        if self.cfg.post_ucpe_rms_downscale:
+            q_u = downscale_to_reference_rms(q, q_u)
+            k_u = downscale_to_reference_rms(k, k_u)
+            v_u = downscale_to_reference_rms(v, v_u)
+        if self.softmax:
+            out = self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale, cache, "cam_k", "cam_v", write)
+        else:
+            pre = torch.linalg.vector_norm(k.float(), dim=-1).clamp_min(1e-6)
+            post = torch.linalg.vector_norm(k_u.float(), dim=-1).clamp_min(1e-6)
+            inflation = (post / pre).square().view(B, self.heads, frames.T, frames.S).mean(dim=-1)
+            beta = beta / inflation.clamp_min(1.0).unsqueeze(-1)
+            out5, state = gdn_cam(
+                *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
+                beta,
+                g,
+                chunk_starts=frames.chunk_starts,
+                state_kv=None if cache is None else cache["cam_state_kv"],
+            )
+            if write:
+                cache["cam_state_kv"].copy_(state)
+            out = out5.flatten(2, 3)
+        out = ucpe_transform(out, frames.ray_out, frames.rope_cam, inverse_rope=True)
+        return out.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
+        """x (B, N, C) modulated tokens -> (B, N, C)."""
+        beta, g = (None, None) if self.softmax else self._gates(x, frames)
+        main = self._main(x, frames, beta, g, cache, write)
+        cam = self._camera(x, frames, beta, g, cache, write)
+        combined = main + self.out_proj_cam(cam)
+        combined = combined * F.silu(self.output_gate(x).to(torch.float32))
+        return self.proj(combined.to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Block and model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SanaWMBlock(nn.Module):
+    """adaLN block: self-attn (per-frame modulation, gated) -> + plucker_proj(plucker) -> + cross-attn -> FFN."""
+
+    def __init__(self, cfg: SanaWMConfig, index: int) -> None:
+        super().__init__()
+        C = cfg.hidden_size
+        if cfg.has_plucker_proj(index):
+            self.plucker_proj = nn.Linear(C, C)
+        self.attn = SanaWMAttention(cfg, softmax=cfg.is_softmax_block(index))
+        self.cross_attn = CrossAttention(C, cfg.num_attention_heads)
+        self.mlp = GLUMBConvTemp(C, int(C * cfg.mlp_ratio))
+        self.scale_shift_table = nn.Parameter(torch.randn(6, C) / C**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        y_mask: torch.Tensor,
+        t0: torch.Tensor,
+        plucker_emb: torch.Tensor,
+        frames: _Frames,
+        cache: dict | None = None,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """x (B, N, C); y (B, L, C); y_mask (B, 1, 1, L) bool; t0 (B, T, 6, C); plucker_emb (B, N, C)."""
+        B, N, C = x.shape
+        T = frames.T
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            (self.scale_shift_table[None, None] + t0).unsqueeze(3).unbind(2)
+        )  # each (B, T, 1, C)
+        h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_msa) + shift_msa
+        attn = self.attn(h.view(B, N, C), frames, cache, write)
+        x = x + (gate_msa * attn.view(B, T, -1, C)).view(B, N, C)
+        if hasattr(self, "plucker_proj"):
+            x = x + self.plucker_proj(plucker_emb)
+        x = x + self.cross_attn(x, y, y_mask)
+        h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_mlp) + shift_mlp
+        mlp = self.mlp(h.view(B, N, C), frames, cache, write)
+        return x + (gate_mlp * mlp.view(B, T, -1, C)).view(B, N, C)
 
 
 class SanaWMTransformer(nn.Module):
@@ -25,9 +491,83 @@ class SanaWMTransformer(nn.Module):
 
     def __init__(self, cfg: SanaWMConfig) -> None:
         super().__init__()
+        if not isinstance(cfg, SanaWMConfig):
+            raise TypeError(f"SanaWMTransformer expects a SanaWMConfig, got {type(cfg).__name__}.")
         self.config = cfg
-        raise NotImplementedError
+        C = cfg.hidden_size
+        self.t_embedder = TimestepEmbedder(C)
+        self.attention_y_norm = RMSNorm(C, eps=1e-5)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        self.x_embedder = PatchEmbed(cfg.in_channels, C)
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, C)
+        self.plucker_embedder = PatchEmbed(cfg.chunk_plucker_channels, C)
+        self.raymap_embedder = PatchEmbed(3, C)
+        self.blocks = nn.ModuleList(SanaWMBlock(cfg, i) for i in range(cfg.num_layers))
+        self.final_layer = FinalLayer(C, cfg.in_channels)
 
+    # -- input checks ----------------------------------------------------------------------------------------------
+    def _check_inputs(self, latents, timestep, text, text_mask, raymap, plucker) -> torch.Tensor:
+        cfg = self.config
+        if latents.ndim != 5 or latents.shape[1] != cfg.in_channels:
+            raise ValueError(f"latents must have shape (B, {cfg.in_channels}, T, H, W), got {tuple(latents.shape)}.")
+        B, _, T, H, W = latents.shape
+        if timestep.ndim == 1 and timestep.shape[0] == B:
+            timestep = timestep[:, None].expand(B, T)
+        if tuple(timestep.shape) != (B, T):
+            raise ValueError(f"timestep must have shape (B, T) = {(B, T)} or (B,), got {tuple(timestep.shape)}.")
+        if text.ndim != 3 or text.shape[0] != B or text.shape[2] != cfg.caption_channels:
+            raise ValueError(
+                f"text must have shape (B={B}, L, {cfg.caption_channels}), got {tuple(text.shape)}."
+            )
+        if tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}.")
+        if tuple(raymap.shape) != (B, T, RAYMAP_CHANNELS):
+            raise ValueError(f"raymap must have shape {(B, T, RAYMAP_CHANNELS)}, got {tuple(raymap.shape)}.")
+        expected = (B, cfg.chunk_plucker_channels, T, H, W)
+        if tuple(plucker.shape) != expected:
+            raise ValueError(f"plucker must have shape {expected}, got {tuple(plucker.shape)}.")
+        return timestep
+
+    # -- shared pre/post -------------------------------------------------------------------------------------------
+    def _frames(
+        self, raymap: torch.Tensor, T: int, H: int, W: int, start_frame: int, mode: str, chunk_starts
+    ) -> _Frames:
+        hd = self.config.head_dim
+        device = raymap.device
+        rope = rope_frequencies(
+            hd, torch.arange(start_frame, start_frame + T, device=device), H, W, theta=self.config.rope_theta
+        )
+        ray = ray_matrices(raymap, H, W)
+        return _Frames(
+            mode=mode,
+            T=T,
+            H=H,
+            W=W,
+            chunk_starts=chunk_starts,
+            rope=rope,
+            rope_cam=slice_rope_for_camera(rope, hd),
+            ray_q=ray.transpose(-1, -2),
+            ray_kv=invert_se3(ray),
+            ray_out=ray,
+            window_chunks=self.config.window_chunks,
+        )
+
+    def _run(self, latents, timestep, text, text_mask, plucker, frames: _Frames, cache: StreamingCache | None, write):
+        dtype = self.x_embedder.proj.weight.dtype
+        B, _, T, H, W = latents.shape
+        x = self.x_embedder(latents)
+        t = self.t_embedder(timestep_sinusoid(timestep.long().to(torch.float32).flatten()).to(dtype))
+        t0 = self.t_block(t).view(B, T, 6, -1)
+        t = t.view(B, T, -1)
+        y = self.attention_y_norm(self.y_embedder(text.to(dtype)))
+        y_mask = text_mask.bool()[:, None, None, :]
+        plucker_emb = self.plucker_embedder(plucker)
+        for i, block in enumerate(self.blocks):
+            x = block(x, y, y_mask, t0, plucker_emb, frames, None if cache is None else cache.blocks[i], write)
+        out = self.final_layer(x, t, T)
+        return out.view(B, T, H, W, -1).permute(0, 4, 1, 2, 3)
+
+    # -- public forwards -------------------------------------------------------------------------------------------
     def forward(
         self,
         latents: torch.Tensor,
@@ -52,7 +592,11 @@ class SanaWMTransformer(nn.Module):
         Returns:
             (B, C, T, H, W) flow velocity ``noise - x0``.
         """
-        raise NotImplementedError
+        timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
+        _, _, T, H, W = latents.shape
+        chunk_starts = [s for s, _ in self.config.chunk_bounds(T)] if causal else None
+        frames = self._frames(raymap, T, H, W, 0, "causal" if causal else "full", chunk_starts)
+        return self._run(latents, timestep, text, text_mask, plucker, frames, None, False)
 
     def forward_chunk(
         self,
@@ -71,9 +615,21 @@ class SanaWMTransformer(nn.Module):
 
         Shapes as in :meth:`forward` with T = T_chunk (``chunk_size + 1`` for the chunk at frame 0, else
         ``chunk_size``); ``raymap`` / ``plucker`` hold only this chunk's frames. Reads ``cache`` (which must hold all
-        frames before ``start_frame``); writes this chunk's states / tails / K/V into it only if ``write_cache``.
+        frames before ``start_frame``); writes this chunk's states / tails / K/V into it only if ``write_cache``
+        (call that once per chunk, on the clean latents at t = 0).
         """
-        raise NotImplementedError
+        if not isinstance(cache, StreamingCache):
+            raise TypeError(f"cache must be a StreamingCache (model.new_cache(...)), got {type(cache).__name__}.")
+        timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
+        B, _, T, H, W = latents.shape
+        cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T)
+        frames = self._frames(raymap, T, H, W, start_frame, "stream", None)
+        frames.cache_key_bias = cache.key_bias()
+        frames.write_tokens = cache.write_token_range() if write_cache else None
+        out = self._run(latents, timestep, text, text_mask, plucker, frames, cache, write_cache)
+        if write_cache:
+            cache.commit_chunk(T)
+        return out
 
     def new_cache(
         self,
@@ -86,4 +642,12 @@ class SanaWMTransformer(nn.Module):
     ) -> StreamingCache:
         """A zeroed :class:`StreamingCache` for a latent grid of ``height`` x ``width`` (defaults: the model's
         device and parameter dtype)."""
-        raise NotImplementedError
+        weight = self.x_embedder.proj.weight
+        return StreamingCache(
+            self.config,
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            device=weight.device if device is None else device,
+            dtype=weight.dtype if dtype is None else dtype,
+        )
