@@ -90,7 +90,8 @@ class StreamingSampler:
 
         noise (B,C,F,h,w) fp32 (with ``pinned``, frame 0 of it is ignored); pinned (B,C,1,h,w) or None: the clean
         latent written into the chunk's frame 0 with timestep 0 (chunk 0 of a session; it gets ``dt = 0``);
-        raymap (B,F,20); plucker (B,48,F,h,w). Returns clean latents (B,C,F,h,w) fp32. The cache is read only.
+        raymap (B,F,20); plucker (B,48,F,h,w). Returns clean latents (B,C,F,h,w) fp32. The cache is read only;
+        ``cache=None`` runs a clip from frame 0 with no history (the chunk-causal full forward, e.g. one frame).
         """
         x = noise.to(torch.float32).clone()
         first = 0
@@ -100,8 +101,11 @@ class StreamingSampler:
         batch, frames = x.shape[0], x.shape[2]
         for t, dt in zip(self.steps[:-1], self.dts):
             timestep = self._timesteps(t, batch, frames, pinned is not None, x.device)
-            v = self.model.forward_chunk(x.to(self.dtype), timestep, text, text_mask, raymap, plucker,
-                                         cache=cache, start_frame=start_frame, write_cache=False)
+            if cache is None:
+                v = self.model(x.to(self.dtype), timestep, text, text_mask, raymap, plucker, causal=True)
+            else:
+                v = self.model.forward_chunk(x.to(self.dtype), timestep, text, text_mask, raymap, plucker,
+                                             cache=cache, start_frame=start_frame, write_cache=False)
             x[:, :, first:] -= dt * v[:, :, first:].float()
         return x
 

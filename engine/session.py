@@ -309,29 +309,24 @@ class Session:
     # ------------------------------------------------------------------ stills
     def render_image(self, pose: np.ndarray | None = None) -> np.ndarray:
         """The frame this session would show at ``pose`` ((4,4) c2w relative to frame 0; default: the current
-        pose) right after its last chunk: a one-latent-frame rollout holding ``pose`` for its 8 pixel frames,
-        reading the cache without writing it, decoded with a copy of the decoder state. The session does not
-        advance. Returns (H,W,3) uint8."""
+        pose) right after its last chunk: the next chunk is generated with the camera held at ``pose`` for all of
+        its frames, reading the cache without writing it and decoded with a copy of the decoder state; its last
+        frame is returned. The session does not advance. Returns (H,W,3) uint8."""
         state = self.state
         setup = state.setup
         world = self._world
         pose = state.pose if pose is None else check_poses(np.asarray(pose)[None], name="pose")[0]
         c = state.chunk_index
-        window, lat0, _, start_frame = self._chunk_window(c, np.broadcast_to(pose, (LATENT_STRIDE, 4, 4)))
-        lat1 = lat0 + 1 if c else 2
+        window, lat0, lat1, start_frame = self._chunk_window(c, np.broadcast_to(pose, (self.frames_per_chunk, 4, 4)))
         raymap, plucker = self._camera(window, lat0, lat1)
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
-        n = lat1 - lat0
-        full = 4 if c == 0 else 3  # the next chunk's noise; this still uses its first frame(s)
-        noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], full, h, w), world.device)[:, :, :n]
+        noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], lat1 - lat0, h, w), world.device)
         latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
                                         text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
                                         start_frame=start_frame)
         decoder = world.vae.streaming_decoder()
         decoder.load_snapshot(state.decoder.state_dict_snapshot())
-        video = None
-        for i in range(n):
-            video = world.vae_decoder_step(decoder, latents[:, :, i : i + 1])
+        video = world.vae_decoder_step(decoder, latents)
         return to_uint8(video[:, :, -1:])[0]
 
     # ------------------------------------------------------------------ snapshots

@@ -17,15 +17,13 @@ import torch
 
 import controllers
 import sana_wm
-from controllers.conventions import as_intrinsics, check_poses, fov_to_intrinsics
+from controllers.conventions import check_poses
+from sana_wm.image import default_intrinsics, prepare_image
 
 from .sampler import (DEFAULT_FLOW_SHIFT, DEFAULT_STEPS, StreamingSampler, chunk_noise, flow_match_sigmas,
                       sample_bidirectional, validate_steps)
 from .session import LATENT_STRIDE, Session, to_uint8
 from .state import SessionSetup, SessionState
-
-DEFAULT_FOV_DEG = 60.0
-"""Horizontal field of view assumed when neither ``intrinsics`` nor ``fov_deg`` is given."""
 
 DEFAULT_MAPPING = "sana-wm-v2"
 """Key mapping of sessions: NVlabs' streaming layout (a/d yaw, j/l strafe, velocity smoothing)."""
@@ -160,32 +158,16 @@ class World:
         emb, mask = self._negative_encoder._run([prompt])
         return emb.to(self.device, self.dtype), mask.to(self.device)
 
-    @staticmethod
-    def _source_intrinsics(intrinsics, fov_deg) -> np.ndarray | None:
-        """Checked source-image intrinsics (4,), or None when the frame's come from ``fov_deg`` / the default."""
-        if intrinsics is not None and fov_deg is not None:
-            raise ValueError("give intrinsics or fov_deg, not both")
-        if intrinsics is None:
-            return None
-        k = as_intrinsics(intrinsics, name="intrinsics")
-        if k.shape != (4,):
-            raise ValueError(f"intrinsics must be one [fx, fy, cx, cy] (shape (4,)) or a 3x3 K, got shape "
-                             f"{np.shape(intrinsics)}")
-        return k
-
     def _prepare(self, image, intrinsics, fov_deg, size: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray,
                                                                                    np.ndarray]:
-        """The first image -> (latent (1,C,1,h,w) fp32 on the device, frame (H,W,3) uint8, frame intrinsics (4,))."""
-        from sana_wm.image import prepare_image
+        """The first image -> (latent (1,C,1,h,w) fp32 on the device, frame (H,W,3) uint8, frame intrinsics (4,)).
 
-        source_k = self._source_intrinsics(intrinsics, fov_deg)
-        pixels, k = prepare_image(image, size=size, intrinsics=source_k)
-        if source_k is None:
-            k = fov_to_intrinsics(DEFAULT_FOV_DEG if fov_deg is None else fov_deg, size)
+        ``sana_wm.image.prepare_image``: resize + centre crop; intrinsics (or ``fov_deg``, or its default) of the
+        source image follow the crop."""
+        pixels, k = prepare_image(image, size=size, intrinsics=intrinsics, fov_deg=fov_deg)
         video = pixels[None, :, None].to(self.device, self.vae.dtype)
         latent = self.vae.encode(video).float()
-        frame = to_uint8(video)[0]
-        return latent, frame, np.asarray(k, dtype=np.float64)
+        return latent, to_uint8(video)[0], np.asarray(k, dtype=np.float64)
 
     def vae_decoder_step(self, decoder, latents: torch.Tensor) -> torch.Tensor:
         """Decode latent frames (1,C,n,h,w) with a streaming decoder -> pixels (1,3,N,H,W) in [-1,1]."""
@@ -200,8 +182,9 @@ class World:
         """Start a streaming ``Session`` from a first image (PIL | (H,W,3) uint8 | encoded bytes | path).
 
         The image is resized and centre-cropped to ``height`` x ``width`` and VAE-encoded into latent frame 0.
-        ``intrinsics`` ``[fx, fy, cx, cy]`` (or a 3x3 K) in pixels of the source image (adjusted to the resize +
-        crop), or ``fov_deg`` the horizontal field of view of the frame; default ``DEFAULT_FOV_DEG``. ``steps``: the
+        ``intrinsics`` ``[fx, fy, cx, cy]`` (or a 3x3 K) in pixels of the source image, or ``fov_deg`` its
+        horizontal field of view; default: focal ``0.8 * max(W, H)`` of the source (``sana_wm.image``); they
+        follow the resize + crop. ``steps``: the
         streaming step list (default ``DEFAULT_STEPS``); ``mapping``: the key mapping of action strings and keys.
         """
         self._require("streaming", "a streaming session")
@@ -314,7 +297,8 @@ class World:
 
         Without ``image``: a one-latent-frame rollout from the prompt alone (identity camera). With ``image``: the
         frame a fresh session would show at ``pose`` ((4,4) c2w relative to the image's camera; default
-        identity), see ``Session.render_image``. Streaming worlds use the streaming step list; bidirectional worlds
+        identity): the first chunk generated with the camera held at ``pose``, its last frame
+        (``Session.render_image``). Streaming worlds use the streaming step list; bidirectional worlds
         the multi-step sampler (``num_steps``, ``guidance_scale``, ``negative_prompt``, ``flow_shift``).
         """
         if pose is not None and image is None:
@@ -331,20 +315,19 @@ class World:
             if intrinsics is not None:
                 raise ValueError("intrinsics need an image (they are given in its pixels); use fov_deg")
             first, n_lat, poses = None, 1, np.eye(4)[None]
-            k = fov_to_intrinsics(DEFAULT_FOV_DEG if fov_deg is None else fov_deg, size)
+            k = default_intrinsics(size[1], size[0], fov_deg)
         else:
             first, _, k = self._prepare(image, intrinsics, fov_deg, size)
             pose = np.eye(4) if pose is None else check_poses(np.asarray(pose)[None], name="pose")[0]
-            n_lat, poses = 2, np.concatenate([np.eye(4)[None], np.broadcast_to(pose, (LATENT_STRIDE, 4, 4))])
+            n_lat, poses = 4, np.concatenate([np.eye(4)[None], np.broadcast_to(pose, (3 * LATENT_STRIDE, 4, 4))])
         if self.variant == "bidirectional":
             frames = self._sample_offline(first, poses, k, size, n_lat, seed, text, mask, num_steps, guidance_scale,
                                           negative_prompt, flow_shift, progress=False)
             return frames[-1]
         h, w = size[0] // self.spatial_stride, size[1] // self.spatial_stride
         raymap, plucker = controllers.camera_conditioning(poses, k, size, 0, 1)
-        cache = self.transformer.new_cache(1, height=h, width=w)
         noise = chunk_noise(seed, 0, (1, self.config.in_channels, 1, h, w), self.device)
         latents = StreamingSampler(self.transformer).denoise(
             noise, pinned=None, text=text, text_mask=mask, raymap=raymap[None].to(self.device, self.dtype),
-            plucker=plucker[None].to(self.device, self.dtype), cache=cache, start_frame=0)
+            plucker=plucker[None].to(self.device, self.dtype), cache=None, start_frame=0)
         return to_uint8(self.vae.decode(latents.to(self.vae.dtype)))[0]
