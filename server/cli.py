@@ -24,6 +24,8 @@ import numpy as np
 PROG = "sana-wm"
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
+DEMO_PROMPT = "a small test world"
+PRESET_NAMES = ("dolly", "figure-eight", "orbit", "pan", "walk-forward")  # controllers.paths.PRESETS (no torch import)
 _DISPATCH = {"serve": ("server.app", "run the websocket server (server.app)"),
              "bench": ("server.bench", "measure speed and latency (server.bench)")}
 
@@ -49,6 +51,13 @@ def _multiple_of_32(text: str) -> int:
     return value
 
 
+def _model_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"model folder not found: {path}")
+    return path
+
+
 def _dtype(text: str) -> str:
     if text.lower() not in _DTYPES:
         raise argparse.ArgumentTypeError(f"expected float32, bfloat16 or float16 (or fp32/bf16/fp16), got {text!r}")
@@ -69,7 +78,7 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
     g = p.add_argument_group("world")
     src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--demo", action="store_true", help="the tiny random demo world (CPU, no weights needed)")
-    src.add_argument("--model", metavar="DIR", type=Path, help="a SANA-WM release folder (World.load)")
+    src.add_argument("--model", metavar="DIR", type=_model_dir, help="a SANA-WM release folder (World.load)")
     g.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     g.add_argument("--dtype", type=_dtype, metavar="{float32,bfloat16,float16}", help="weights/compute precision (default: bf16 on cuda, fp32 on cpu)")
     g.add_argument("--width", type=_multiple_of_32, help="frame width, a multiple of 32 (demo default 96; model default 1280)")
@@ -77,7 +86,10 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
     g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
     if image:
         g.add_argument("--image", type=Path, help="first frame (PNG/JPEG); the demo uses a generated test card if omitted")
-        g.add_argument("--prompt", default="", help="text prompt (default: empty)")
+        g.add_argument("--prompt", help=f"text prompt (required with --model; demo default {DEMO_PROMPT!r})")
+        g.add_argument("--fov", type=float, metavar="DEG",
+                       help="horizontal field of view of the frame in degrees (default 60; --poses files may carry "
+                            "intrinsics instead)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     path = p.add_argument_group("camera path (exactly one)").add_mutually_exclusive_group(required=True)
     path.add_argument("--actions", metavar="STRING", help="action string, e.g. 'w-24,l-24' (see --mapping)")
     path.add_argument("--path", metavar="FILE", type=Path, help="keyframe path JSON (controllers.paths.load_path)")
-    path.add_argument("--preset", metavar="NAME", help="a named path (controllers.paths presets); length --frames")
+    path.add_argument("--preset", metavar="NAME",
+                      help=f"a named path ({', '.join(PRESET_NAMES)}) of --frames frames")
     path.add_argument("--poses", metavar="FILE", type=Path, help="camera poses file (.npy/.npz/.json; see --convention)")
     p.add_argument("--mapping", default="sana-wm-v1", help="key mapping of --actions (default sana-wm-v1)")
     p.add_argument("--frames", type=_positive_int, default=48, help="frames after the first for --preset (default 48)")
@@ -176,7 +189,7 @@ def load_world(model: dict[str, Any], device: str | None, dtype: str | None):
                           variant=model.get("variant", "streaming"), **kw)
     folder = Path(model["path"])
     if not folder.is_dir():
-        raise UsageError(f"model folder not found: {folder}")
+        raise UsageError(f"model folder not found: {folder} (recorded in the model id)")
     kw = {k: v for k, v in (("height", model.get("height")), ("width", model.get("width"))) if v}
     return World.load(folder, device=device, dtype=torch_dtype, **kw)
 
@@ -204,12 +217,12 @@ def test_card(height: int, width: int) -> np.ndarray:
     return img
 
 
-def first_image(args: argparse.Namespace, height: int, width: int):
-    """The first frame: --image (checked to be a readable image) or, for the demo, the test card."""
+def read_image(args: argparse.Namespace) -> np.ndarray | None:
+    """--image as (H,W,3) uint8 (checked before any model is loaded), or None when not given."""
     if args.image is None:
         if not args.demo:
             raise UsageError("--image is required with --model (the first frame of the world)")
-        return test_card(height, width)
+        return None
     if not args.image.is_file():
         raise UsageError(f"image not found: {args.image}")
     from PIL import Image, UnidentifiedImageError
@@ -221,8 +234,25 @@ def first_image(args: argparse.Namespace, height: int, width: int):
         raise UsageError(f"{args.image}: not a readable image ({e})") from None
 
 
-def _world_size(world) -> tuple[int, int]:
-    return world.height, world.width
+def prompt_of(args: argparse.Namespace) -> str:
+    """--prompt; the demo world has a default, real weights need one."""
+    if args.prompt is not None:
+        return args.prompt
+    if not args.demo:
+        raise UsageError("--prompt is required with --model (a text description of the scene)")
+    return DEMO_PROMPT
+
+
+def frame_intrinsics(world, image: np.ndarray, intrinsics: np.ndarray | None, fov_deg: float | None) -> np.ndarray:
+    """Intrinsics (4,) in pixels of the world's frame, as a session would use them (for offline renders)."""
+    from controllers import fov_to_intrinsics
+    from engine.world import DEFAULT_FOV_DEG
+    from sana_wm.image import prepare_image
+
+    size = (world.height, world.width)
+    if intrinsics is None:
+        return fov_to_intrinsics(DEFAULT_FOV_DEG if fov_deg is None else fov_deg, size)
+    return np.asarray(prepare_image(image, size=size, intrinsics=intrinsics)[1], dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------- camera paths
@@ -280,13 +310,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"path preview: {png} ({len(c2w) - 1} frames)", file=sys.stderr)
         if args.dry_run:
             return 0
+    image = read_image(args)
+    prompt = prompt_of(args)
+    fov = args.fov if intrinsics is None else None
     model, world = _world_from_args(args, variant=args.sampler)
-    image = first_image(args, *_world_size(world))
+    if image is None:
+        image = test_card(world.height, world.width)
     n = len(c2w) - 1
     t0 = time.perf_counter()
     chunk_times: list[float] = []
     if args.sampler == "streaming":
-        session = world.start(image, prompt=args.prompt, seed=args.seed, intrinsics=intrinsics)
+        session = world.start(image, prompt=prompt, seed=args.seed, intrinsics=intrinsics, fov_deg=fov)
         fpc = session.frames_per_chunk
         pad = (-n) % fpc
         poses_in = np.concatenate([c2w[1:], np.repeat(c2w[-1:], pad, axis=0)])
@@ -299,25 +333,25 @@ def cmd_render(args: argparse.Namespace) -> int:
                 poses_out.append(chunk.poses[:keep])
                 if args.frames_npz:
                     frames_out.append(chunk.frames[:keep])
-                chunk_times.append(chunk.timings.get("total", float("nan")))
-                k = chunk.intrinsics
+                chunk_times.append(chunk.timings["total"])
                 bar.update(keep)
+        k = session.intrinsics
         session.close()
         poses = np.concatenate(poses_out)
         frames = np.concatenate(frames_out) if frames_out else None
     else:
-        frames = world.render_path(image, args.prompt, c2w, seed=args.seed, intrinsics=intrinsics,
+        frames = world.render_path(image, prompt, c2w, seed=args.seed, intrinsics=intrinsics, fov_deg=fov,
                                    sampler="bidirectional", progress=True)
         with VideoWriter(args.output, fps=args.fps) as video:
             video.write(frames)
-        poses, pad = c2w[1:], 0
-        k = world.intrinsics_for(image, intrinsics=intrinsics)
+        poses, pad = c2w[1:], (-n) % 8
+        k = frame_intrinsics(world, image, intrinsics, fov)
     total = time.perf_counter() - t0
     timings = {"total_s": total, "frames": n, "x_real_time": (n / args.fps) / total}
     if chunk_times:
         timings.update(chunk_s=chunk_times, mean_chunk_s=float(np.mean(chunk_times)))
     side = write_sidecar(args.output, poses=poses, intrinsics=k, fps=args.fps, width=world.width,
-                         height=world.height, seed=args.seed, model=model, prompt=args.prompt,
+                         height=world.height, seed=args.seed, model=model, prompt=prompt,
                          sampler=args.sampler, timings=timings,
                          extra={"first_frame_index": 1, "padded_frames": pad})
     if args.frames_npz:
@@ -352,6 +386,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"record file not found: {args.record}")
     record = rec_mod.load_record(args.record)
     head = record.header
+    if not record.steps():
+        raise UsageError(f"{args.record}: the record has no steps to render")
     if args.demo or args.model:
         model = model_id(args, args.sampler)
         if args.demo:
@@ -383,19 +419,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 bar.update(1)
         digests = sum("digest" in ev for ev in steps)
         print(f"replay: {same}/{digests} recorded chunks bitwise identical", file=sys.stderr)
-        poses = np.concatenate(poses_out) if poses_out else np.zeros((0, 4, 4))
+        poses = np.concatenate(poses_out)
         frames = np.concatenate(frames_out) if frames_out else None
     else:
         poses = rec_mod.timeline_poses(record)
-        if not len(poses):
-            raise UsageError(f"{args.record}: the record has no steps to render")
         c2w = np.concatenate([np.eye(4)[None], poses])
         start = record.start_kwargs()
         frames = world.render_path(record.image, start.pop("prompt"), c2w, sampler="bidirectional",
                                    progress=True, **start)
         with VideoWriter(args.output, fps=fps) as video:
             video.write(frames)
-        k = world.intrinsics_for(record.image, intrinsics=start.get("intrinsics"), fov_deg=start.get("fov_deg"))
+        k = frame_intrinsics(world, record.image, start.get("intrinsics"), start.get("fov_deg"))
     total = time.perf_counter() - t0
     write_sidecar(args.output, poses=poses, intrinsics=k, fps=fps, width=world.width, height=world.height,
                   seed=head["seed"], model=model, prompt=head["prompt"], sampler=args.sampler,

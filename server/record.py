@@ -232,7 +232,8 @@ def load_record(path: str | Path) -> Record:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or "type" not in obj:
-            raise ValueError(f"{path}:{n}: expected a JSON object with a 'type' field")
+            what = f"a '{FORMAT}' header" if not objs else "a JSON object with a 'type' field"
+            raise ValueError(f"{path}:{n}: expected {what}")
         objs.append((n, obj))
     n0, header = objs[0]
     if header.get("type") != "header" or header.get("format") != FORMAT:

@@ -102,9 +102,10 @@ class LocalSource:
     Every finished chunk is logged to ``recorder`` (if any) and its frames kept for ``frames`` (if ``keep``).
     """
 
-    def __init__(self, world, image, *, prompt: str, seed: int, intrinsics=None, recorder=None, keep: bool = False):
+    def __init__(self, world, image, *, prompt: str, seed: int, fov_deg: float | None = None, recorder=None,
+                 keep: bool = False):
         self.world = world
-        self._start = dict(image=image, prompt=prompt, seed=seed, intrinsics=intrinsics)
+        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg)
         self.session = world.start(**self._start)
         self.frames_per_chunk = self.session.frames_per_chunk
         self.recorder = recorder
@@ -416,17 +417,20 @@ def explore(args: argparse.Namespace) -> int:
         raise cli.UsageError("--connect: the websocket client is not available yet")
     if not args.demo and args.model is None:
         raise cli.UsageError("give --demo or --model DIR (or --connect URL)")
+    image = cli.read_image(args)
+    prompt = cli.prompt_of(args)
     model, world = cli._world_from_args(args)
-    image = cli.first_image(args, world.height, world.width)
+    if image is None:
+        image = cli.test_card(world.height, world.width)
     recorder = None
     if args.record is not None:
         from server.record import Recorder
 
-        recorder = Recorder(args.record, image=image, prompt=args.prompt, seed=args.seed, model=model,
-                            height=world.height, width=world.width, device=str(getattr(world, "device", "cpu")),
-                            dtype=str(getattr(world, "dtype", "float32")), fps=int(args.fps),
+        recorder = Recorder(args.record, image=image, prompt=prompt, seed=args.seed, model=model,
+                            height=world.height, width=world.width, fov_deg=args.fov, device=str(world.device),
+                            dtype=str(world.dtype), fps=int(args.fps),
                             meta={"client": "sana-wm explore", "mapping": args.mapping})
-    source = LocalSource(world, image, prompt=args.prompt, seed=args.seed, recorder=recorder,
+    source = LocalSource(world, image, prompt=prompt, seed=args.seed, fov_deg=args.fov, recorder=recorder,
                          keep=args.frames_npz is not None)
     try:
         status = Explorer(source, mapping=args.mapping, fps=args.fps, scale=args.scale, output_dir=args.output_dir,
