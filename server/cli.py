@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="FILE", type=Path, help="record the session (inputs, seed, image...) to FILE")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save every generated raw frame to FILE (.npz)")
     p.add_argument("--output-dir", type=Path, default=Path("."), help="where screenshots and mp4 captures go")
-    p.add_argument("--script", metavar="FILE", type=Path, help="scripted input: a file of 't:keydown:KEY' lines")
-    p.add_argument("--events", metavar="LIST", help="scripted input inline: 't:keydown:w,t:keyup:w,t:mouse:dx:dy,...'")
+    p.add_argument("--script", metavar="FILE", type=Path, help="scripted input: a file of events, --events syntax (one or more per line, # comments)")
+    p.add_argument("--events", metavar="LIST", help="scripted input inline: 'T:keydown:KEY,T:keyup:KEY,T:press:KEY,T:mouse:DX:DY,T:quit' with T "
+                        "seconds from the start and KEY a pygame key name (w, left, left shift, f5, ...)")
     p.add_argument("--max-chunks", type=_positive_int, help="quit after this many chunks were generated and shown")
     p.set_defaults(func=cmd_explore)
 
@@ -353,7 +354,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     side = write_sidecar(args.output, poses=poses, intrinsics=k, fps=args.fps, width=world.width,
                          height=world.height, seed=args.seed, model=model, prompt=prompt,
                          sampler=args.sampler, timings=timings,
-                         extra={"first_frame_index": 1, "padded_frames": pad})
+                         extra={"padded_frames": pad})
     if args.frames_npz:
         save_frames_npz(args.frames_npz, frames, poses=poses)
     print(f"wrote {args.output} ({n} frames, {world.width}x{world.height} @ {args.fps:g} fps) and {side} "

@@ -94,7 +94,7 @@ def sidecar_path(video_path: str | Path) -> Path:
 
 def write_sidecar(video_path: str | Path, *, poses: np.ndarray, intrinsics: np.ndarray, fps: float,
                   width: int, height: int, seed: int, model: Any, prompt: str | None = None,
-                  sampler: str | None = None, timings: dict[str, Any] | None = None,
+                  sampler: str | None = None, timings: dict[str, Any] | None = None, first_index: int = 1,
                   extra: dict[str, Any] | None = None) -> Path:
     """Write the clip's sidecar JSON beside ``video_path``; returns its path.
 
@@ -102,6 +102,8 @@ def write_sidecar(video_path: str | Path, *, poses: np.ndarray, intrinsics: np.n
         poses: (N,4,4) camera-to-world per frame (OpenCV axes, relative to frame 0).
         intrinsics: (4,) ``[fx, fy, cx, cy]`` for all frames, or (N,4) per frame, in pixels of the frame.
         timings: seconds spent per stage / in total; ``extra``: any other JSON-able facts.
+        first_index: the pixel-frame index of ``poses[0]`` (frame 0 is the first image, not in the video);
+            each frame's ``index`` and ``time`` (index / fps) count from it.
     """
     poses = np.asarray(poses, dtype=np.float64)
     if poses.ndim != 3 or poses.shape[1:] != (4, 4):
@@ -116,8 +118,9 @@ def write_sidecar(video_path: str | Path, *, poses: np.ndarray, intrinsics: np.n
         "frame_count": len(poses), "fps": fps, "width": int(width), "height": int(height),
         "convention": "OpenCV camera-to-world (+X right, +Y down, +Z forward), relative to frame 0",
         "seed": int(seed), "model": model, "prompt": prompt, "sampler": sampler, "timings": timings or {},
-        "frames": [{"index": i, "time": i / fps, "c2w": poses[i].tolist(), "intrinsics": k[i].tolist()}
-                   for i in range(len(poses))],
+        "first_index": int(first_index),
+        "frames": [{"index": first_index + i, "time": (first_index + i) / fps, "c2w": poses[i].tolist(),
+                    "intrinsics": k[i].tolist()} for i in range(len(poses))],
     }
     doc.update(extra or {})
     out = sidecar_path(video_path)

@@ -9,8 +9,8 @@ Keys (physical; mapped to the camera mapping's letters):
     P pause, R reset, F5 snapshot, F9 restore the last snapshot, F12 screenshot (PNG),
     F8 start/stop an mp4 capture, H hide/show the HUD, Esc quit.
 
-Scripted input (tests, demos): events ``t:keydown:KEY``, ``t:keyup:KEY``, ``t:mouse:DX:DY`` (a drag) and
-``t:quit`` with ``t`` in seconds since the first chunk was requested and ``KEY`` a pygame key name
+Scripted input (tests, demos): events ``t:keydown:KEY``, ``t:keyup:KEY``, ``t:press:KEY`` (down + up),
+``t:mouse:DX:DY`` (a drag) and ``t:quit`` with ``t`` in seconds since the first chunk was requested and ``KEY`` a pygame key name
 (``w``, ``left shift``, ``f5``, ``escape``...). They are posted into pygame's event queue, so they take the
 same path as real input.
 """
@@ -51,7 +51,8 @@ class ScriptEvent:
 
 
 def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
-    """Parse ``"0:keydown:w,1.5:keyup:w,2:mouse:40:0,4:quit"`` (commas or newlines; ``#`` starts a comment)."""
+    """Parse ``"0:keydown:w,1.5:keyup:w,2:press:f5,2:mouse:40:0,4:quit"`` (commas or newlines; ``#`` starts a
+    comment; ``press`` = down and up)."""
     import pygame
 
     if not pygame.get_init():
@@ -65,7 +66,7 @@ def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
         except ValueError:
             raise ValueError(f"{source}: event {item!r} does not start with a time in seconds") from None
         kind = parts[1].lower() if len(parts) > 1 else ""
-        if kind in ("keydown", "keyup") and len(parts) == 3:
+        if kind in ("keydown", "keyup", "press") and len(parts) == 3:
             try:
                 pygame.key.key_code(parts[2])
             except ValueError:
@@ -79,7 +80,7 @@ def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
         elif kind == "quit" and len(parts) == 2:
             events.append(ScriptEvent(t, kind))
         else:
-            raise ValueError(f"{source}: event {item!r} is not 't:keydown:KEY', 't:keyup:KEY', "
+            raise ValueError(f"{source}: event {item!r} is not 't:keydown:KEY', 't:keyup:KEY', 't:press:KEY', "
                              f"'t:mouse:DX:DY' or 't:quit'")
     return sorted(events, key=lambda e: e.t)
 
@@ -108,6 +109,7 @@ class LocalSource:
         self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg)
         self.session = world.start(**self._start)
         self.frames_per_chunk = self.session.frames_per_chunk
+        self.first_frame = self.session.first_frame
         self.recorder = recorder
         self.frames: list[np.ndarray] = [] if keep else None
         self._cmds: queue.Queue = queue.Queue()
@@ -225,12 +227,11 @@ class Explorer:
         self.epoch = 0
         self.snaps: list[tuple[str, dict]] = []
         self.pending_input_t: float | None = None
-        self.last_latency: float | None = None
+        self.latencies: list[float] = []
         self.last_chunk_s: float | None = None
         self.capture: VideoWriter | None = None
         self.show_hud = True
-        self.frame: np.ndarray | None = None
-        self.shown_in_chunk = 0
+        self.frame: np.ndarray = source.first_frame  # frame 0 (the first image) until the world's frames arrive
         self.dragging = False
         self.running = True
         self.t0 = 0.0
@@ -270,7 +271,7 @@ class Explorer:
             self.controller.load_state_dict(state)
             self._new_branch()
             self.source.submit("restore", name)
-        elif key == pg.K_F12 and self.frame is not None:
+        elif key == pg.K_F12:
             path = save_png(self.output_dir / f"sana-wm-{time.strftime('%Y%m%d-%H%M%S')}-{self.pacer.shown}.png",
                             self.frame)
             print(f"screenshot: {path}", file=sys.stderr)
@@ -304,8 +305,9 @@ class Explorer:
             elif ev.kind == "mouse":
                 pg.event.post(pg.event.Event(pg.MOUSEMOTION, pos=(0, 0), rel=(ev.dx, ev.dy), buttons=(1, 0, 0)))
             else:
-                etype = pg.KEYDOWN if ev.kind == "keydown" else pg.KEYUP
-                pg.event.post(pg.event.Event(etype, key=pg.key.key_code(ev.key), mod=0))
+                code = pg.key.key_code(ev.key)
+                for etype in {"keydown": [pg.KEYDOWN], "keyup": [pg.KEYUP], "press": [pg.KEYDOWN, pg.KEYUP]}[ev.kind]:
+                    pg.event.post(pg.event.Event(etype, key=code, mod=0))
         for e in pg.event.get():
             if e.type == pg.QUIT:
                 self.running = False
@@ -347,7 +349,7 @@ class Explorer:
         p = self.pacer
         chunk = self.last_chunk_s
         xrt = (self.source.frames_per_chunk / self.fps) / chunk if chunk else None
-        lat = f"{self.last_latency * 1000:.0f} ms" if self.last_latency is not None else "-"
+        lat = f"{self.latencies[-1] * 1000:.0f} ms" if self.latencies else "-"
         lines = [f"{p.displayed_fps(now):4.1f} fps  buffer {len(p):2d}  underruns {p.underruns}",
                  f"gen {xrt:.2f}x real time  chunk {chunk:.2f} s" if chunk else "gen -  chunk -",
                  f"key->frame {lat}  GPU {self.source.gpu_memory() or 'n/a'}"]
@@ -358,9 +360,8 @@ class Explorer:
 
     def draw(self, screen, font, now: float) -> None:
         pg = self.pg
-        if self.frame is not None:
-            surf = pg.surfarray.make_surface(self.frame.swapaxes(0, 1))
-            screen.blit(pg.transform.scale(surf, self.size), (0, 0))
+        surf = pg.surfarray.make_surface(self.frame.swapaxes(0, 1))
+        screen.blit(pg.transform.scale(surf, self.size), (0, 0))
         if self.show_hud:
             for i, line in enumerate(self.hud_lines(now)):
                 screen.blit(font.render(line, True, (255, 255, 0), (0, 0, 0)), (6, 6 + 18 * i))
@@ -370,7 +371,7 @@ class Explorer:
         self.frame = frame.pixels
         t_input = frame.meta.get("t_input")
         if t_input is not None:
-            self.last_latency = now - t_input
+            self.latencies.append(now - t_input)
         if self.capture is not None:
             self.capture.write(frame.pixels)
 
@@ -382,6 +383,7 @@ class Explorer:
             pg.display.set_caption("sana-wm explore")
             font = pg.font.Font(None, 20)
             self.t0 = time.perf_counter()
+            self.draw(screen, font, 0.0)
             while self.running:
                 self.handle_events()
                 self.pump_source()
@@ -398,7 +400,15 @@ class Explorer:
                 self.toggle_capture()
         finally:
             pg.quit()
+        print(self.summary(), file=sys.stderr)
         return 0
+
+    def summary(self) -> str:
+        """One line for the end of a session (the HUD's numbers, for headless runs)."""
+        lat = f"{1000 * float(np.median(self.latencies)):.0f} ms median" if self.latencies else "n/a"
+        chunk = f"{self.last_chunk_s:.2f} s" if self.last_chunk_s else "n/a"
+        return (f"explore: {self.finished} chunks, {self.pacer.shown} frames shown, {self.pacer.underruns} underruns, "
+                f"last chunk {chunk}, key->frame {lat}")
 
 
 def explore(args: argparse.Namespace) -> int:
