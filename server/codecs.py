@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from server.protocol import ENCODINGS
+from server.protocol import ENCODINGS, H264_PIX_FMTS
 
 FPS = 16
 
@@ -56,18 +56,24 @@ class JpegEncoder:
 
 
 class H264Encoder:
-    """One H.264 stream (libx264, yuv420p, constant rate factor ``crf``): one access unit per frame."""
+    """One H.264 stream (libx264, constant rate factor ``crf``): one access unit per frame.
+
+    ``pix_fmt``: "yuv420p" (High profile, plays everywhere) or "yuv444p" (High 4:4:4, full-resolution colour:
+    needed for noise-like content such as the random demo world, where 4:2:0 caps fidelity near 17 dB PSNR).
+    """
 
     encoding = "h264"
 
-    def __init__(self, height: int, width: int, crf: int = 18):
+    def __init__(self, height: int, width: int, crf: int = 18, pix_fmt: str = "yuv420p"):
         import av
 
-        if height % 2 or width % 2:
-            raise ValueError(f"H.264 (yuv420p) needs an even frame size, got {width}x{height}")
+        if pix_fmt not in H264_PIX_FMTS:
+            raise ValueError(f"pix_fmt must be one of {list(H264_PIX_FMTS)}, got {pix_fmt!r}")
+        if pix_fmt == "yuv420p" and (height % 2 or width % 2):
+            raise ValueError(f"H.264 yuv420p needs an even frame size, got {width}x{height}")
         self.height, self.width = height, width
         ctx = av.CodecContext.create("libx264", "w")
-        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
         ctx.time_base = Fraction(1, FPS)
         ctx.framerate = Fraction(FPS, 1)
         ctx.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
@@ -90,14 +96,15 @@ class H264Encoder:
         return b"".join(parts), [len(p) for p in parts]
 
 
-def make_encoder(encoding: str, height: int, width: int, *, jpeg_quality: int = 95, h264_crf: int = 18):
+def make_encoder(encoding: str, height: int, width: int, *, jpeg_quality: int = 95, h264_crf: int = 18,
+                 h264_pix_fmt: str = "yuv420p"):
     """An encoder for ``encoding`` ("raw" | "jpeg" | "h264") at a fixed frame size."""
     if encoding == "raw":
         return RawEncoder(height, width)
     if encoding == "jpeg":
         return JpegEncoder(height, width, jpeg_quality)
     if encoding == "h264":
-        return H264Encoder(height, width, h264_crf)
+        return H264Encoder(height, width, h264_crf, h264_pix_fmt)
     raise ValueError(f"encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
 
 

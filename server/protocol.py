@@ -18,6 +18,7 @@ from controllers.actions import ACTION_KEYS
 
 PROTOCOL_VERSION = 1
 ENCODINGS = ("raw", "jpeg", "h264")
+H264_PIX_FMTS = ("yuv420p", "yuv444p")
 MODES = ("live", "lockstep")
 SAMPLERS = ("streaming", "bidirectional")
 
@@ -243,11 +244,11 @@ def build_schemas(limits: Limits) -> dict[str, dict[str, tuple[Checker, Any]]]:
     """Request type -> {field: (checker, default or REQUIRED)}; ``type`` and ``id`` are allowed everywhere."""
     session = (integer(1, 2**53), REQUIRED)
     seed = (integer(0, 2**63 - 1), 0)
-    prompt = (string(limits.max_prompt_chars), "")
+    prompt = (string(limits.max_prompt_chars, nonempty=True), REQUIRED)
     image = (binary(limits.max_image_bytes), REQUIRED)
     camera = {"intrinsics": (intrinsics, None), "fov_deg": (number(1.0, 179.0), None)}
     enc = {"encoding": (choice(ENCODINGS), "raw"), "jpeg_quality": (integer(1, 100), 95),
-           "h264_crf": (integer(0, 51), 18)}
+           "h264_crf": (integer(0, 51), 18), "h264_pix_fmt": (choice(H264_PIX_FMTS), "yuv420p")}
     return {
         "hello": {"version": (integer(0, 2**31), REQUIRED), "token": (string(1024), None),
                   "client": (string(128), None)},
@@ -264,9 +265,10 @@ def build_schemas(limits: Limits) -> dict[str, dict[str, tuple[Checker, Any]]]:
         "restore": {"session": session, "snapshot": (integer(1, 2**53), REQUIRED)},
         "drop_snapshot": {"snapshot": (integer(1, 2**53), REQUIRED)},
         "fork": {"session": session, "mode": (choice(MODES), None), "encoding": (choice(ENCODINGS), None),
-                 "jpeg_quality": (integer(1, 100), None), "h264_crf": (integer(0, 51), None)},
+                 "jpeg_quality": (integer(1, 100), None), "h264_crf": (integer(0, 51), None),
+                 "h264_pix_fmt": (choice(H264_PIX_FMTS), None)},
         "still": {"session": session, "pose": (pose_matrix, None), **enc},
-        "image": {"prompt": (string(limits.max_prompt_chars, nonempty=True), REQUIRED), "seed": seed, **enc},
+        "image": {"prompt": prompt, "seed": seed, **enc},
         "render_path": {"image": image, "prompt": prompt, "seed": seed, **camera,
                         "poses": (pose_list(limits.max_path_frames + 1, min_frames=2), REQUIRED),
                         "sampler": (choice(SAMPLERS), None), **enc},
@@ -326,7 +328,7 @@ def _cross_checks(req: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------- server output
 
-def frames_header(*, session: int | None, chunk: int | None, part: int, final: bool, frame_indices: np.ndarray,
+def frames_header(*, session: int | None, chunk: int | None, part: int, frame_indices: np.ndarray,
                   poses: np.ndarray, intrinsics: np.ndarray, height: int, width: int, encoding: str,
                   timings: dict[str, float], rid: Any = None, control: dict[str, Any] | None = None) -> dict[str, Any]:
     """The header fields of a ``frames`` message (``payload`` and ``sizes`` are added by the codec).
@@ -336,7 +338,7 @@ def frames_header(*, session: int | None, chunk: int | None, part: int, final: b
     n = len(frame_indices)
     k = np.broadcast_to(np.asarray(intrinsics, dtype=np.float64), (n, 4))
     msg: dict[str, Any] = {
-        "type": "frames", "session": session, "chunk": chunk, "part": part, "final": final,
+        "type": "frames", "session": session, "chunk": chunk, "part": part,
         "count": n, "height": height, "width": width, "encoding": encoding,
         "frame_indices": [int(i) for i in frame_indices],
         "c2w": np.asarray(poses, dtype=np.float64).reshape(n, 16).tolist(),
