@@ -111,7 +111,7 @@ def parse_actions(actions: str) -> list[frozenset[str]]:
         raise ValueError("action string is empty; expected segments like 'w-24,none-8'")
     frames: list[frozenset[str]] = []
     for segment in cleaned.split(","):
-        keys, sep, duration = segment.rpartition("-")
+        keys, sep, duration = segment.partition("-")
         if not segment or not sep or not keys:
             raise ValueError(f"action segment {segment!r} in {actions!r} is not '<keys>-<frames>' (e.g. 'w-24')")
         if not duration.isdigit() or int(duration) <= 0:

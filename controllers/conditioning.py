@@ -125,8 +125,8 @@ def camera_conditioning(
     rel = torch.matmul(first_inv, poses)
     rel[needed == 0] = torch.eye(4)
 
-    k = intr if intr.ndim == 2 else np.broadcast_to(intr, (len(needed), 4))
-    k_latent = torch.from_numpy(np.ascontiguousarray(k)).float()
+    k = intr if intr.ndim == 2 else np.tile(intr, (len(needed), 1))
+    k_latent = torch.from_numpy(k).float()
     k_latent[:, [0, 2]] *= latent_w / float(width)
     k_latent[:, [1, 3]] *= latent_h / float(height)
 
