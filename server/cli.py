@@ -92,6 +92,18 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
                             "intrinsics instead)")
 
 
+def _add_offline_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("bidirectional sampler")
+    g.add_argument("--num-steps", type=_positive_int, default=60, help="flow-matching steps (default 60)")
+    g.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5; 1 = off)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt for guidance (default empty)")
+
+
+def _offline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale,
+            "negative_prompt": args.negative_prompt}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Interactive world-model engine for NVIDIA SANA-WM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -132,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="axes of --poses (default opencv)")
     p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
                    help="streaming (chunked, constant memory) or bidirectional (whole clip) checkpoint")
+    _add_offline_args(p)
     p.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
     p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
     p.add_argument("--preview", action="store_true", help="first write the path's top-down PNG (<stem>.path.png)")
@@ -156,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world_args(p, image=False, required=False)
     p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
                    help="streaming: exact replay of every chunk; bidirectional: offline take of the final timeline")
+    _add_offline_args(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save the raw frames to FILE (.npz)")
     p.add_argument("--strict", action="store_true", help="fail (exit 1) if a chunk differs from the recorded digest")
@@ -244,16 +258,12 @@ def prompt_of(args: argparse.Namespace) -> str:
     return DEMO_PROMPT
 
 
-def frame_intrinsics(world, image: np.ndarray, intrinsics: np.ndarray | None, fov_deg: float | None) -> np.ndarray:
-    """Intrinsics (4,) in pixels of the world's frame, as a session would use them (for offline renders)."""
-    from controllers import fov_to_intrinsics
-    from engine.world import DEFAULT_FOV_DEG
+def frame_intrinsics(world, image, intrinsics: np.ndarray | None, fov_deg: float | None) -> np.ndarray:
+    """Intrinsics (4,) in pixels of the world's frame, as the engine derives them (for offline renders)."""
     from sana_wm.image import prepare_image
 
-    size = (world.height, world.width)
-    if intrinsics is None:
-        return fov_to_intrinsics(DEFAULT_FOV_DEG if fov_deg is None else fov_deg, size)
-    return np.asarray(prepare_image(image, size=size, intrinsics=intrinsics)[1], dtype=np.float64)
+    k = prepare_image(image, size=(world.height, world.width), intrinsics=intrinsics, fov_deg=fov_deg)[1]
+    return np.asarray(k, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------- camera paths
@@ -319,7 +329,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         image = test_card(world.height, world.width)
     n = len(c2w) - 1
     t0 = time.perf_counter()
-    chunk_times: list[float] = []
+    chunk_times: list[dict[str, float]] = []
+    extra: dict[str, Any] = {}
     if args.sampler == "streaming":
         session = world.start(image, prompt=prompt, seed=args.seed, intrinsics=intrinsics, fov_deg=fov)
         fpc = session.frames_per_chunk
@@ -334,7 +345,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 poses_out.append(chunk.poses[:keep])
                 if args.frames_npz:
                     frames_out.append(chunk.frames[:keep])
-                chunk_times.append(chunk.timings["total"])
+                chunk_times.append(chunk.timings)
                 bar.update(keep)
         k = session.intrinsics
         session.close()
@@ -342,19 +353,20 @@ def cmd_render(args: argparse.Namespace) -> int:
         frames = np.concatenate(frames_out) if frames_out else None
     else:
         frames = world.render_path(image, prompt, c2w, seed=args.seed, intrinsics=intrinsics, fov_deg=fov,
-                                   sampler="bidirectional", progress=True)
+                                   sampler="bidirectional", progress=True, **_offline_kwargs(args))
         with VideoWriter(args.output, fps=args.fps) as video:
             video.write(frames)
         poses, pad = c2w[1:], (-n) % 8
         k = frame_intrinsics(world, image, intrinsics, fov)
+        extra["bidirectional"] = _offline_kwargs(args)
     total = time.perf_counter() - t0
     timings = {"total_s": total, "frames": n, "x_real_time": (n / args.fps) / total}
     if chunk_times:
-        timings.update(chunk_s=chunk_times, mean_chunk_s=float(np.mean(chunk_times)))
+        timings["chunk_s"] = [t["total"] for t in chunk_times]
+        timings["stage_s"] = {k: sum(t.get(k, 0.0) for t in chunk_times) for k in chunk_times[0]}
     side = write_sidecar(args.output, poses=poses, intrinsics=k, fps=args.fps, width=world.width,
-                         height=world.height, seed=args.seed, model=model, prompt=prompt,
-                         sampler=args.sampler, timings=timings,
-                         extra={"padded_frames": pad})
+                         height=world.height, seed=args.seed, model=model, prompt=prompt, sampler=args.sampler,
+                         timings=timings, extra={"padded_frames": pad, **extra})
     if args.frames_npz:
         save_frames_npz(args.frames_npz, frames, poses=poses)
     print(f"wrote {args.output} ({n} frames, {world.width}x{world.height} @ {args.fps:g} fps) and {side} "
@@ -427,7 +439,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         c2w = np.concatenate([np.eye(4)[None], poses])
         start = record.start_kwargs()
         frames = world.render_path(record.image, start.pop("prompt"), c2w, sampler="bidirectional",
-                                   progress=True, **start)
+                                   progress=True, **start, **_offline_kwargs(args))
         with VideoWriter(args.output, fps=fps) as video:
             video.write(frames)
         k = frame_intrinsics(world, record.image, start.get("intrinsics"), start.get("fov_deg"))
