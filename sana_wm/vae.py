@@ -356,25 +356,28 @@ class LTX2VideoResnetBlock3d(nn.Module):
         state: _StreamState | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        # Temporaries are dropped as soon as possible and SiLU runs in place on them: peak memory.
         h = _rms_norm(x)
         if self.scale_shift_table is not None:
             mod = temb.unflatten(1, (4, -1)) + self.scale_shift_table[None, ..., None, None, None]
             shift1, scale1, shift2, scale2 = mod.unbind(dim=1)
             h = h * (1 + scale1) + shift1
-        h = self.conv1(F.silu(h), causal, state)
+        h = F.silu(h, inplace=True)
+        h = self.conv1(h, causal, state)
         if self.per_channel_scale1 is not None:
             h = self._noise(h, self.per_channel_scale1, generator)
         h = _rms_norm(h)
         if self.scale_shift_table is not None:
             h = h * (1 + scale2) + shift2
-        h = self.conv2(F.silu(h), causal, state)
+        h = F.silu(h, inplace=True)
+        h = self.conv2(h, causal, state)
         if self.per_channel_scale2 is not None:
             h = self._noise(h, self.per_channel_scale2, generator)
         if self.norm3 is not None:
             x = self.norm3(x.movedim(1, -1)).movedim(-1, 1)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return h + x
+        return h.add_(x)
 
 
 def _space_to_depth(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
@@ -432,7 +435,7 @@ class LTX2VideoUpsampler3d(nn.Module):
         h = _depth_to_space(self.conv(x, causal, state), self.stride)[:, :, drop:]
         if self.residual:
             repeats = math.prod(self.stride) // self.upscale_factor
-            h = h + _depth_to_space(x, self.stride).repeat(1, repeats, 1, 1, 1)[:, :, drop:]
+            h.add_(_depth_to_space(x, self.stride).repeat(1, repeats, 1, 1, 1)[:, :, drop:])
         return h
 
 
@@ -567,7 +570,8 @@ class LTX2VideoEncoder3d(nn.Module):
         for block in self.down_blocks:
             x = block(x, causal)
         x = self.mid_block(x, causal=causal)
-        return self.conv_out(F.silu(_rms_norm(x)), causal)
+        x = F.silu(_rms_norm(x), inplace=True)
+        return self.conv_out(x, causal)
 
 
 class LTX2VideoDecoder3d(nn.Module):
@@ -625,7 +629,8 @@ class LTX2VideoDecoder3d(nn.Module):
             mod = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], 2, -1, 1, 1, 1)
             shift, scale = (mod + self.scale_shift_table[None, ..., None, None, None]).unbind(dim=1)
             x = x * (1 + scale) + shift
-        x = self.conv_out(F.silu(x), causal, state)
+        x = F.silu(x, inplace=True)
+        x = self.conv_out(x, causal, state)
         p = self.patch_size
         b, _, t, h, w = x.shape
         x = x.reshape(b, -1, 1, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
