@@ -158,7 +158,7 @@ class LiveController:
             span = (events[-1][0] - t0) * self._config["fps"]
             scale = (n - 1) / span if span > n - 1 else 1.0
             for event in events:
-                per_frame[min(n - 1, int(round((event[0] - t0) * self._config["fps"] * scale)))].append(event)
+                per_frame[min(n - 1, round((event[0] - t0) * self._config["fps"] * scale))].append(event)
         deg = math.radians(self._config["mouse_deg_per_px"])
         out = np.empty((n, 4, 4))
         for f, frame_events in enumerate(per_frame):
@@ -178,12 +178,14 @@ class LiveController:
     def poses_for_keys(self, keys_per_frame: Sequence[Iterable[str]]) -> np.ndarray:
         """(N, 4, 4) poses for explicit held-key sets, one per frame (e.g. ``[{"w"}] * 24``), continuing from the
         current pose and velocity. Live events and held keys are left as they are."""
-        if isinstance(keys_per_frame, str) or not isinstance(keys_per_frame, Sequence) or not keys_per_frame:
-            raise ValueError("keys_per_frame must be a non-empty sequence of key collections, one per frame")
+        if isinstance(keys_per_frame, str) or not isinstance(keys_per_frame, Sequence):
+            raise TypeError(f"keys_per_frame must be a sequence of key sets, one per frame, got {keys_per_frame!r}")
+        if not keys_per_frame:
+            raise ValueError("keys_per_frame is empty; expected at least one frame")
         frames = []
         for i, keys in enumerate(keys_per_frame):
             if isinstance(keys, str) or not isinstance(keys, Iterable):
-                raise ValueError(f"keys_per_frame[{i}] must be a collection of key names, got {keys!r}")
+                raise TypeError(f"keys_per_frame[{i}] must be a collection of key names, got {keys!r}")
             frames.append({self._key(k) for k in keys})
         return np.stack([self._step(keys) for keys in frames])
 

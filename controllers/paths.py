@@ -224,7 +224,7 @@ def keyframe_path(spec, fps: float | None = None) -> tuple[np.ndarray, np.ndarra
     if any(f is None for f in fovs) and any(f is not None for f in fovs):
         raise ValueError("give 'fov' on every keyframe or on none")
 
-    at = times[0] + np.arange(int(math.floor((times[-1] - times[0]) * fps + 1e-9)) + 1) / fps
+    at = times[0] + np.arange(math.floor((times[-1] - times[0]) * fps + 1e-9) + 1) / fps
     seg = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 2)
     u = np.clip((at - times[seg]) / (times[seg + 1] - times[seg]), 0.0, 1.0)
     quats = [quat_from_matrix(p[2]) for p in parsed]

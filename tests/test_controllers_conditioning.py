@@ -112,17 +112,21 @@ def _best_times(fns, repeats=31):
     return [min(t) for t in times]
 
 
+def _chunk(c):
+    """Latent range of streaming chunk c >= 1 (chunk 0 is [0, 4), then 3 latent frames each)."""
+    return 4 + 3 * (c - 1), 7 + 3 * (c - 1)
+
+
 def test_cost_does_not_grow_with_history():
     n_latent = 4 + 3 * 1000
     n_frames = 8 * (n_latent - 1) + 1
     c2w = controllers.preset("walk-forward", n_frames)
     k = [500.0, 500.0, 320.0, 176.0]
-    chunk = lambda c: (4 + 3 * (c - 1), 7 + 3 * (c - 1))  # noqa: E731  chunk c >= 1 -> latent range
-    assert chunk(1000)[1] == n_latent
+    assert _chunk(1000)[1] == n_latent
     huge = np.broadcast_to(np.eye(4), (8 * 200_000 + 1, 4, 4))  # 1.6 million frames, a view without memory
     calls = [
-        lambda: controllers.camera_conditioning(c2w, k, (352, 640), *chunk(2)),
-        lambda: controllers.camera_conditioning(c2w, k, (352, 640), *chunk(1000)),
+        lambda: controllers.camera_conditioning(c2w, k, (352, 640), *_chunk(2)),
+        lambda: controllers.camera_conditioning(c2w, k, (352, 640), *_chunk(1000)),
         lambda: controllers.camera_conditioning(huge, k, (352, 640), 199_998, 200_001),
     ]
     threads = torch.get_num_threads()
