@@ -17,6 +17,7 @@ _EXPORTS = {
     "SanaWMTransformer": "sana_wm.transformer",
     "StreamingCache": "sana_wm.cache",
     "load_transformer": "sana_wm.checkpoint",
+    "save_transformer": "sana_wm.checkpoint",
     "LTX2VAE": "sana_wm.vae",
     "LTX2VAEConfig": "sana_wm.vae",
     "load_vae": "sana_wm.vae",
