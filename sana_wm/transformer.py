@@ -359,7 +359,7 @@ class SanaWMAttention(nn.Module):
         cached_k, cached_v = cache[k_key], cache[v_key]
         keys = torch.cat([cached_k, k], dim=2)
         values = torch.cat([cached_v, v], dim=2)
-        bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])])
+        bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])]).view(1, 1, 1, -1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
         if write and frames.write_tokens is not None:
             a, b = frames.write_tokens
