@@ -22,7 +22,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-__all__ = ["prepare_image", "load_image", "resize_and_center_crop", "default_intrinsics", "DEFAULT_FOV_DEG"]
+__all__ = ["DEFAULT_FOV_DEG", "default_intrinsics", "load_image", "prepare_image", "resize_and_center_crop"]
 
 DEFAULT_FOCAL_FRACTION = 0.8
 DEFAULT_FOV_DEG = math.degrees(2 * math.atan(0.5 / DEFAULT_FOCAL_FRACTION))  # ~64.01 deg over the longer side
@@ -50,7 +50,8 @@ def load_image(image: PIL.Image.Image | np.ndarray | bytes | bytearray | memoryv
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+            folder = " (it is a folder)" if path.is_dir() else ""
+            raise FileNotFoundError(f"image file {path} does not exist{folder}")
         if path.stat().st_size == 0:
             raise ValueError(f"image file {path} is empty")
         with path.open("rb") as f:

@@ -30,7 +30,7 @@ from torch import nn
 
 from sana_wm.weights import load_into, read_state_dict
 
-__all__ = ["LTX2VAEConfig", "LTX2VAE", "LTX2StreamingDecoder", "load_vae"]
+__all__ = ["LTX2VAE", "LTX2StreamingDecoder", "LTX2VAEConfig", "load_vae"]
 
 DIFFUSERS_CLASS_NAMES = ("AutoencoderKLLTX2Video", "AutoencoderKLCausalLTX2Video")
 _DOWN_STRIDES = {"conv": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1), "spatiotemporal": (2, 2, 2)}
@@ -143,14 +143,14 @@ class LTX2VAEConfig:
 
     def _encoder_factors(self) -> tuple[int, int]:
         t, s = self.patch_size_t, self.patch_size
-        for kind, on in zip(self.downsample_type, self.spatio_temporal_scaling):
+        for kind, on in zip(self.downsample_type, self.spatio_temporal_scaling, strict=True):
             if on:
                 t, s = t * _DOWN_STRIDES[kind][0], s * _DOWN_STRIDES[kind][1]
         return t, s
 
     def _decoder_factors(self) -> tuple[int, int]:
         t, s = self.patch_size_t, self.patch_size
-        for kind, on in zip(self.upsample_type, self.decoder_spatio_temporal_scaling):
+        for kind, on in zip(self.upsample_type, self.decoder_spatio_temporal_scaling, strict=True):
             if on:
                 t, s = t * _UP_STRIDES[kind][0], s * _UP_STRIDES[kind][1]
         return t, s
@@ -191,7 +191,9 @@ class LTX2VAEConfig:
             raise TypeError(f"expected a dict (parsed config.json), got {type(config).__name__}")
         class_name = config.get("_class_name")
         if class_name is not None and class_name not in DIFFUSERS_CLASS_NAMES:
-            raise ValueError(f"config is for {class_name!r}, not an LTX-2 video VAE ({' / '.join(DIFFUSERS_CLASS_NAMES)})")
+            raise ValueError(
+                f"config is for {class_name!r}, not an LTX-2 video VAE ({' / '.join(DIFFUSERS_CLASS_NAMES)})"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs, unknown = {}, []
         for key, value in config.items():
@@ -479,7 +481,9 @@ class LTX2VideoMidBlock3d(nn.Module):
         super().__init__()
         self.time_embedder = LTX2TimestepEmbedder(in_channels * 4) if timestep_conditioning else None
         self.resnets = nn.ModuleList(
-            LTX2VideoResnetBlock3d(in_channels, in_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode)
+            LTX2VideoResnetBlock3d(
+                in_channels, in_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode
+            )
             for _ in range(num_layers)
         )
 
@@ -518,7 +522,9 @@ class LTX2VideoUpBlock3d(nn.Module):
                 )
             ])
         self.resnets = nn.ModuleList(
-            LTX2VideoResnetBlock3d(out_channels, out_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode)
+            LTX2VideoResnetBlock3d(
+                out_channels, out_channels, eps, inject_noise, timestep_conditioning, spatial_padding_mode
+            )
             for _ in range(num_layers)
         )
 
@@ -558,7 +564,9 @@ class LTX2VideoEncoder3d(nn.Module):
                 )
             )
             width = out
-        self.mid_block = LTX2VideoMidBlock3d(width, cfg.layers_per_block[-1], cfg.resnet_norm_eps, spatial_padding_mode=pad)
+        self.mid_block = LTX2VideoMidBlock3d(
+            width, cfg.layers_per_block[-1], cfg.resnet_norm_eps, spatial_padding_mode=pad
+        )
         self.conv_out = LTX2VideoCausalConv3d(width, cfg.latent_channels + 1, 3, spatial_padding_mode=pad)
 
     def forward(self, video: torch.Tensor, causal: bool = True) -> torch.Tensor:
@@ -716,9 +724,7 @@ class LTX2VAE(nn.Module):
         temb = self._check_temb(temb, z.shape[0])
         causal = self.config.decoder_causal if causal is None else causal
         z = self.denormalize(z.to(self.dtype))
-        return self._maybe_tiled(
-            z, lambda tile, key: self.decoder(tile, temb, causal, None, generator)
-        )
+        return self._maybe_tiled(z, lambda tile, key: self.decoder(tile, temb, causal, None, generator))
 
     def streaming_decoder(self) -> LTX2StreamingDecoder:
         """A stateful causal decoder that takes latent frames in order (see :class:`LTX2StreamingDecoder`);
@@ -733,7 +739,9 @@ class LTX2VAE(nn.Module):
         spatial compression (32). Lowers peak decoder memory; off by default."""
         r = self.config.spatial_compression
         if not (isinstance(tile, int) and isinstance(stride, int)) or tile <= 0 or stride <= 0:
-            raise ValueError(f"enable_tiling: tile and stride must be positive ints, got tile={tile!r} stride={stride!r}")
+            raise ValueError(
+                f"enable_tiling: tile and stride must be positive ints, got tile={tile!r} stride={stride!r}"
+            )
         if tile % r or stride % r or stride > tile:
             raise ValueError(
                 f"enable_tiling: tile ({tile}) and stride ({stride}) must be multiples of {r} with stride <= tile"
@@ -810,7 +818,6 @@ class LTX2VAE(nn.Module):
         return temb
 
 
-@torch.no_grad()
 def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None:
     """Linearly cross-fade the last ``extent`` rows/cols of ``a`` into the first ones of ``b`` along ``dim``
     (3 = H, 4 = W), in place on ``b``."""
@@ -929,7 +936,8 @@ class LTX2StreamingDecoder:
             self.reset()
             return
         shape = tuple(int(v) for v in snapshot["latent_shape"])
-        names = [m.stream_key for m in self.vae.decoder.modules() if isinstance(m, LTX2VideoCausalConv3d) and m.time_pad]
+        convs = self.vae.decoder.modules()
+        names = [m.stream_key for m in convs if isinstance(m, LTX2VideoCausalConv3d) and m.time_pad]
         wanted = {f"tile{a}_{b}.{name}" for a, b in self._keys(*shape[2:]) for name in names}
         given = snapshot.keys() - {"num_latent_frames", "latent_shape"}
         if given != wanted:

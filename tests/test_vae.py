@@ -10,22 +10,23 @@ from safetensors.torch import load_file, save_file
 from sana_wm.vae import LTX2VAE, LTX2VAEConfig, load_vae
 
 # Second config: timestep conditioning, non-causal decoder config, zero spatial padding, mixed residual upsamplers.
-CONFIG_B = dict(
-    latent_channels=8, block_out_channels=(8, 16, 32, 32), layers_per_block=(1, 2, 1, 1, 1),
-    decoder_block_out_channels=(8, 16, 32), decoder_layers_per_block=(1, 1, 2, 1), timestep_conditioning=True,
-    upsample_residual=(True, False, True), decoder_causal=False, decoder_spatial_padding_mode="zeros",
-    scaling_factor=0.7,
-)
+CONFIG_B = {
+    "latent_channels": 8, "block_out_channels": (8, 16, 32, 32), "layers_per_block": (1, 2, 1, 1, 1),
+    "decoder_block_out_channels": (8, 16, 32), "decoder_layers_per_block": (1, 1, 2, 1),
+    "timestep_conditioning": True, "upsample_residual": (True, False, True), "decoder_causal": False,
+    "decoder_spatial_padding_mode": "zeros", "scaling_factor": 0.7,
+}
 # Third config: patch 2, strided-conv downsampler, non-causal reflect-padded encoder, 4 decoder blocks with mixed
 # upsample types, a channel-changing up-block resnet (upsample_factor 1) and decoder noise injection.
-CONFIG_C = dict(
-    latent_channels=16, patch_size=2, block_out_channels=(16, 32, 32, 32),
-    downsample_type=("conv", "spatial", "spatiotemporal", "spatiotemporal"), layers_per_block=(1, 1, 1, 1, 1),
-    encoder_causal=False, encoder_spatial_padding_mode="reflect", decoder_spatio_temporal_scaling=True,
-    decoder_block_out_channels=(16, 32, 32, 32), upsample_factor=(2, 2, 1, 2), decoder_layers_per_block=(1,) * 5,
-    upsample_type=("spatial", "spatiotemporal", "spatiotemporal", "spatiotemporal"),
-    upsample_residual=(True, False, True, True), decoder_inject_noise=(True, False, False, True, True),
-)
+CONFIG_C = {
+    "latent_channels": 16, "patch_size": 2, "block_out_channels": (16, 32, 32, 32),
+    "downsample_type": ("conv", "spatial", "spatiotemporal", "spatiotemporal"), "layers_per_block": (1,) * 5,
+    "encoder_causal": False, "encoder_spatial_padding_mode": "reflect", "decoder_spatio_temporal_scaling": True,
+    "decoder_block_out_channels": (16, 32, 32, 32), "upsample_factor": (2, 2, 1, 2),
+    "decoder_layers_per_block": (1,) * 5,
+    "upsample_type": ("spatial", "spatiotemporal", "spatiotemporal", "spatiotemporal"),
+    "upsample_residual": (True, False, True, True), "decoder_inject_noise": (True, False, False, True, True),
+}
 CONFIGS = {"tiny": LTX2VAEConfig.preset("tiny"), "B": LTX2VAEConfig(**CONFIG_B), "C": LTX2VAEConfig(**CONFIG_C)}
 
 
@@ -272,7 +273,7 @@ def _save_reference(tmp_path, ref, **kwargs):
 
 @torch.no_grad()
 def test_load_vae_from_diffusers_folders(tmp_path, pairs):
-    ref, vae = pairs["tiny"]
+    ref, _ = pairs["tiny"]
     z = torch.randn(1, 16, 2, 2, 2)
     expected = ref.decode(ref_denormalize(ref, z)).sample
 
