@@ -92,7 +92,7 @@ class StreamingCache:
         """Total bytes of all cache tensors (constant for the cache's lifetime)."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
-    def clone(self) -> "StreamingCache":
+    def clone(self) -> StreamingCache:
         """Deep copy (new tensors, same bookkeeping)."""
         new = object.__new__(StreamingCache)
         new.__dict__.update(self.__dict__)
@@ -100,7 +100,7 @@ class StreamingCache:
         new.kv_valid = self.kv_valid.clone()
         return new
 
-    def copy_(self, other: "StreamingCache") -> "StreamingCache":
+    def copy_(self, other: StreamingCache) -> StreamingCache:
         """Copy ``other``'s contents into this cache's preallocated tensors (same config and geometry)."""
         if not isinstance(other, StreamingCache):
             raise TypeError(f"copy_ expects a StreamingCache, got {type(other).__name__}.")
@@ -113,7 +113,7 @@ class StreamingCache:
         self.chunks_written = other.chunks_written
         return self
 
-    def reset(self) -> "StreamingCache":
+    def reset(self) -> StreamingCache:
         """Zero all states / tails / K/V, invalidate all K/V slots, ``frames_written = 0``."""
         for t in self._tensors():
             t.zero_()

@@ -115,9 +115,7 @@ class SanaWMConfig:
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})."
             )
         if self.softmax_scale is None:
-            self.softmax_scale = (
-                padded_softmax_scale(self.linear_head_dim) if streaming else self.linear_head_dim**-0.5
-            )
+            self.softmax_scale = padded_softmax_scale(self.linear_head_dim) if streaming else self.linear_head_dim**-0.5
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
         if self.window_chunks < 0:
@@ -173,24 +171,24 @@ class SanaWMConfig:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "SanaWMConfig":
+    def preset(cls, name: str, **overrides: Any) -> SanaWMConfig:
         """``"bidirectional-2.6b"``, ``"streaming-2.6b"`` or ``"tiny"`` (a small random-weight model: in_channels 16,
         hidden 64, 2 heads x 32, 4 blocks with block 3 softmax, caption_channels 64; streaming variant by default).
         Keyword overrides replace fields (e.g. ``preset("tiny", variant="bidirectional")``)."""
         presets = {
-            "bidirectional-2.6b": dict(variant="bidirectional"),
-            "streaming-2.6b": dict(variant="streaming"),
-            "tiny": dict(
-                variant="streaming",
-                in_channels=16,
-                num_layers=4,
-                hidden_size=64,
-                num_attention_heads=2,
-                linear_head_dim=32,
-                softmax_every_n=4,
-                caption_channels=64,
-                chunk_plucker_post_attn_blocks=-1,
-            ),
+            "bidirectional-2.6b": {"variant": "bidirectional"},
+            "streaming-2.6b": {"variant": "streaming"},
+            "tiny": {
+                "variant": "streaming",
+                "in_channels": 16,
+                "num_layers": 4,
+                "hidden_size": 64,
+                "num_attention_heads": 2,
+                "linear_head_dim": 32,
+                "softmax_every_n": 4,
+                "caption_channels": 64,
+                "chunk_plucker_post_attn_blocks": -1,
+            },
         }
         if name not in presets:
             raise ValueError(f"Unknown SanaWMConfig preset {name!r}; expected one of {sorted(presets)}.")
@@ -200,14 +198,16 @@ class SanaWMConfig:
         return cls(**{**presets[name], **overrides})
 
     @classmethod
-    def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> "SanaWMConfig":
+    def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> SanaWMConfig:
         """Read a diffusers ``SanaWMTransformer3DModel`` ``config.json`` dict.
 
         Our own fields (``variant``, ``window_chunks``, ...) are not in diffusers configs: pass them as overrides.
         Raises ``ValueError`` for a key/value this implementation does not support (naming it).
         """
         if not isinstance(config, dict):
-            raise TypeError(f"from_diffusers_config expects a dict (config.json contents), got {type(config).__name__}.")
+            raise TypeError(
+                f"from_diffusers_config expects a dict (config.json contents), got {type(config).__name__}."
+            )
         own = {f.name for f in dataclasses.fields(cls)} - {"extra_diffusers_fields"}
         mapped = {
             "in_channels",

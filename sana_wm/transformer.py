@@ -145,9 +145,9 @@ class GLUMBConvTemp(nn.Module):
         self.point_conv = ConvLayer(nn.Conv2d(mlp_hidden, hidden_size, 1, bias=False))
         self.t_conv = nn.Conv2d(hidden_size, hidden_size, kernel_size=(3, 1), padding=(1, 0), bias=False)
 
-    def spatial(self, x: torch.Tensor, frames: "_Frames") -> torch.Tensor:
+    def spatial(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
         """(B, N, C) -> (B, C, T, S) point-conv output."""
-        B, N, C = x.shape
+        B, _, C = x.shape
         T, H, W = frames.T, frames.H, frames.W
         h = x.reshape(B * T, H, W, C).permute(0, 3, 1, 2)
         h = F.silu(self.inverted_conv.conv(h))
@@ -156,7 +156,7 @@ class GLUMBConvTemp(nn.Module):
         h = self.point_conv.conv(value * F.silu(gate))
         return h.reshape(B, T, C, H * W).permute(0, 2, 1, 3)
 
-    def forward(self, x: torch.Tensor, frames: "_Frames", cache: dict | None, write: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool) -> torch.Tensor:
         B, N, C = x.shape
         h = self.spatial(x, frames)
         out = ffn_temporal_conv(
@@ -289,12 +289,12 @@ class SanaWMAttention(nn.Module):
 
     def _frames5(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
         """(B, H, N, D) -> (B, H, T, S, D)."""
-        B, H, N, D = x.shape
+        B, H, _, D = x.shape
         return x.view(B, H, frames.T, frames.S, D)
 
     def _gates(self, x: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
         """beta (B, H, T, S) per token, g (B, H, T) per frame (float32)."""
-        B, N, C = x.shape
+        B, _, C = x.shape
         beta = torch.sigmoid(self.beta_proj(x)).view(B, frames.T, frames.S, self.heads).permute(0, 3, 1, 2)
         gate = self.gate_proj(x.view(B, frames.T, frames.S, C).mean(dim=2)).float()
         rate = self.A_log.float().exp()
@@ -516,9 +516,7 @@ class SanaWMTransformer(nn.Module):
         if tuple(timestep.shape) != (B, T):
             raise ValueError(f"timestep must have shape (B, T) = {(B, T)} or (B,), got {tuple(timestep.shape)}.")
         if text.ndim != 3 or text.shape[0] != B or text.shape[2] != cfg.caption_channels:
-            raise ValueError(
-                f"text must have shape (B={B}, L, {cfg.caption_channels}), got {tuple(text.shape)}."
-            )
+            raise ValueError(f"text must have shape (B={B}, L, {cfg.caption_channels}), got {tuple(text.shape)}.")
         if tuple(text_mask.shape) != tuple(text.shape[:2]):
             raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}.")
         if tuple(raymap.shape) != (B, T, RAYMAP_CHANNELS):

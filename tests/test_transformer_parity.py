@@ -53,9 +53,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.linalg.det(q)
 
 
-def camera_inputs(
-    batch: int, frames: int, height: int, width: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_inputs(batch: int, frames: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """raymap (B, T, 20), plucker (B, 48, T, H, W) from random c2w trajectories via diffusers' cam_utils."""
     rng = np.random.default_rng(seed)
     pixel_frames = 1 + 8 * (frames - 1)
@@ -67,7 +65,9 @@ def camera_inputs(
             poses[i, :3, 3] = rng.normal(size=3)
         fx, fy = rng.uniform(0.6, 1.4, size=2) * 32 * width
         intr = np.tile([fx, fy, 16 * width + rng.normal(), 16 * height + rng.normal()], (pixel_frames, 1))
-        cam = prepare_camera(poses, intr.astype(np.float32), target_size=(32 * height, 32 * width), vae_stride=(8, 32, 32))
+        cam = prepare_camera(
+            poses, intr.astype(np.float32), target_size=(32 * height, 32 * width), vae_stride=(8, 32, 32)
+        )
         raymaps.append(cam["raymap"])
         pluckers.append(cam["chunk_plucker"])
     return torch.stack(raymaps), torch.stack(pluckers)
@@ -88,20 +88,20 @@ def _run_reference(ref, latents, timestep, text, mask, raymap, plucker, monkeypa
 
 CASES = [
     # (config overrides, B, T, H, W, text length, seed)
-    (dict(), 2, 5, 3, 5, 7, 0),  # the tiny preset: 2 heads x 32, block 3 softmax
+    ({}, 2, 5, 3, 5, 7, 0),  # the tiny preset: 2 heads x 32, block 3 softmax
     (
-        dict(
-            in_channels=8,
-            num_layers=3,
-            hidden_size=96,
-            num_attention_heads=4,
-            linear_head_dim=48,  # not a FlashAttention size: camera softmax uses the padded 1/sqrt(128) scale
-            softmax_every_n=2,
-            caption_channels=40,
-            mlp_ratio=2.0,
-            conv_kernel_size=3,
-            chunk_plucker_post_attn_blocks=2,  # block 2 has no plucker_proj
-        ),
+        {
+            "in_channels": 8,
+            "num_layers": 3,
+            "hidden_size": 96,
+            "num_attention_heads": 4,
+            "linear_head_dim": 48,  # not a FlashAttention size: camera softmax uses the padded 1/sqrt(128) scale
+            "softmax_every_n": 2,
+            "caption_channels": 40,
+            "mlp_ratio": 2.0,
+            "conv_kernel_size": 3,
+            "chunk_plucker_post_attn_blocks": 2,  # block 2 has no plucker_proj
+        },
         1,
         7,
         2,
@@ -110,15 +110,15 @@ CASES = [
         1,
     ),
     (
-        dict(
-            in_channels=12,
-            num_layers=6,
-            hidden_size=128,
-            num_attention_heads=8,
-            linear_head_dim=32,
-            softmax_every_n=3,
-            caption_channels=24,
-        ),
+        {
+            "in_channels": 12,
+            "num_layers": 6,
+            "hidden_size": 128,
+            "num_attention_heads": 8,
+            "linear_head_dim": 32,
+            "softmax_every_n": 3,
+            "caption_channels": 24,
+        },
         2,
         9,
         3,

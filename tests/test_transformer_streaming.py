@@ -20,7 +20,6 @@ SCHEDULE = (1000, 960, 889, 727)
 B, H, W, L = 1, 3, 4, 6
 
 
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -68,18 +67,36 @@ def _stream_and_compare(model, num_chunks, schedule=SCHEDULE, seed=0):
             xs, timesteps = zip(*(_noisy(clean, noise, s, e, t) for t in schedule))
             # the oracle: one chunk-causal forward over the prefix, the schedule's noise levels batched
             v_causal = model(
-                torch.cat(xs), torch.cat(timesteps), text.expand(n, -1, -1), mask.expand(n, -1),
-                raymap[:, :e].expand(n, -1, -1), plucker[:, :, :e].expand(n, -1, -1, -1, -1), causal=True,
+                torch.cat(xs),
+                torch.cat(timesteps),
+                text.expand(n, -1, -1),
+                mask.expand(n, -1),
+                raymap[:, :e].expand(n, -1, -1),
+                plucker[:, :, :e].expand(n, -1, -1, -1, -1),
+                causal=True,
             )
             for i, (x, timestep) in enumerate(zip(xs, timesteps)):
                 v_stream = model.forward_chunk(
-                    x[:, :, s:e], timestep[:, s:e], text, mask, raymap[:, s:e], plucker[:, :, s:e],
-                    cache=cache, start_frame=s,
+                    x[:, :, s:e],
+                    timestep[:, s:e],
+                    text,
+                    mask,
+                    raymap[:, s:e],
+                    plucker[:, :, s:e],
+                    cache=cache,
+                    start_frame=s,
                 )
                 worst = max(worst, _rel(v_stream, v_causal[i : i + 1, :, s:e]))
             model.forward_chunk(
-                clean[:, :, s:e], torch.zeros(B, e - s), text, mask, raymap[:, s:e], plucker[:, :, s:e],
-                cache=cache, start_frame=s, write_cache=True,
+                clean[:, :, s:e],
+                torch.zeros(B, e - s),
+                text,
+                mask,
+                raymap[:, s:e],
+                plucker[:, :, s:e],
+                cache=cache,
+                start_frame=s,
+                write_cache=True,
             )
             sizes.append(cache.nbytes())
     return worst, sizes
@@ -157,11 +174,19 @@ def test_gdn_chunk_causal_matches_diffusers_scans():
     num_f, den_f = scan(q, k, v, q_rot, k_rot, beta, g)
     nums, dens = [], []
     for s, e in zip(starts, [*starts[1:], T]):
-        sl = lambda x: x[:, :, s:e]  # noqa: E731
+
+        def sl(x, s=s, e=e):
+            return x[:, :, s:e]
+
         shifted = [flip_and_shift(sl(x), dim=2) for x in (k, v, k_rot)]
         n, d = scan(
-            sl(q).flip(2), shifted[0], shifted[1], sl(q_rot).flip(2), shifted[2],
-            flip_and_shift(sl(beta), dim=2), flip_and_shift(sl(g), dim=2, shift_val=1.0),
+            sl(q).flip(2),
+            shifted[0],
+            shifted[1],
+            sl(q_rot).flip(2),
+            shifted[2],
+            flip_and_shift(sl(beta), dim=2),
+            flip_and_shift(sl(g), dim=2, shift_val=1.0),
         )
         nums.append(n.view(b, h, D, e - s, S).flip(3))
         dens.append(d.view(b, h, 1, e - s, S).flip(3))
@@ -183,16 +208,29 @@ def test_cache_snapshot_restore_reset_and_errors():
     def write(c):
         s, e = bounds[c]
         model.forward_chunk(
-            clean[:, :, s:e], torch.zeros(B, e - s), text, mask, raymap[:, s:e], plucker[:, :, s:e],
-            cache=cache, start_frame=s, write_cache=True,
+            clean[:, :, s:e],
+            torch.zeros(B, e - s),
+            text,
+            mask,
+            raymap[:, s:e],
+            plucker[:, :, s:e],
+            cache=cache,
+            start_frame=s,
+            write_cache=True,
         )
 
     def read(c, target):
         s, e = bounds[c]
         x, timestep = _noisy(clean, noise, s, e, 960)
         return model.forward_chunk(
-            x[:, :, s:e], timestep[:, s:e], text, mask, raymap[:, s:e], plucker[:, :, s:e],
-            cache=target, start_frame=s,
+            x[:, :, s:e],
+            timestep[:, s:e],
+            text,
+            mask,
+            raymap[:, s:e],
+            plucker[:, :, s:e],
+            cache=target,
+            start_frame=s,
         )
 
     with torch.no_grad():
@@ -214,8 +252,14 @@ def test_cache_snapshot_restore_reset_and_errors():
             read(2, cache)
         with pytest.raises(ValueError, match="latent frames"):
             model.forward_chunk(
-                clean[:, :, 10:12], torch.zeros(B, 2), text, mask, raymap[:, 10:12], plucker[:, :, 10:12],
-                cache=cache, start_frame=10,
+                clean[:, :, 10:12],
+                torch.zeros(B, 2),
+                text,
+                mask,
+                raymap[:, 10:12],
+                plucker[:, :, 10:12],
+                cache=cache,
+                start_frame=10,
             )
         with pytest.raises(ValueError, match="does not match"):
             read(3, model.new_cache(B, height=H + 1, width=W))

@@ -19,18 +19,19 @@ Main output:   ``(Q_hat (M_t + R_t)) / (Q (z_t + r_t) + eps)``.   Camera output:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["gdn_main", "gdn_cam", "chunk_segments"]
+__all__ = ["chunk_segments", "gdn_cam", "gdn_main"]
 
 
 def chunk_segments(num_frames: int, chunk_starts: Sequence[int] | None) -> list[tuple[int, int]]:
     if chunk_starts is None:
         return [(0, num_frames)]
     starts = [int(s) for s in chunk_starts]
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= num_frames:
+    if not starts or starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)) or starts[-1] >= num_frames:
         raise ValueError(
             f"chunk_starts must be strictly increasing, start at 0 and lie below T={num_frames}, got {starts}."
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rope_axis_dims", "rope_frequencies", "slice_rope_for_camera", "apply_rope"]
+__all__ = ["apply_rope", "rope_axis_dims", "rope_frequencies", "slice_rope_for_camera"]
 
 
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:

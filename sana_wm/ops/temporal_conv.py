@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .gdn import chunk_segments
 
-__all__ = ["short_conv_k", "ffn_temporal_conv"]
+__all__ = ["ffn_temporal_conv", "short_conv_k"]
 
 
 def _future_taps(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

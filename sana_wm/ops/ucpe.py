@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .rope import apply_rope
 
-__all__ = ["RAYMAP_CHANNELS", "ray_matrices", "invert_se3", "ucpe_transform", "downscale_to_reference_rms"]
+__all__ = ["RAYMAP_CHANNELS", "downscale_to_reference_rms", "invert_se3", "ray_matrices", "ucpe_transform"]
 
 RAYMAP_CHANNELS = 20  # flattened 4x4 c2w + fx, fy, cx, cy (latent-grid pixels)
 
