@@ -85,8 +85,9 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
     g.add_argument("--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)")
     g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
     if image:
-        g.add_argument("--image", type=Path, help="first frame (PNG/JPEG); the demo uses a generated test card if omitted")
-        g.add_argument("--prompt", help=f"text prompt (required with --model; demo default {DEMO_PROMPT!r})")
+        g.add_argument("--image", type=Path,
+                       help="first frame (PNG/JPEG); required with --model, else a generated test card")
+        g.add_argument("--prompt", help=f"text prompt; required with --model, else {DEMO_PROMPT!r}")
         g.add_argument("--fov", type=float, metavar="DEG",
                        help="horizontal field of view of the frame in degrees (default 60; --poses files may carry "
                             "intrinsics instead)")
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "H hide HUD, Esc quit.")
     _add_world_args(p, required=False)
     p.add_argument("--connect", metavar="URL", help="stream from a sana-wm server (ws://host:port) instead of in-process")
+    p.add_argument("--encoding", choices=("raw", "jpeg", "h264"), default="raw",
+                   help="frame encoding from the server with --connect (default raw: exact frames)")
     p.add_argument("--mapping", default="sana-wm-v2", help="camera motion model (default sana-wm-v2, NVlabs streaming)")
     p.add_argument("--fps", type=float, default=16.0, help="presentation rate (default 16)")
     p.add_argument("--scale", type=float, default=None, help="window scale factor (default: fit ~1280 px wide)")
@@ -232,10 +235,15 @@ def test_card(height: int, width: int) -> np.ndarray:
     return img
 
 
+def _defaults_allowed(args: argparse.Namespace) -> bool:
+    """The demo world and a server (explore --connect) may start from the test card and the demo prompt."""
+    return args.demo or bool(getattr(args, "connect", None))
+
+
 def read_image(args: argparse.Namespace) -> np.ndarray | None:
     """--image as (H,W,3) uint8 (checked before any model is loaded), or None when not given."""
     if args.image is None:
-        if not args.demo:
+        if not _defaults_allowed(args):
             raise UsageError("--image is required with --model (the first frame of the world)")
         return None
     if not args.image.is_file():
@@ -253,7 +261,7 @@ def prompt_of(args: argparse.Namespace) -> str:
     """--prompt; the demo world has a default, real weights need one."""
     if args.prompt is not None:
         return args.prompt
-    if not args.demo:
+    if not _defaults_allowed(args):
         raise UsageError("--prompt is required with --model (a text description of the scene)")
     return DEMO_PROMPT
 
@@ -407,10 +415,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             model.update(height=args.height or head["height"], width=args.width or head["width"])
     else:
         model = dict(head["model"])
-        if model.get("kind") == "demo":
+        if model.get("kind") not in ("demo", "folder"):
+            raise UsageError(f"{args.record}: recorded against {model.get('kind')} {model.get('name')!r}; "
+                             "give the world to replay it on (--demo or --model DIR)")
+        if model["kind"] == "demo":
             model["variant"] = args.sampler
-    device = args.device or (head.get("device") if model.get("kind") == "demo" else None)
-    dtype = args.dtype or head.get("dtype")
+    recorded_device = head.get("device") if head.get("device") != "unknown" else None
+    device = args.device or (recorded_device if model["kind"] == "demo" else None)
+    dtype = args.dtype or (head.get("dtype") if head.get("dtype") in _DTYPES else None)
     world = load_world(model, device, dtype)
     fps = head.get("fps", 16)
     t0 = time.perf_counter()

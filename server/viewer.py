@@ -93,28 +93,25 @@ def load_script(path: str | Path) -> list[ScriptEvent]:
     return parse_events(path.read_text(), source=str(path))
 
 
-class LocalSource:
-    """A ``Session`` driven on a worker thread; commands in, frame parts out (both through queues).
+class WorldSource:
+    """Drives a session on a worker thread; commands in, frames out (both through queues).
 
-    Commands: ``("step", poses (24,4,4), meta)``, ``("snapshot", name)``, ``("restore", name)``, ``("reset",)``.
-    Outputs (``poll``): ``("part", chunk_part, meta, is_first_part)`` per latent frame, ``("done", seconds, meta)``
-    per chunk,
-    ``("error", exception)``. ``meta["epoch"]`` lets the viewer drop frames of a branch it left.
-    Every finished chunk is logged to ``recorder`` (if any) and its frames kept for ``frames`` (if ``keep``).
+    Commands (``submit``): ``("step", poses (24,4,4), meta)``, ``("snapshot", name)``, ``("restore", name)``,
+    ``("reset",)``. Outputs (``poll``): ``("part", frames (n,H,W,3), meta, is_first_part)`` as frames arrive,
+    ``("done", seconds, meta)`` per chunk, ``("error", exception)``. ``meta["epoch"]`` lets the viewer drop frames
+    of a branch it left. Every chunk is logged to ``recorder`` (if any) and its frames kept in ``frames`` (if
+    ``keep``), in the order they were generated. Subclasses say how a chunk is generated (``_generate``) and how
+    snapshots, restores and resets are done.
     """
 
-    def __init__(self, world, image, *, prompt: str, seed: int, fov_deg: float | None = None, recorder=None,
-                 keep: bool = False):
-        self.world = world
-        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg)
-        self.session = world.start(**self._start)
-        self.frames_per_chunk = self.session.frames_per_chunk
-        self.first_frame = self.session.first_frame
+    frames_per_chunk: int
+    first_frame: np.ndarray
+
+    def __init__(self, recorder=None, keep: bool = False):
         self.recorder = recorder
-        self.frames: list[np.ndarray] = [] if keep else None
+        self.frames: list[np.ndarray] | None = [] if keep else None
         self._cmds: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
-        self._snaps: dict[str, Any] = {}
         self._busy = 0
         self._next_chunk = 0
         self._thread = threading.Thread(target=self._run, name="sana-wm-world", daemon=True)
@@ -137,22 +134,16 @@ class LocalSource:
                 item = self._out.get_nowait()
             except queue.Empty:
                 return out
-            if item[0] in ("done", "error"):
-                self._busy -= item[0] == "done"
+            self._busy -= item[0] == "done"
             out.append(item)
 
     def gpu_memory(self) -> str | None:
-        import torch
-
-        dev = getattr(self.world, "device", None)
-        if dev is None or torch.device(dev).type != "cuda":
-            return None
-        return f"{torch.cuda.memory_allocated(dev) / 2**30:.1f}/{torch.cuda.memory_reserved(dev) / 2**30:.1f} GiB"
+        """GPU memory in use, for the HUD (None: not known / not on a GPU)."""
+        return None
 
     def close(self) -> None:
         self._cmds.put(None)
         self._thread.join()
-        self.session.close()
 
     def _run(self) -> None:
         while (cmd := self._cmds.get()) is not None:
@@ -167,36 +158,147 @@ class LocalSource:
         if kind == "step":
             poses, meta = cmd[1], cmd[2]
             t0 = time.perf_counter()
-            parts = []
-            for part in self.session.stream(poses=poses):
-                self._out.put(("part", part, meta, not parts))
-                parts.append(part)
+            parts, part_poses, index = [], [], None
+            for index, frames, frame_poses in self._generate(poses):
+                self._out.put(("part", frames, meta, not parts))
+                parts.append(frames)
+                part_poses.append(frame_poses)
             seconds = time.perf_counter() - t0
-            frames = np.concatenate([p.frames for p in parts])
-            index = parts[0].index
+            frames = np.concatenate(parts)
             self._next_chunk = index + 1
             if self.recorder is not None:
-                self.recorder.step(index, poses=poses, frames=frames,
-                                   frame_poses=np.concatenate([p.poses for p in parts]))
+                self.recorder.step(index, poses=poses, frames=frames if self.exact else None,
+                                   frame_poses=np.concatenate(part_poses))
             if self.frames is not None:
                 self.frames.append(frames)
             self._out.put(("done", seconds, dict(meta, chunk=index)))
         elif kind == "snapshot":
-            self._snaps[cmd[1]] = self.session.snapshot()
+            self._snapshot(cmd[1])
             if self.recorder is not None:
                 self.recorder.snapshot(cmd[1], self._next_chunk)
         elif kind == "restore":
             if self.recorder is not None:
                 self.recorder.restore(cmd[1], self._next_chunk)
-            self.session.restore(self._snaps[cmd[1]])
-            self._next_chunk = self._snaps[cmd[1]].chunk_index
+            self._next_chunk = self._restore(cmd[1])
         else:  # reset
             if self.recorder is not None:
                 self.recorder.reset(self._next_chunk)
-            self.session.close()
-            self._snaps.clear()
-            self.session = self.world.start(**self._start)
+            self._reset()
             self._next_chunk = 0
+
+    exact = True
+    """Frames arrive exactly as generated (their digests go into the record)."""
+
+    def _generate(self, poses: np.ndarray):
+        """Yield ``(chunk index, frames (n,H,W,3), poses (n,4,4))`` for one chunk, part by part."""
+        raise NotImplementedError
+
+    def _snapshot(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _restore(self, name: str) -> int:
+        """Restore snapshot ``name``; returns the index of the next chunk."""
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+
+class LocalSource(WorldSource):
+    """A ``Session`` of an in-process ``World``, streamed per latent frame (8 frames at a time)."""
+
+    def __init__(self, world, image, *, prompt: str, seed: int, fov_deg: float | None = None, recorder=None,
+                 keep: bool = False):
+        self.world = world
+        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg)
+        self.session = world.start(**self._start)
+        self.frames_per_chunk = self.session.frames_per_chunk
+        self.first_frame = self.session.first_frame
+        self._snaps: dict[str, Any] = {}
+        super().__init__(recorder, keep)
+
+    def gpu_memory(self) -> str | None:
+        import torch
+
+        dev = torch.device(self.world.device)
+        if dev.type != "cuda":
+            return None
+        return f"{torch.cuda.memory_allocated(dev) / 2**30:.1f}/{torch.cuda.memory_reserved(dev) / 2**30:.1f} GiB"
+
+    def close(self) -> None:
+        super().close()
+        self.session.close()
+
+    def _generate(self, poses):
+        for part in self.session.stream(poses=poses):
+            yield part.index, part.frames, part.poses
+
+    def _snapshot(self, name):
+        self._snaps[name] = self.session.snapshot()
+
+    def _restore(self, name):
+        self.session.restore(self._snaps[name])
+        return self._snaps[name].chunk_index
+
+    def _reset(self):
+        self.session.close()
+        self._snaps.clear()
+        self.session = self.world.start(**self._start)
+
+
+class RemoteSource(WorldSource):
+    """A lockstep session on a ``sana-wm serve`` server (``server.client.Client``), one chunk per request; the
+    camera is computed here and sent as poses, exactly as in-process."""
+
+    def __init__(self, url: str, image, *, prompt: str, seed: int, fov_deg: float | None = None,
+                 encoding: str = "raw", recorder_factory=None, keep: bool = False):
+        from server.client import Client
+
+        self.client = Client(url, client_name="sana-wm explore")
+        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg, mode="lockstep",
+                           encoding=encoding)
+        try:
+            self.session = self.client.start(**self._start)
+        except BaseException:
+            self.client.close()
+            raise
+        self.exact = encoding == "raw"
+        self.frames_per_chunk = self.session.frames_per_chunk
+        self.first_frame = _prepared(image, self.session.height, self.session.width, fov_deg)
+        self._snaps: dict[str, int] = {}
+        world = self.client.welcome.get("world", {})
+        recorder = None if recorder_factory is None else recorder_factory(
+            model={"kind": "server", "url": url, "name": world.get("name"), "variant": world.get("variant"),
+                   "height": self.session.height, "width": self.session.width},
+            height=self.session.height, width=self.session.width)
+        super().__init__(recorder, keep)
+
+    def close(self) -> None:
+        super().close()
+        self.client.close()
+
+    def _generate(self, poses):
+        out = self.session.step(poses=poses)
+        yield out.chunk, out.frames, out.c2w
+
+    def _snapshot(self, name):
+        self._snaps[name] = self.session.snapshot()
+
+    def _restore(self, name):
+        return int(self.session.restore(self._snaps[name])["chunk"])
+
+    def _reset(self):
+        self.session.close()
+        self._snaps.clear()
+        self.session = self.client.start(**self._start)
+
+
+def _prepared(image, height: int, width: int, fov_deg: float | None) -> np.ndarray:
+    """The first image as the world shows it (resized + centre-cropped), (H,W,3) uint8."""
+    from sana_wm.image import prepare_image
+
+    pixels = prepare_image(image, size=(height, width), fov_deg=fov_deg)[0]
+    return ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
 class Explorer:
@@ -328,7 +430,7 @@ class Explorer:
                     self.finished += 1
                 continue
             if item[0] == "part":
-                self.pacer.push(item[1].frames, meta if item[3] else None)
+                self.pacer.push(item[1], meta if item[3] else None)
                 self.pacer.chunk_started()
             else:
                 self.finished += 1
@@ -423,32 +525,42 @@ def explore(args: argparse.Namespace) -> int:
     script.sort(key=lambda e: e.t)
     if args.fps <= 0:
         raise cli.UsageError(f"--fps must be > 0, got {args.fps}")
-    if args.connect:
-        raise cli.UsageError("--connect: the websocket client is not available yet")
-    if not args.demo and args.model is None:
-        raise cli.UsageError("give --demo or --model DIR (or --connect URL)")
+    if args.connect and (args.demo or args.model is not None):
+        raise cli.UsageError("--connect streams from a server: give it without --demo / --model")
+    if not args.connect and not args.demo and args.model is None:
+        raise cli.UsageError("give --demo, --model DIR or --connect URL")
     image = cli.read_image(args)
     prompt = cli.prompt_of(args)
-    model, world = cli._world_from_args(args)
-    if image is None:
-        image = cli.test_card(world.height, world.width)
-    recorder = None
-    if args.record is not None:
+    keep = args.frames_npz is not None
+
+    def recorder(model, height, width, device="unknown", dtype="unknown"):
+        if args.record is None:
+            return None
         from server.record import Recorder
 
-        recorder = Recorder(args.record, image=image, prompt=prompt, seed=args.seed, model=model,
-                            height=world.height, width=world.width, fov_deg=args.fov, device=str(world.device),
-                            dtype=str(world.dtype), fps=int(args.fps),
-                            meta={"client": "sana-wm explore", "mapping": args.mapping})
-    source = LocalSource(world, image, prompt=prompt, seed=args.seed, fov_deg=args.fov, recorder=recorder,
-                         keep=args.frames_npz is not None)
+        return Recorder(args.record, image=image, prompt=prompt, seed=args.seed, model=model, height=height,
+                        width=width, fov_deg=args.fov, device=device, dtype=dtype, fps=int(args.fps),
+                        meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect})
+
+    if args.connect:
+        if image is None:
+            image = cli.test_card(704, 1280)
+        source = RemoteSource(args.connect, image, prompt=prompt, seed=args.seed, fov_deg=args.fov,
+                              encoding=args.encoding, recorder_factory=recorder, keep=keep)
+    else:
+        model, world = cli._world_from_args(args)
+        if image is None:
+            image = cli.test_card(world.height, world.width)
+        source = LocalSource(world, image, prompt=prompt, seed=args.seed, fov_deg=args.fov, keep=keep,
+                             recorder=recorder(model, world.height, world.width, str(world.device), str(world.dtype)))
+    height, width = source.first_frame.shape[:2]
     try:
         status = Explorer(source, mapping=args.mapping, fps=args.fps, scale=args.scale, output_dir=args.output_dir,
-                          script=script, max_chunks=args.max_chunks, height=world.height, width=world.width).run()
+                          script=script, max_chunks=args.max_chunks, height=height, width=width).run()
     finally:
         source.close()
-        if recorder is not None:
-            recorder.close()
+        if source.recorder is not None:
+            source.recorder.close()
     if args.frames_npz is not None and source.frames:
         save_frames_npz(args.frames_npz, np.concatenate(source.frames))
     return status

@@ -61,3 +61,28 @@ def test_explore_hotkeys_capture_and_screenshot(tmp_path, capsys):
     with av.open(str(mp4s[0])) as c:
         n = sum(1 for _ in c.decode(video=0))
     assert n > 0 and "explore: 2 chunks" in err
+
+
+def test_explore_connect_to_server_and_replay(tmp_path, capsys):
+    """explore --connect against a real server on loopback; its client-side record replays bitwise in-process."""
+    from engine import World
+    from server.app import ServerConfig, ServerThread
+
+    rec, live, again = tmp_path / "s.jsonl", tmp_path / "live.npz", tmp_path / "replay.npz"
+    with ServerThread(World.demo(height=64, width=64), ServerConfig(port=0)) as srv:
+        code = main(["explore", "--connect", srv.url, "--prompt", "a harbour", "--seed", "2", "--fps", "48",
+                     "--events", "0:keydown:a,0.2:keyup:a,0.2:keydown:up", "--max-chunks", "2",
+                     "--record", str(rec), "--frames-npz", str(live)])
+        err = capsys.readouterr().err
+    assert code == 0, err
+    assert "explore: 2 chunks" in err
+    assert load_record(rec).header["model"]["kind"] == "server"
+    code = main(["replay", str(rec), "--output", str(tmp_path / "r.mp4"), "--frames-npz", str(again)])
+    assert code == 2 and "--demo or --model" in capsys.readouterr().err
+    code = main(["replay", str(rec), "--demo", *SIZE, "--output", str(tmp_path / "r.mp4"), "--frames-npz",
+                 str(again), "--strict"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "2/2 recorded chunks bitwise identical" in err
+    with np.load(live) as a, np.load(again) as b:
+        assert a["frames"].shape == (48, 64, 64, 3) and np.array_equal(a["frames"], b["frames"])
