@@ -67,7 +67,7 @@ class World:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def demo(cls, height: int = 64, width: int = 96, seed: int = 0, *, variant: str = "streaming",
+    def demo(cls, height: int = 128, width: int = 224, seed: int = 0, *, variant: str = "streaming",
              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> World:
         """Tiny random transformer + tiny random VAE + tiny prompt encoder (smoke runs and tests); the weights are
         a function of ``seed``."""
