@@ -350,23 +350,23 @@ class Connection:
 
     async def _end_session(self, sess: ServedSession, *, reason: str, rid: Any = None,
                            error: ProtocolError | None = None) -> None:
-        """Close a session: stop its chunk, drop its queued output, say why, release it on the worker."""
+        """Close a session: stop its chunk, drop its queued output, release it on the worker, then say why
+        (``error`` first if it failed, then ``closed``, the session's last message)."""
         if sess.closed:
             return
         sess.closed = True
         sess.stop.set()
         if sess.live_task is not None and sess.live_task is not asyncio.current_task():
             sess.live_task.cancel()
+        self.outbox.close_stream(sess.stream)
+        self.sessions.pop(sess.id, None)
+        await self.server.release_engine_session(sess)
+        if error is not None:
+            self.outbox.put_final(sess.stream, error.to_message())
         closed = {"type": "closed", "session": sess.id, "reason": reason}
         if rid is not None:
             closed["id"] = rid
-        if error is not None:
-            self.outbox.close_stream(sess.stream, error.to_message())
-            await self.outbox.put(closed)
-        else:
-            self.outbox.close_stream(sess.stream, closed)
-        self.sessions.pop(sess.id, None)
-        await self.server.release_engine_session(sess)
+        self.outbox.put_final(sess.stream, closed)
 
     def _control(self, req: dict[str, Any]) -> int:
         sess = self._session(req)
@@ -594,7 +594,8 @@ class Connection:
 
     def status(self) -> dict[str, Any]:
         return {"connection": self.number, "sessions": sorted(self.sessions), "snapshots": len(self.snapshots),
-                "queued": self.outbox.queued()}
+                "queued": self.outbox.queued(),
+                "dropped_chunks": {sid: s.stream.dropped_total for sid, s in self.sessions.items()}}
 
 
 class WorldServer:
@@ -675,8 +676,9 @@ class WorldServer:
 
     # ----------------------------------------------------------------------------------- worker-side jobs
     def start_engine_session(self, image: np.ndarray, req: dict[str, Any]) -> Any:
+        mapping = {} if req["mapping"] is None else {"mapping": req["mapping"]}
         return self.world.start(image, req["prompt"], seed=req["seed"], intrinsics=req["intrinsics"],
-                                fov_deg=req["fov_deg"])
+                                fov_deg=req["fov_deg"], **mapping)
 
     def chunk_job(self, sess: ServedSession, inputs: dict[str, Any] | None,
                   on_part: Callable[[Any, dict | None], None]) -> dict[str, float]:

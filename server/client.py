@@ -317,15 +317,16 @@ class AsyncClient:
 
     async def start(self, image: Any, prompt: str, *, seed: int = 0, mode: str = "lockstep", encoding: str = "raw",
                     intrinsics: Any = None, fov_deg: float | None = None, jpeg_quality: int | None = None,
-                    h264_crf: int | None = None, h264_pix_fmt: str | None = None,
+                    h264_crf: int | None = None, h264_pix_fmt: str | None = None, mapping: str | None = None,
                     timeout: float | None = DEFAULT_TIMEOUT) -> AsyncSession:
         """Start a session from a first image (file bytes, a local path, a (H,W,3) uint8 array or PIL image).
         ``mode``: "lockstep" (advances only on ``step``) or "live" (advances by itself, steered by ``control``);
-        ``encoding``: "raw", "jpeg" (``jpeg_quality``) or "h264" (``h264_crf``, ``h264_pix_fmt``)."""
+        ``encoding``: "raw", "jpeg" (``jpeg_quality``) or "h264" (``h264_crf``, ``h264_pix_fmt``); ``mapping``: the
+        key layout of actions and keys ("sana-wm-v2" NVlabs streaming, the default; "sana-wm-v1" diffusers)."""
         msg: dict[str, Any] = {"type": "start", "image": _image_bytes(image), "prompt": prompt, "seed": seed,
                                "mode": mode, "encoding": encoding}
         for name, value in (("fov_deg", fov_deg), ("jpeg_quality", jpeg_quality), ("h264_crf", h264_crf),
-                            ("h264_pix_fmt", h264_pix_fmt)):
+                            ("h264_pix_fmt", h264_pix_fmt), ("mapping", mapping)):
             if value is not None:
                 msg[name] = value
         if intrinsics is not None:

@@ -123,9 +123,9 @@ class Outbox:
         stream.retired = True
         self._wake.set()
 
-    def close_stream(self, stream: Stream, final: dict[str, Any] | None = None) -> None:
-        """Drop the stream's undelivered output (a chunk already being sent loses its remaining parts), then send
-        ``final`` (not counted against the reply budget) after anything already on the wire."""
+    def close_stream(self, stream: Stream) -> None:
+        """Drop the stream's undelivered output; a chunk already being sent loses its remaining parts but still
+        gets its ``stats``. Follow with ``put_final``."""
         keep: deque = deque()
         for it in stream.items:
             if isinstance(it, ChunkItem) and it.started:
@@ -138,12 +138,17 @@ class Outbox:
                     self._slots.release()
             else:
                 it.dropped = True
-        if final is not None:
-            (keep if keep else self._conn).append(_Message(final, counted=False))
         stream.items = keep
         stream.closed = True
         self._wake.set()
         self._schedule_space_notice()
+
+    def put_final(self, stream: Stream, msg: dict[str, Any]) -> None:
+        """The last message of a closed stream, after anything of it still on the wire; not counted against the
+        reply budget (one per session)."""
+        item = _Message(msg, counted=False)
+        (stream.items if stream.key in self._streams and stream.items else self._conn).append(item)
+        self._wake.set()
 
     async def put_chunk(self, stream: Stream, item: ChunkItem) -> None:
         """Queue a chunk before its parts exist. Live: drop the oldest waiting chunks beyond the limit.

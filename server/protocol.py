@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from controllers.actions import ACTION_KEYS
+from controllers.actions import ACTION_KEYS, MAPPINGS
 
 PROTOCOL_VERSION = 1
 ENCODINGS = ("raw", "jpeg", "h264")
@@ -254,7 +254,7 @@ def build_schemas(limits: Limits) -> dict[str, dict[str, tuple[Checker, Any]]]:
                   "client": (string(128), None)},
         "ping": {},
         "start": {"image": image, "prompt": prompt, "seed": seed, **camera,
-                  "mode": (choice(MODES), "lockstep"), **enc},
+                  "mode": (choice(MODES), "lockstep"), "mapping": (choice(tuple(MAPPINGS)), None), **enc},
         "close": {"session": session},
         "control": {"session": session, "keys": (key_set, REQUIRED), "mouse": (floats(2), None),
                     "t": (number(-1e18, 1e18), None)},
