@@ -217,11 +217,13 @@ class FinalLayer(nn.Module):
 
 @dataclass
 class _Frames:
-    """Token geometry and camera encodings of one forward (T frames of H x W tokens).
+    """Everything of one forward that does not depend on the latents or the timestep: token geometry, camera
+    encodings, text and Plücker embeddings. Built once per chunk, it can serve all of the chunk's passes.
 
     ``mode``: ``"full"`` (bidirectional), ``"causal"`` (chunk-causal, ``chunk_starts`` set) or ``"stream"`` (one chunk
     against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
-    (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P).
+    (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``y`` (B, L, C) embedded
+    text with ``y_mask`` (B, 1, 1, L) bool; ``plucker_emb`` (B, N, C).
     """
 
     mode: str
@@ -235,6 +237,9 @@ class _Frames:
     ray_kv: torch.Tensor
     ray_out: torch.Tensor
     window_chunks: int
+    y: torch.Tensor
+    y_mask: torch.Tensor
+    plucker_emb: torch.Tensor
     cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens
     write_tokens: tuple[int, int] | None = None  # stream + write: token range of this chunk in the K/V buffers
 
@@ -461,15 +466,12 @@ class SanaWMBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
-        y_mask: torch.Tensor,
         t0: torch.Tensor,
-        plucker_emb: torch.Tensor,
         frames: _Frames,
         cache: dict | None = None,
         write: bool = False,
     ) -> torch.Tensor:
-        """x (B, N, C); y (B, L, C); y_mask (B, 1, 1, L) bool; t0 (B, T, 6, C); plucker_emb (B, N, C)."""
+        """x (B, N, C) tokens; t0 (B, T, 6, C) per-frame modulation."""
         B, N, C = x.shape
         T = frames.T
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -479,8 +481,8 @@ class SanaWMBlock(nn.Module):
         attn = self.attn(h.view(B, N, C), frames, cache, write)
         x = x + (gate_msa * attn.view(B, T, -1, C)).view(B, N, C)
         if hasattr(self, "plucker_proj"):
-            x = x + self.plucker_proj(plucker_emb)
-        x = x + self.cross_attn(x, y, y_mask)
+            x = x + self.plucker_proj(frames.plucker_emb)
+        x = x + self.cross_attn(x, frames.y, frames.y_mask)
         h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_mlp) + shift_mlp
         mlp = self.mlp(h.view(B, N, C), frames, cache, write)
         return x + (gate_mlp * mlp.view(B, T, -1, C)).view(B, N, C)
@@ -528,12 +530,20 @@ class SanaWMTransformer(nn.Module):
 
     # -- shared pre/post -------------------------------------------------------------------------------------------
     def _frames(
-        self, raymap: torch.Tensor, T: int, H: int, W: int, start_frame: int, mode: str, chunk_starts
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        raymap: torch.Tensor,
+        plucker: torch.Tensor,
+        start_frame: int,
+        mode: str,
+        chunk_starts: list[int] | None,
     ) -> _Frames:
+        """The timestep-independent inputs of a forward over frames ``[start_frame, start_frame + T)``."""
         hd = self.config.head_dim
-        device = raymap.device
+        _, _, T, H, W = plucker.shape
         rope = rope_frequencies(
-            hd, torch.arange(start_frame, start_frame + T, device=device), H, W, theta=self.config.rope_theta
+            hd, torch.arange(start_frame, start_frame + T, device=raymap.device), H, W, theta=self.config.rope_theta
         )
         ray = ray_matrices(raymap, H, W)
         return _Frames(
@@ -548,20 +558,22 @@ class SanaWMTransformer(nn.Module):
             ray_kv=invert_se3(ray),
             ray_out=ray,
             window_chunks=self.config.window_chunks,
+            y=self.attention_y_norm(self.y_embedder(text.to(self.x_embedder.proj.weight.dtype))),
+            y_mask=text_mask.bool()[:, None, None, :],
+            plucker_emb=self.plucker_embedder(plucker),
         )
 
-    def _run(self, latents, timestep, text, text_mask, plucker, frames: _Frames, cache: StreamingCache | None, write):
+    def _run(
+        self, latents: torch.Tensor, timestep: torch.Tensor, frames: _Frames, cache: StreamingCache | None, write: bool
+    ) -> torch.Tensor:
         dtype = self.x_embedder.proj.weight.dtype
         B, _, T, H, W = latents.shape
         x = self.x_embedder(latents)
         t = self.t_embedder(timestep_sinusoid(timestep.long().to(torch.float32).flatten()).to(dtype))
         t0 = self.t_block(t).view(B, T, 6, -1)
         t = t.view(B, T, -1)
-        y = self.attention_y_norm(self.y_embedder(text.to(dtype)))
-        y_mask = text_mask.bool()[:, None, None, :]
-        plucker_emb = self.plucker_embedder(plucker)
         for i, block in enumerate(self.blocks):
-            x = block(x, y, y_mask, t0, plucker_emb, frames, None if cache is None else cache.blocks[i], write)
+            x = block(x, t0, frames, None if cache is None else cache.blocks[i], write)
         out = self.final_layer(x, t, T)
         return out.view(B, T, H, W, -1).permute(0, 4, 1, 2, 3)
 
@@ -591,10 +603,10 @@ class SanaWMTransformer(nn.Module):
             (B, C, T, H, W) flow velocity ``noise - x0``.
         """
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
-        _, _, T, H, W = latents.shape
+        T = latents.shape[2]
         chunk_starts = [s for s, _ in self.config.chunk_bounds(T)] if causal else None
-        frames = self._frames(raymap, T, H, W, 0, "causal" if causal else "full", chunk_starts)
-        return self._run(latents, timestep, text, text_mask, plucker, frames, None, False)
+        frames = self._frames(text, text_mask, raymap, plucker, 0, "causal" if causal else "full", chunk_starts)
+        return self._run(latents, timestep, frames, None, False)
 
     def forward_chunk(
         self,
@@ -621,10 +633,10 @@ class SanaWMTransformer(nn.Module):
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
         B, _, T, H, W = latents.shape
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T)
-        frames = self._frames(raymap, T, H, W, start_frame, "stream", None)
+        frames = self._frames(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.key_bias()
         frames.write_tokens = cache.write_token_range() if write_cache else None
-        out = self._run(latents, timestep, text, text_mask, plucker, frames, cache, write_cache)
+        out = self._run(latents, timestep, frames, cache, write_cache)
         if write_cache:
             cache.commit_chunk(T)
         return out
