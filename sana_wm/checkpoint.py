@@ -39,12 +39,12 @@ from .transformer import SanaWMTransformer
 from .weights import TORCH_SUFFIXES, load_into, read_state_dict
 
 __all__ = [
-    "load_transformer",
-    "save_transformer",
-    "infer_config",
-    "nvlabs_to_diffusers_name",
-    "diffusers_to_nvlabs_name",
     "UNUSED_NVLABS_KEYS",
+    "diffusers_to_nvlabs_name",
+    "infer_config",
+    "load_transformer",
+    "nvlabs_to_diffusers_name",
+    "save_transformer",
 ]
 
 # (NVlabs prefix, diffusers prefix): the only names that differ between the two layouts.

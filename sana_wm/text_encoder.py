@@ -19,26 +19,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["PromptEncoder", "CHI_PROMPT", "MAX_LENGTH", "tiny_tokenizer"]
+__all__ = ["CHI_PROMPT", "MAX_LENGTH", "PromptEncoder", "tiny_tokenizer"]
 
 MAX_LENGTH = 300
-# SANA-WM's instruction prefix ("chi prompt"), the 9 lines of the release config joined by newlines.
+# SANA-WM's instruction prefix ("chi prompt"), the 8 lines of the release config joined by newlines.
 CHI_PROMPT = "\n".join(
     [
-        'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions suitable for '
-        "image generation. Evaluate the level of detail in the user prompt:",
-        "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial "
-        "relationships to create vivid and concrete scenes.",
-        "- If the prompt is already detailed, refine and enhance the existing details slightly without "
-        "overcomplicating.",
+        (
+            'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions suitable '
+            "for image generation. Evaluate the level of detail in the user prompt:"
+        ),
+        (
+            "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial "
+            "relationships to create vivid and concrete scenes."
+        ),
+        (
+            "- If the prompt is already detailed, refine and enhance the existing details slightly without "
+            "overcomplicating."
+        ),
         "Here are examples of how to transform or refine prompts:",
-        "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping "
-        "peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
-        "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street "
-        "lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass "
-        "skyscrapers.",
-        "Please generate only the enhanced description for the prompt below and avoid including any additional "
-        "commentary or evaluations:",
+        (
+            "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, "
+            "sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers."
+        ),
+        (
+            "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing "
+            "street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by "
+            "towering glass skyscrapers."
+        ),
+        (
+            "Please generate only the enhanced description for the prompt below and avoid including any additional "
+            "commentary or evaluations:"
+        ),
         "User Prompt: ",
     ]
 )
@@ -114,7 +126,7 @@ class PromptEncoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
         **kwargs,
-    ) -> "PromptEncoder":
+    ) -> PromptEncoder:
         """Gemma-2 (e.g. ``gemma-2-2b-it``) from a local folder holding its config, weights and tokenizer; never
         downloads. ``kwargs`` go to the constructor (``cache_dir``, ``cache_size``, ...)."""
         from transformers import AutoModel, AutoTokenizer
@@ -130,7 +142,7 @@ class PromptEncoder:
         return cls(model.to(device), tokenizer, model_id=model_id, device=device, **kwargs)
 
     @classmethod
-    def tiny(cls, hidden_size: int = 64, seed: int = 0, **kwargs) -> "PromptEncoder":
+    def tiny(cls, hidden_size: int = 64, seed: int = 0, **kwargs) -> PromptEncoder:
         """A 2-layer random Gemma-2 of width ``hidden_size`` with :func:`tiny_tokenizer`, on the CPU in fp32."""
         from transformers import Gemma2Config, Gemma2Model
 

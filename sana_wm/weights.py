@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-__all__ = ["read_state_dict", "load_into", "format_key_report"]
+__all__ = ["format_key_report", "load_into", "read_state_dict"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")

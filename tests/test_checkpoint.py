@@ -75,7 +75,7 @@ def _nvlabs_state(model: SanaWMTransformer) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------ names / configs
 def _spec_nvlabs_keys(cfg: SanaWMConfig) -> set[str]:
     """The NVlabs key list of spec section 6, expanded for ``cfg``."""
-    wb = lambda *names: {f"{n}.{s}" for n in names for s in ("weight", "bias")}  # noqa: E731
+    wb = lambda *names: {f"{n}.{s}" for n in names for s in ("weight", "bias")}
     keys = wb("x_embedder.proj", "t_embedder.mlp.0", "t_embedder.mlp.2", "t_block.1", "y_embedder.y_proj.fc1")
     keys |= wb("y_embedder.y_proj.fc2", "plucker_embedder.proj", "raymap_embedder.proj", "final_layer.linear")
     keys |= {"attention_y_norm.weight", "final_layer.scale_shift_table"}
