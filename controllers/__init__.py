@@ -11,6 +11,7 @@ Public names (imported lazily)::
     #   raymap (end-start, 20), plucker (48, end-start, 22, 40) float32; O(end-start) work
     cam = controllers.LiveController(mapping="sana-wm-v2")      # live keys + mouse, NVlabs velocity smoothing
     cam.key_down("w", t); cam.key_up("w", t); cam.mouse(dx, dy, t); poses = cam.poses_for_next(24)
+    poses = cam.poses_for_actions("w-24"); poses = cam.poses_for_keys([{"w"}] * 24); cam.reset(pose)
     c2w = controllers.preset("orbit", 97); c2w = controllers.load_path("path.json")
     c2w, fov = controllers.keyframe_path({"keyframes": [...]})
     c2w, intrinsics = controllers.load_poses("poses.npz", convention="opengl"); controllers.save_poses(...)
@@ -18,7 +19,8 @@ Public names (imported lazily)::
 
 - ``actions_to_poses``, ``parse_actions``, ``MAPPINGS``: action strings; key mappings ``sana-wm-v1`` (a/d strafe,
   j/l yaw; diffusers) and ``sana-wm-v2`` (a/d yaw, j/l strafe, velocity smoothing; NVlabs streaming).
-- ``LiveController``: key-down/up and mouse events -> per-frame poses for the next chunk; ``state_dict()``.
+- ``LiveController``: the camera of a session: key-down/up and mouse events (or per-frame key sets, or action
+  strings) -> per-frame poses continuing from the current pose; ``state_dict()`` / ``load_state_dict()``.
 - ``camera_conditioning``: raymap + Plucker for latent frames ``[start, end)`` (matches diffusers ``prepare_camera``).
 - ``keyframe_path``, ``load_path``, ``preset``, ``PRESETS``: scripted paths (``controllers.paths``).
 - ``load_poses``, ``save_poses``: (F,4,4) pose files (.npy/.npz/.json) in OpenCV/OpenGL/Blender conventions.

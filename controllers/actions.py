@@ -2,17 +2,14 @@
 
 A *mapping* names a key layout together with the motion model of the release that used it:
 
-=============  ==========================  ==============================  =================================
-mapping        keys                        motion model                    defaults (per frame)
-=============  ==========================  ==============================  =================================
-sana-wm-v1     w/s fwd/back, a/d strafe,   constant speed while held, a    0.05 units, 1.2 deg, pitch 85 deg
-               j/l yaw, i/k pitch          pitch step past the limit is    (diffusers ``action_string_to_c2w``,
-                                           dropped                         SGLang)
-sana-wm-v2     w/s fwd/back, a/d yaw,      NVlabs velocity smoothing (snap 0.025 units, 0.6 deg, pitch 60 deg
-               j/l strafe, i/k pitch       on a new press, tau 0.45 s      (NVlabs ``camera_control.py``,
-                                           held / 1.0 s coast, dt 1/16 s); the current streaming code)
-                                           pitch saturates at the limit
-=============  ==========================  ==============================  =================================
+- ``sana-wm-v1`` (the first release; diffusers ``action_string_to_c2w``): w/s forward/back, a/d strafe left/right,
+  j/l yaw left/right, i/k pitch up/down (SGLang uses this layout too, plus a 0.4 strafe-to-yaw coupling that is
+  not reproduced here). Constant speed while a key is held; a pitch step that would cross the limit is dropped.
+  Defaults per frame: 0.05 units, 1.2 degrees, pitch limit 85 degrees.
+- ``sana-wm-v2`` (NVlabs' current streaming code, ``camera_control.py``): w/s forward/back, **a/d yaw**,
+  **j/l strafe**, i/k pitch. NVlabs velocity smoothing with dt = 1/16 s: snap to the target velocity on a new
+  press, approach it with tau 0.45 s while held, coast to zero with tau 1.0 s after release; pitch saturates at
+  the limit. Defaults per frame: 0.025 units, 0.6 degrees, pitch limit 60 degrees.
 
 Axes are OpenCV (+X right, +Y down, +Z forward), poses camera-to-world. Per frame:
 ``R <- rot_y(yaw) @ R @ rot_x(pitch)`` (yaw about world Y, positive = turn right; pitch about the camera X,
