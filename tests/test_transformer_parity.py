@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers.models.transformers.transformer_sana_wm import SanaWMTransformer3DModel
+from diffusers.models.transformers.transformer_sana_wm import SanaWMRotaryPosEmbed, SanaWMTransformer3DModel
 from diffusers.pipelines.sana_wm.cam_utils import prepare_camera
 
 from sana_wm import SanaWMConfig, SanaWMTransformer
+from sana_wm.ops.rope import rope_frequencies
 
 REL_TOL = 1e-5
 
@@ -185,3 +186,17 @@ def test_bad_inputs_raise_clear_errors():
         call[index] = value
         with pytest.raises(ValueError, match=name):
             model(*call)
+
+
+def test_rope_positions_match_diffusers_table_and_extend_past_1024():
+    """Temporal RoPE from absolute frame indices: bit-identical to diffusers' 1024-row table below 1024 and to the
+    same construction with a longer table beyond it (sessions are not capped at 1024 latent frames)."""
+    for head_dim in (112, 32, 48):
+        H, W = 2, 3
+        table = SanaWMRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=1024)((1024, H, W))[0, 0].view(1024, H * W, -1)
+        frames = torch.tensor([0, 1, 5, 700, 1023])
+        assert torch.equal(rope_frequencies(head_dim, frames, H, W).view(5, H * W, -1), table[frames])
+        long_table = SanaWMRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=4096)((4096, H, W))[0, 0]
+        frames = torch.arange(1020, 1030)
+        expected = long_table.view(4096, H * W, -1)[frames]
+        assert torch.equal(rope_frequencies(head_dim, frames, H, W).view(10, H * W, -1), expected)
