@@ -22,12 +22,20 @@ from typing import Any
 import numpy as np
 
 PROG = "sana-wm"
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 DEMO_PROMPT = "a small test world"
 PRESET_NAMES = ("dolly", "figure-eight", "orbit", "pan", "walk-forward")  # controllers.paths.PRESETS (no torch import)
-_DISPATCH = {"serve": ("server.app", "run the websocket server (server.app)"),
-             "bench": ("server.bench", "measure speed and latency (server.bench)")}
+_DISPATCH = {
+    "serve": ("server.app", "run the websocket server (server.app)"),
+    "bench": ("server.bench", "measure speed and latency (server.bench)"),
+}
 
 
 class UsageError(Exception):
@@ -80,17 +88,31 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
     src.add_argument("--demo", action="store_true", help="the tiny random demo world (CPU, no weights needed)")
     src.add_argument("--model", metavar="DIR", type=_model_dir, help="a SANA-WM release folder (World.load)")
     g.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
-    g.add_argument("--dtype", type=_dtype, metavar="{float32,bfloat16,float16}", help="weights/compute precision (default: bf16 on cuda, fp32 on cpu)")
-    g.add_argument("--width", type=_multiple_of_32, help="frame width, a multiple of 32 (demo default 96; model default 1280)")
-    g.add_argument("--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)")
+    g.add_argument(
+        "--dtype",
+        type=_dtype,
+        metavar="{float32,bfloat16,float16}",
+        help="weights/compute precision (default: bf16 on cuda, fp32 on cpu)",
+    )
+    g.add_argument(
+        "--width", type=_multiple_of_32, help="frame width, a multiple of 32 (demo default 96; model default 1280)"
+    )
+    g.add_argument(
+        "--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)"
+    )
     g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
     if image:
-        g.add_argument("--image", type=Path,
-                       help="first frame (PNG/JPEG); required with --model, else a generated test card")
+        g.add_argument(
+            "--image", type=Path, help="first frame (PNG/JPEG); required with --model, else a generated test card"
+        )
         g.add_argument("--prompt", help=f"text prompt; required with --model, else {DEMO_PROMPT!r}")
-        g.add_argument("--fov", type=float, metavar="DEG",
-                       help="horizontal field of view of the frame in degrees (default 60; --poses files may carry "
-                            "intrinsics instead)")
+        g.add_argument(
+            "--fov",
+            type=float,
+            metavar="DEG",
+            help="horizontal field of view of the frame in degrees (default 60; --poses files may carry "
+            "intrinsics instead)",
+        )
 
 
 def _add_offline_args(p: argparse.ArgumentParser) -> None:
@@ -101,52 +123,81 @@ def _add_offline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _offline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale,
-            "negative_prompt": args.negative_prompt}
+    return {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "negative_prompt": args.negative_prompt}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Interactive world-model engine for NVIDIA SANA-WM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("explore", help="explore the world live in a pygame window",
-                       description="Stream the world live into a pygame window (in-process, or from a server with "
-                                   "--connect). Keys: WASD move, arrows / IJKL / mouse drag look, Shift faster, "
-                                   "P pause, R reset, F5 snapshot, F9 restore, F12 screenshot, F8 start/stop mp4, "
-                                   "H hide HUD, Esc quit.")
+    p = sub.add_parser(
+        "explore",
+        help="explore the world live in a pygame window",
+        description="Stream the world live into a pygame window (in-process, or from a server with "
+        "--connect). Keys: WASD move, arrows / IJKL / mouse drag look, Shift faster, "
+        "P pause, R reset, F5 snapshot, F9 restore, F12 screenshot, F8 start/stop mp4, "
+        "H hide HUD, Esc quit.",
+    )
     _add_world_args(p, required=False)
-    p.add_argument("--connect", metavar="URL", help="stream from a sana-wm server (ws://host:port) instead of in-process")
-    p.add_argument("--encoding", choices=("raw", "jpeg", "h264"), default="raw",
-                   help="frame encoding from the server with --connect (default raw: exact frames)")
+    p.add_argument(
+        "--connect", metavar="URL", help="stream from a sana-wm server (ws://host:port) instead of in-process"
+    )
+    p.add_argument(
+        "--encoding",
+        choices=("raw", "jpeg", "h264"),
+        default="raw",
+        help="frame encoding from the server with --connect (default raw: exact frames)",
+    )
     p.add_argument("--mapping", default="sana-wm-v2", help="camera motion model (default sana-wm-v2, NVlabs streaming)")
     p.add_argument("--fps", type=float, default=16.0, help="presentation rate (default 16)")
     p.add_argument("--scale", type=float, default=None, help="window scale factor (default: fit ~1280 px wide)")
     p.add_argument("--record", metavar="FILE", type=Path, help="record the session (inputs, seed, image...) to FILE")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save every generated raw frame to FILE (.npz)")
     p.add_argument("--output-dir", type=Path, default=Path("."), help="where screenshots and mp4 captures go")
-    p.add_argument("--script", metavar="FILE", type=Path, help="scripted input: a file of events, --events syntax (one or more per line, # comments)")
-    p.add_argument("--events", metavar="LIST", help="scripted input inline: 'T:keydown:KEY,T:keyup:KEY,T:press:KEY,T:mouse:DX:DY,T:quit' with T "
-                        "seconds from the start and KEY a pygame key name (w, left, left shift, f5, ...)")
+    p.add_argument(
+        "--script",
+        metavar="FILE",
+        type=Path,
+        help="scripted input: a file of events, --events syntax (one or more per line, # comments)",
+    )
+    p.add_argument(
+        "--events",
+        metavar="LIST",
+        help="scripted input inline: 'T:keydown:KEY,T:keyup:KEY,T:press:KEY,T:mouse:DX:DY,T:quit' with T "
+        "seconds from the start and KEY a pygame key name (w, left, left shift, f5, ...)",
+    )
     p.add_argument("--max-chunks", type=_positive_int, help="quit after this many chunks were generated and shown")
     p.set_defaults(func=cmd_explore)
 
-    p = sub.add_parser("render", help="render a camera path to an mp4 with a sidecar JSON",
-                       description="Render a camera path to an H.264 mp4 and a sidecar JSON (same stem, .json) with "
-                                   "per-frame poses, intrinsics, seed, model and timings. The video holds one frame per "
-                                   "pose after the first (the first pose is the given image).")
+    p = sub.add_parser(
+        "render",
+        help="render a camera path to an mp4 with a sidecar JSON",
+        description="Render a camera path to an H.264 mp4 and a sidecar JSON (same stem, .json) with "
+        "per-frame poses, intrinsics, seed, model and timings. The video holds one frame per "
+        "pose after the first (the first pose is the given image).",
+    )
     _add_world_args(p)
     path = p.add_argument_group("camera path (exactly one)").add_mutually_exclusive_group(required=True)
     path.add_argument("--actions", metavar="STRING", help="action string, e.g. 'w-24,l-24' (see --mapping)")
     path.add_argument("--path", metavar="FILE", type=Path, help="keyframe path JSON (controllers.paths.load_path)")
-    path.add_argument("--preset", metavar="NAME",
-                      help=f"a named path ({', '.join(PRESET_NAMES)}) of --frames frames")
-    path.add_argument("--poses", metavar="FILE", type=Path, help="camera poses file (.npy/.npz/.json; see --convention)")
+    path.add_argument("--preset", metavar="NAME", help=f"a named path ({', '.join(PRESET_NAMES)}) of --frames frames")
+    path.add_argument(
+        "--poses", metavar="FILE", type=Path, help="camera poses file (.npy/.npz/.json; see --convention)"
+    )
     p.add_argument("--mapping", default="sana-wm-v1", help="key mapping of --actions (default sana-wm-v1)")
     p.add_argument("--frames", type=_positive_int, default=48, help="frames after the first for --preset (default 48)")
-    p.add_argument("--convention", choices=("opencv", "opengl", "blender"), default="opencv",
-                   help="axes of --poses (default opencv)")
-    p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
-                   help="streaming (chunked, constant memory) or bidirectional (whole clip) checkpoint")
+    p.add_argument(
+        "--convention",
+        choices=("opencv", "opengl", "blender"),
+        default="opencv",
+        help="axes of --poses (default opencv)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("streaming", "bidirectional"),
+        default="streaming",
+        help="streaming (chunked, constant memory) or bidirectional (whole clip) checkpoint",
+    )
     _add_offline_args(p)
     p.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
     p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
@@ -155,35 +206,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save the raw frames to FILE (.npz)")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("image", help="render a still image (one-frame rollout) to PNG",
-                       description="Render a still image from a prompt (a one-latent-frame rollout) to PNG, "
-                                   "at --width x --height.")
+    p = sub.add_parser(
+        "image",
+        help="render a still image (one-frame rollout) to PNG",
+        description="Render a still image from a prompt (a one-latent-frame rollout) to PNG, at --width x --height.",
+    )
     _add_world_args(p, image=False)
     p.add_argument("--prompt", required=True, help="text prompt")
     p.add_argument("--output", "-o", type=Path, required=True, help="the PNG to write")
     p.set_defaults(func=cmd_image)
 
-    p = sub.add_parser("replay", help="re-render a recorded session to an mp4",
-                       description="Re-render a session record (from 'explore --record' or 'serve --record'). With the "
-                                   "streaming sampler on the recorded device and precision the frames are bitwise "
-                                   "those of the session; --sampler bidirectional re-renders the final timeline's "
-                                   "camera path with the bidirectional model for a higher-quality take.")
+    p = sub.add_parser(
+        "replay",
+        help="re-render a recorded session to an mp4",
+        description="Re-render a session record (from 'explore --record' or 'serve --record'). With the "
+        "streaming sampler on the recorded device and precision the frames are bitwise "
+        "those of the session; --sampler bidirectional re-renders the final timeline's "
+        "camera path with the bidirectional model for a higher-quality take.",
+    )
     p.add_argument("record", type=Path, help="the record file (.jsonl)")
     _add_world_args(p, image=False, required=False)
-    p.add_argument("--sampler", choices=("streaming", "bidirectional"), default="streaming",
-                   help="streaming: exact replay of every chunk; bidirectional: offline take of the final timeline")
+    p.add_argument(
+        "--sampler",
+        choices=("streaming", "bidirectional"),
+        default="streaming",
+        help="streaming: exact replay of every chunk; bidirectional: offline take of the final timeline",
+    )
     _add_offline_args(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="the mp4 to write (sidecar: same stem, .json)")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save the raw frames to FILE (.npz)")
     p.add_argument("--strict", action="store_true", help="fail (exit 1) if a chunk differs from the recorded digest")
     p.set_defaults(func=cmd_replay)
 
-    for name, (module, text) in _DISPATCH.items():
+    for name, (_, text) in _DISPATCH.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 # ----------------------------------------------------------------------------------------------- world set-up
+
 
 def model_id(args: argparse.Namespace, variant: str = "streaming") -> dict[str, Any]:
     """How to rebuild the world: stored in records and sidecars."""
@@ -203,8 +264,13 @@ def load_world(model: dict[str, Any], device: str | None, dtype: str | None):
         kw = {"device": device} if device else {}
         if torch_dtype is not None:
             kw["dtype"] = torch_dtype
-        return World.demo(height=model["height"], width=model["width"], seed=model["seed"],
-                          variant=model.get("variant", "streaming"), **kw)
+        return World.demo(
+            height=model["height"],
+            width=model["width"],
+            seed=model["seed"],
+            variant=model.get("variant", "streaming"),
+            **kw,
+        )
     folder = Path(model["path"])
     if not folder.is_dir():
         raise UsageError(f"model folder not found: {folder} (recorded in the model id)")
@@ -221,8 +287,19 @@ def _world_from_args(args: argparse.Namespace, variant: str = "streaming"):
 
 def test_card(height: int, width: int) -> np.ndarray:
     """A deterministic test card (H,W,3) uint8: colour bars over a grey ramp, with a grid (the demo's first image)."""
-    bars = np.array([[235, 235, 235], [235, 235, 16], [16, 235, 235], [16, 235, 16],
-                     [235, 16, 235], [235, 16, 16], [16, 16, 235], [16, 16, 16]], np.uint8)
+    bars = np.array(
+        [
+            [235, 235, 235],
+            [235, 235, 16],
+            [16, 235, 235],
+            [16, 235, 16],
+            [235, 16, 235],
+            [235, 16, 16],
+            [16, 16, 235],
+            [16, 16, 16],
+        ],
+        np.uint8,
+    )
     x = np.arange(width)
     y = np.arange(height)
     img = np.empty((height, width, 3), np.uint8)
@@ -276,6 +353,7 @@ def frame_intrinsics(world, image, intrinsics: np.ndarray | None, fov_deg: float
 
 # ----------------------------------------------------------------------------------------------- camera paths
 
+
 def camera_path(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
     """The requested camera path, (F,4,4) c2w relative to its first pose, and intrinsics from a poses file
     ((4,) or None)."""
@@ -309,6 +387,7 @@ def camera_path(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None
 
 
 # ----------------------------------------------------------------------------------------------- commands
+
 
 def cmd_render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -347,7 +426,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         frames_out, poses_out = [], []
         with VideoWriter(args.output, fps=args.fps) as video, tqdm(total=n, unit="frame", desc="render") as bar:
             for c in range(len(poses_in) // fpc):
-                chunk = session.step(poses=poses_in[c * fpc:(c + 1) * fpc])
+                chunk = session.step(poses=poses_in[c * fpc : (c + 1) * fpc])
                 keep = min(fpc, n - c * fpc)
                 video.write(chunk.frames[:keep])
                 poses_out.append(chunk.poses[:keep])
@@ -360,8 +439,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         poses = np.concatenate(poses_out)
         frames = np.concatenate(frames_out) if frames_out else None
     else:
-        frames = world.render_path(image, prompt, c2w, seed=args.seed, intrinsics=intrinsics, fov_deg=fov,
-                                   sampler="bidirectional", progress=True, **_offline_kwargs(args))
+        frames = world.render_path(
+            image,
+            prompt,
+            c2w,
+            seed=args.seed,
+            intrinsics=intrinsics,
+            fov_deg=fov,
+            sampler="bidirectional",
+            progress=True,
+            **_offline_kwargs(args),
+        )
         with VideoWriter(args.output, fps=args.fps) as video:
             video.write(frames)
         poses, pad = c2w[1:], (-n) % 8
@@ -372,13 +460,27 @@ def cmd_render(args: argparse.Namespace) -> int:
     if chunk_times:
         timings["chunk_s"] = [t["total"] for t in chunk_times]
         timings["stage_s"] = {k: sum(t.get(k, 0.0) for t in chunk_times) for k in chunk_times[0]}
-    side = write_sidecar(args.output, poses=poses, intrinsics=k, fps=args.fps, width=world.width,
-                         height=world.height, seed=args.seed, model=model, prompt=prompt, sampler=args.sampler,
-                         timings=timings, extra={"padded_frames": pad, **extra})
+    side = write_sidecar(
+        args.output,
+        poses=poses,
+        intrinsics=k,
+        fps=args.fps,
+        width=world.width,
+        height=world.height,
+        seed=args.seed,
+        model=model,
+        prompt=prompt,
+        sampler=args.sampler,
+        timings=timings,
+        extra={"padded_frames": pad, **extra},
+    )
     if args.frames_npz:
         save_frames_npz(args.frames_npz, frames, poses=poses)
-    print(f"wrote {args.output} ({n} frames, {world.width}x{world.height} @ {args.fps:g} fps) and {side} "
-          f"in {total:.1f} s ({timings['x_real_time']:.2f}x real time)", file=sys.stderr)
+    print(
+        f"wrote {args.output} ({n} frames, {world.width}x{world.height} @ {args.fps:g} fps) and {side} "
+        f"in {total:.1f} s ({timings['x_real_time']:.2f}x real time)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -416,8 +518,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         model = dict(head["model"])
         if model.get("kind") not in ("demo", "folder"):
-            raise UsageError(f"{args.record}: recorded against {model.get('kind')} {model.get('name')!r}; "
-                             "give the world to replay it on (--demo or --model DIR)")
+            raise UsageError(
+                f"{args.record}: recorded against {model.get('kind')} {model.get('name')!r}; "
+                "give the world to replay it on (--demo or --model DIR)"
+            )
         if model["kind"] == "demo":
             model["variant"] = args.sampler
     recorded_device = head.get("device") if head.get("device") != "unknown" else None
@@ -430,7 +534,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         steps = record.steps()
         frames_out, poses_out, same = [], [], 0
         with VideoWriter(args.output, fps=fps) as video, tqdm(total=len(steps), unit="chunk", desc="replay") as bar:
-            for ev, chunk in zip(steps, rec_mod.replay_chunks(record, world)):
+            for ev, chunk in zip(steps, rec_mod.replay_chunks(record, world), strict=True):
                 video.write(chunk.frames)
                 poses_out.append(chunk.poses)
                 if args.frames_npz:
@@ -450,15 +554,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
         poses = rec_mod.timeline_poses(record)
         c2w = np.concatenate([np.eye(4)[None], poses])
         start = record.start_kwargs()
-        frames = world.render_path(record.image, start.pop("prompt"), c2w, sampler="bidirectional",
-                                   progress=True, **start, **_offline_kwargs(args))
+        frames = world.render_path(
+            record.image,
+            start.pop("prompt"),
+            c2w,
+            sampler="bidirectional",
+            progress=True,
+            **start,
+            **_offline_kwargs(args),
+        )
         with VideoWriter(args.output, fps=fps) as video:
             video.write(frames)
         k = frame_intrinsics(world, record.image, start.get("intrinsics"), start.get("fov_deg"))
     total = time.perf_counter() - t0
-    write_sidecar(args.output, poses=poses, intrinsics=k, fps=fps, width=world.width, height=world.height,
-                  seed=head["seed"], model=model, prompt=head["prompt"], sampler=args.sampler,
-                  timings={"total_s": total}, extra={"record": str(args.record)})
+    write_sidecar(
+        args.output,
+        poses=poses,
+        intrinsics=k,
+        fps=fps,
+        width=world.width,
+        height=world.height,
+        seed=head["seed"],
+        model=model,
+        prompt=head["prompt"],
+        sampler=args.sampler,
+        timings={"total_s": total},
+        extra={"record": str(args.record)},
+    )
     if args.frames_npz and frames is not None:
         save_frames_npz(args.frames_npz, frames, poses=poses)
     print(f"wrote {args.output} ({len(poses)} frames) in {total:.1f} s", file=sys.stderr)
@@ -472,6 +594,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+
 
 def _dispatch(name: str, argv: list[str]) -> int:
     module_name = _DISPATCH[name][0]
@@ -488,21 +611,17 @@ def _dispatch(name: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``sana-wm`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _DISPATCH:
-        return _dispatch(argv[0], argv[1:])
-    parser = build_parser()
     command = argv[0] if argv and not argv[0].startswith("-") else None
     try:
-        args = parser.parse_args(argv)
+        if command in _DISPATCH:
+            return _dispatch(command, argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except UsageError as e:
+    except (UsageError, FileNotFoundError, ValueError) as e:
         _one_line_error(command, str(e))
         return 2
-    except (FileNotFoundError, ValueError) as e:
-        _one_line_error(command, str(e))
-        return 2
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
+    except SystemExit as e:  # --help, or a dispatched command's own exit
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
 
 
 def _one_line_error(command: str | None, message: str) -> None:

@@ -92,10 +92,22 @@ def sidecar_path(video_path: str | Path) -> Path:
     return Path(video_path).with_suffix(".json")
 
 
-def write_sidecar(video_path: str | Path, *, poses: np.ndarray, intrinsics: np.ndarray, fps: float,
-                  width: int, height: int, seed: int, model: Any, prompt: str | None = None,
-                  sampler: str | None = None, timings: dict[str, Any] | None = None, first_index: int = 1,
-                  extra: dict[str, Any] | None = None) -> Path:
+def write_sidecar(
+    video_path: str | Path,
+    *,
+    poses: np.ndarray,
+    intrinsics: np.ndarray,
+    fps: float,
+    width: int,
+    height: int,
+    seed: int,
+    model: Any,
+    prompt: str | None = None,
+    sampler: str | None = None,
+    timings: dict[str, Any] | None = None,
+    first_index: int = 1,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the clip's sidecar JSON beside ``video_path``; returns its path.
 
     Args:
@@ -114,13 +126,29 @@ def write_sidecar(video_path: str | Path, *, poses: np.ndarray, intrinsics: np.n
     if k.shape != (len(poses), 4):
         raise ValueError(f"intrinsics: expected (4,) or ({len(poses)},4), got {np.asarray(intrinsics).shape}")
     doc = {
-        "format": SIDECAR_FORMAT, "version": 1, "video": Path(video_path).name,
-        "frame_count": len(poses), "fps": fps, "width": int(width), "height": int(height),
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "video": Path(video_path).name,
+        "frame_count": len(poses),
+        "fps": fps,
+        "width": int(width),
+        "height": int(height),
         "convention": "OpenCV camera-to-world (+X right, +Y down, +Z forward), relative to frame 0",
-        "seed": int(seed), "model": model, "prompt": prompt, "sampler": sampler, "timings": timings or {},
+        "seed": int(seed),
+        "model": model,
+        "prompt": prompt,
+        "sampler": sampler,
+        "timings": timings or {},
         "first_index": int(first_index),
-        "frames": [{"index": first_index + i, "time": (first_index + i) / fps, "c2w": poses[i].tolist(),
-                    "intrinsics": k[i].tolist()} for i in range(len(poses))],
+        "frames": [
+            {
+                "index": first_index + i,
+                "time": (first_index + i) / fps,
+                "c2w": poses[i].tolist(),
+                "intrinsics": k[i].tolist(),
+            }
+            for i in range(len(poses))
+        ],
     }
     doc.update(extra or {})
     out = sidecar_path(video_path)

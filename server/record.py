@@ -62,8 +62,7 @@ def software_versions() -> dict[str, str]:
         ours = version("sana-wm")
     except Exception:  # not installed: running from a checkout
         ours = "checkout"
-    return {"sana_wm": ours, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    return {"sana_wm": ours, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -119,17 +118,41 @@ class Recorder:
     Use ``step`` after each ``session.step``, and ``snapshot`` / ``restore`` / ``reset`` as they happen.
     """
 
-    def __init__(self, path: str | Path, *, image: Any, prompt: str, seed: int, model: dict[str, Any],
-                 height: int, width: int, intrinsics: Any = None, fov_deg: float | None = None,
-                 device: str = "cpu", dtype: str = "float32", sampler: str = "streaming", fps: int = 16,
-                 meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        image: Any,
+        prompt: str,
+        seed: int,
+        model: dict[str, Any],
+        height: int,
+        width: int,
+        intrinsics: Any = None,
+        fov_deg: float | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        sampler: str = "streaming",
+        fps: int = 16,
+        meta: dict[str, Any] | None = None,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         header = {
-            "type": "header", "format": FORMAT, "version": VERSION, "created": time.time(),
-            "seed": int(seed), "model": model, "versions": software_versions(),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "sampler": sampler, "fps": fps,
-            "prompt": prompt, "height": int(height), "width": int(width),
+            "type": "header",
+            "format": FORMAT,
+            "version": VERSION,
+            "created": time.time(),
+            "seed": int(seed),
+            "model": model,
+            "versions": software_versions(),
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "sampler": sampler,
+            "fps": fps,
+            "prompt": prompt,
+            "height": int(height),
+            "width": int(width),
             "intrinsics": None if intrinsics is None else [float(v) for v in np.asarray(intrinsics).reshape(-1)],
             "fov_deg": None if fov_deg is None else float(fov_deg),
             "image": {"encoding": "base64", "data": base64.b64encode(image_bytes(image)).decode()},
@@ -144,9 +167,16 @@ class Recorder:
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self._file.flush()
 
-    def step(self, chunk: int, *, actions: str | None = None, poses: np.ndarray | None = None,
-             keys: list | None = None, frames: np.ndarray | None = None,
-             frame_poses: np.ndarray | None = None) -> None:
+    def step(
+        self,
+        chunk: int,
+        *,
+        actions: str | None = None,
+        poses: np.ndarray | None = None,
+        keys: list | None = None,
+        frames: np.ndarray | None = None,
+        frame_poses: np.ndarray | None = None,
+    ) -> None:
         """Log one ``session.step`` call: exactly one of ``actions`` / ``poses`` / ``keys`` (as passed to
         ``session.step``) and the index of the chunk it produced (``chunk.index``). Optional: ``frames``
         (``chunk.frames``; stores their digest) and ``frame_poses`` (``chunk.poses``); pass both when you can."""
@@ -328,13 +358,15 @@ def timeline_poses(record: Record) -> np.ndarray:
         if ev["type"] == "step":
             poses = ev.get("frame_poses", ev.get("poses"))
             if poses is None:
-                raise ValueError(f"{record.path}: step of chunk {ev['chunk']} has no poses (recorded from "
-                                 f"{'actions' if 'actions' in ev else 'keys'} without frame_poses)")
+                raise ValueError(
+                    f"{record.path}: step of chunk {ev['chunk']} has no poses (recorded from "
+                    f"{'actions' if 'actions' in ev else 'keys'} without frame_poses)"
+                )
             kept.append(poses)
         elif ev["type"] == "snapshot":
             marks[ev["name"]] = len(kept)
         elif ev["type"] == "restore":
-            del kept[marks[ev["name"]]:]
+            del kept[marks[ev["name"]] :]
         else:
             kept.clear()
             marks.clear()

@@ -10,14 +10,15 @@ Keys (physical; mapped to the camera mapping's letters):
     F8 start/stop an mp4 capture, H hide/show the HUD, Esc quit.
 
 Scripted input (tests, demos): events ``t:keydown:KEY``, ``t:keyup:KEY``, ``t:press:KEY`` (down + up),
-``t:mouse:DX:DY`` (a drag) and ``t:quit`` with ``t`` in seconds since the first chunk was requested and ``KEY`` a pygame key name
-(``w``, ``left shift``, ``f5``, ``escape``...). They are posted into pygame's event queue, so they take the
-same path as real input.
+``t:mouse:DX:DY`` (a drag) and ``t:quit``, with ``t`` in seconds since the window opened and ``KEY`` a pygame
+key name (``w``, ``left shift``, ``f5``, ``escape``...). They are posted into pygame's event queue, so they take
+the same path as real input.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
@@ -31,10 +32,21 @@ import numpy as np
 from server.export import VideoWriter, save_frames_npz, save_png
 from server.pacing import FramePacer
 
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
 CONTROL_KEYS = {  # pygame key name -> canonical control (controllers.actions.CONTROLS)
-    "w": "forward", "s": "back", "a": "strafe_left", "d": "strafe_right",
-    "left": "yaw_left", "right": "yaw_right", "up": "pitch_up", "down": "pitch_down",
-    "j": "yaw_left", "l": "yaw_right", "i": "pitch_up", "k": "pitch_down",
+    "w": "forward",
+    "s": "back",
+    "a": "strafe_left",
+    "d": "strafe_right",
+    "left": "yaw_left",
+    "right": "yaw_right",
+    "up": "pitch_up",
+    "down": "pitch_down",
+    "j": "yaw_left",
+    "l": "yaw_right",
+    "i": "pitch_up",
+    "k": "pitch_down",
 }
 SHIFT_KEYS = ("left shift", "right shift")
 
@@ -55,8 +67,7 @@ def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
     comment; ``press`` = down and up)."""
     import pygame
 
-    if not pygame.get_init():
-        pygame.init()
+    pygame.display.init()  # key names need the video subsystem (no window is opened)
     events = []
     items = [s.split("#", 1)[0].strip() for line in spec.splitlines() for s in line.split(",")]
     for item in filter(None, items):
@@ -80,8 +91,10 @@ def parse_events(spec: str, source: str = "--events") -> list[ScriptEvent]:
         elif kind == "quit" and len(parts) == 2:
             events.append(ScriptEvent(t, kind))
         else:
-            raise ValueError(f"{source}: event {item!r} is not 't:keydown:KEY', 't:keyup:KEY', 't:press:KEY', "
-                             f"'t:mouse:DX:DY' or 't:quit'")
+            raise ValueError(
+                f"{source}: event {item!r} is not 't:keydown:KEY', 't:keyup:KEY', 't:press:KEY', "
+                f"'t:mouse:DX:DY' or 't:quit'"
+            )
     return sorted(events, key=lambda e: e.t)
 
 
@@ -158,17 +171,20 @@ class WorldSource:
         if kind == "step":
             poses, meta = cmd[1], cmd[2]
             t0 = time.perf_counter()
-            parts, part_poses, index = [], [], None
+            parts, part_poses, indices = [], [], []
             for index, frames, frame_poses in self._generate(poses):
                 self._out.put(("part", frames, meta, not parts))
                 parts.append(frames)
                 part_poses.append(frame_poses)
+                indices.append(index)
             seconds = time.perf_counter() - t0
             frames = np.concatenate(parts)
+            index = indices[0]
             self._next_chunk = index + 1
             if self.recorder is not None:
-                self.recorder.step(index, poses=poses, frames=frames if self.exact else None,
-                                   frame_poses=np.concatenate(part_poses))
+                self.recorder.step(
+                    index, poses=poses, frames=frames if self.exact else None, frame_poses=np.concatenate(part_poses)
+                )
             if self.frames is not None:
                 self.frames.append(frames)
             self._out.put(("done", seconds, dict(meta, chunk=index)))
@@ -207,10 +223,11 @@ class WorldSource:
 class LocalSource(WorldSource):
     """A ``Session`` of an in-process ``World``, streamed per latent frame (8 frames at a time)."""
 
-    def __init__(self, world, image, *, prompt: str, seed: int, fov_deg: float | None = None, recorder=None,
-                 keep: bool = False):
+    def __init__(
+        self, world, image, *, prompt: str, seed: int, fov_deg: float | None = None, recorder=None, keep: bool = False
+    ):
         self.world = world
-        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg)
+        self._start = {"image": image, "prompt": prompt, "seed": seed, "fov_deg": fov_deg}
         self.session = world.start(**self._start)
         self.frames_per_chunk = self.session.frames_per_chunk
         self.first_frame = self.session.first_frame
@@ -250,13 +267,29 @@ class RemoteSource(WorldSource):
     """A lockstep session on a ``sana-wm serve`` server (``server.client.Client``), one chunk per request; the
     camera is computed here and sent as poses, exactly as in-process."""
 
-    def __init__(self, url: str, image, *, prompt: str, seed: int, fov_deg: float | None = None,
-                 encoding: str = "raw", recorder_factory=None, keep: bool = False):
+    def __init__(
+        self,
+        url: str,
+        image,
+        *,
+        prompt: str,
+        seed: int,
+        fov_deg: float | None = None,
+        encoding: str = "raw",
+        recorder_factory=None,
+        keep: bool = False,
+    ):
         from server.client import Client
 
         self.client = Client(url, client_name="sana-wm explore")
-        self._start = dict(image=image, prompt=prompt, seed=seed, fov_deg=fov_deg, mode="lockstep",
-                           encoding=encoding)
+        self._start = {
+            "image": image,
+            "prompt": prompt,
+            "seed": seed,
+            "fov_deg": fov_deg,
+            "mode": "lockstep",
+            "encoding": encoding,
+        }
         try:
             self.session = self.client.start(**self._start)
         except BaseException:
@@ -267,10 +300,22 @@ class RemoteSource(WorldSource):
         self.first_frame = _prepared(image, self.session.height, self.session.width, fov_deg)
         self._snaps: dict[str, int] = {}
         world = self.client.welcome.get("world", {})
-        recorder = None if recorder_factory is None else recorder_factory(
-            model={"kind": "server", "url": url, "name": world.get("name"), "variant": world.get("variant"),
-                   "height": self.session.height, "width": self.session.width},
-            height=self.session.height, width=self.session.width)
+        recorder = (
+            None
+            if recorder_factory is None
+            else recorder_factory(
+                model={
+                    "kind": "server",
+                    "url": url,
+                    "name": world.get("name"),
+                    "variant": world.get("variant"),
+                    "height": self.session.height,
+                    "width": self.session.width,
+                },
+                height=self.session.height,
+                width=self.session.width,
+            )
+        )
         super().__init__(recorder, keep)
 
     def close(self) -> None:
@@ -304,9 +349,19 @@ def _prepared(image, height: int, width: int, fov_deg: float | None) -> np.ndarr
 class Explorer:
     """The window and its loop: input -> controller -> source -> pacer -> screen (+ HUD, captures, records)."""
 
-    def __init__(self, source, *, mapping: str = "sana-wm-v2", fps: float = 16.0, scale: float | None = None,
-                 output_dir: Path = Path("."), script: list[ScriptEvent] | None = None,
-                 max_chunks: int | None = None, height: int, width: int):
+    def __init__(
+        self,
+        source,
+        *,
+        mapping: str = "sana-wm-v2",
+        fps: float = 16.0,
+        scale: float | None = None,
+        output_dir: Path = Path("."),
+        script: list[ScriptEvent] | None = None,
+        max_chunks: int | None = None,
+        height: int,
+        width: int,
+    ):
         import pygame
 
         import controllers
@@ -374,8 +429,9 @@ class Explorer:
             self._new_branch()
             self.source.submit("restore", name)
         elif key == pg.K_F12:
-            path = save_png(self.output_dir / f"sana-wm-{time.strftime('%Y%m%d-%H%M%S')}-{self.pacer.shown}.png",
-                            self.frame)
+            path = save_png(
+                self.output_dir / f"sana-wm-{time.strftime('%Y%m%d-%H%M%S')}-{self.pacer.shown}.png", self.frame
+            )
             print(f"screenshot: {path}", file=sys.stderr)
         elif key == pg.K_F8:
             self.toggle_capture()
@@ -452,9 +508,11 @@ class Explorer:
         chunk = self.last_chunk_s
         xrt = (self.source.frames_per_chunk / self.fps) / chunk if chunk else None
         lat = f"{self.latencies[-1] * 1000:.0f} ms" if self.latencies else "-"
-        lines = [f"{p.displayed_fps(now):4.1f} fps  buffer {len(p):2d}  underruns {p.underruns}",
-                 f"gen {xrt:.2f}x real time  chunk {chunk:.2f} s" if chunk else "gen -  chunk -",
-                 f"key->frame {lat}  GPU {self.source.gpu_memory() or 'n/a'}"]
+        lines = [
+            f"{p.displayed_fps(now):4.1f} fps  buffer {len(p):2d}  underruns {p.underruns}",
+            f"gen {xrt:.2f}x real time  chunk {chunk:.2f} s" if chunk else "gen -  chunk -",
+            f"key->frame {lat}  GPU {self.source.gpu_memory() or 'n/a'}",
+        ]
         flags = [s for s, on in (("PAUSED", p.paused), ("REC mp4", self.capture is not None)) if on]
         if flags:
             lines.append("  ".join(flags))
@@ -479,7 +537,8 @@ class Explorer:
 
     def run(self) -> int:
         pg = self.pg
-        pg.init()
+        pg.display.init()  # video and fonts only: no audio device is opened
+        pg.font.init()
         try:
             screen = pg.display.set_mode(self.size)
             pg.display.set_caption("sana-wm explore")
@@ -494,8 +553,12 @@ class Explorer:
                 if frame is not None:
                     self.show(frame, now)
                     self.draw(screen, font, now)
-                if (self.max_chunks is not None and self.finished >= self.max_chunks
-                        and not self.source.in_flight and not len(self.pacer)):
+                if (
+                    self.max_chunks is not None
+                    and self.finished >= self.max_chunks
+                    and not self.source.in_flight
+                    and not len(self.pacer)
+                ):
                     break
                 time.sleep(self.pacer.next_wait(self.now()))
             if self.capture is not None:
@@ -509,8 +572,10 @@ class Explorer:
         """One line for the end of a session (the HUD's numbers, for headless runs)."""
         lat = f"{1000 * float(np.median(self.latencies)):.0f} ms median" if self.latencies else "n/a"
         chunk = f"{self.last_chunk_s:.2f} s" if self.last_chunk_s else "n/a"
-        return (f"explore: {self.finished} chunks, {self.pacer.shown} frames shown, {self.pacer.underruns} underruns, "
-                f"last chunk {chunk}, key->frame {lat}")
+        return (
+            f"explore: {self.finished} chunks, {self.pacer.shown} frames shown, {self.pacer.underruns} underruns, "
+            f"last chunk {chunk}, key->frame {lat}"
+        )
 
 
 def explore(args: argparse.Namespace) -> int:
@@ -538,25 +603,60 @@ def explore(args: argparse.Namespace) -> int:
             return None
         from server.record import Recorder
 
-        return Recorder(args.record, image=image, prompt=prompt, seed=args.seed, model=model, height=height,
-                        width=width, fov_deg=args.fov, device=device, dtype=dtype, fps=int(args.fps),
-                        meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect})
+        return Recorder(
+            args.record,
+            image=image,
+            prompt=prompt,
+            seed=args.seed,
+            model=model,
+            height=height,
+            width=width,
+            fov_deg=args.fov,
+            device=device,
+            dtype=dtype,
+            fps=int(args.fps),
+            meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect},
+        )
 
     if args.connect:
         if image is None:
             image = cli.test_card(704, 1280)
-        source = RemoteSource(args.connect, image, prompt=prompt, seed=args.seed, fov_deg=args.fov,
-                              encoding=args.encoding, recorder_factory=recorder, keep=keep)
+        source = RemoteSource(
+            args.connect,
+            image,
+            prompt=prompt,
+            seed=args.seed,
+            fov_deg=args.fov,
+            encoding=args.encoding,
+            recorder_factory=recorder,
+            keep=keep,
+        )
     else:
         model, world = cli._world_from_args(args)
         if image is None:
             image = cli.test_card(world.height, world.width)
-        source = LocalSource(world, image, prompt=prompt, seed=args.seed, fov_deg=args.fov, keep=keep,
-                             recorder=recorder(model, world.height, world.width, str(world.device), str(world.dtype)))
+        source = LocalSource(
+            world,
+            image,
+            prompt=prompt,
+            seed=args.seed,
+            fov_deg=args.fov,
+            keep=keep,
+            recorder=recorder(model, world.height, world.width, str(world.device), str(world.dtype)),
+        )
     height, width = source.first_frame.shape[:2]
     try:
-        status = Explorer(source, mapping=args.mapping, fps=args.fps, scale=args.scale, output_dir=args.output_dir,
-                          script=script, max_chunks=args.max_chunks, height=height, width=width).run()
+        status = Explorer(
+            source,
+            mapping=args.mapping,
+            fps=args.fps,
+            scale=args.scale,
+            output_dir=args.output_dir,
+            script=script,
+            max_chunks=args.max_chunks,
+            height=height,
+            width=width,
+        ).run()
     finally:
         source.close()
         if source.recorder is not None:

@@ -19,13 +19,37 @@ def _run(capsys, argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command, flags", [
-    ("explore", ["--demo", "--model", "--connect", "--record", "--script", "--events", "--max-chunks", "--frames-npz"]),
-    ("render", ["--demo", "--model", "--actions", "--path", "--preset", "--poses", "--convention", "--sampler",
-                "--preview", "--image", "--prompt", "--seed", "--fps", "--output", "orbit"]),
-    ("image", ["--demo", "--model", "--prompt", "--width", "--height", "--output"]),
-    ("replay", ["--output", "--sampler", "--frames-npz", "--strict"]),
-])
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        (
+            "explore",
+            ["--demo", "--model", "--connect", "--record", "--script", "--events", "--max-chunks", "--frames-npz"],
+        ),
+        (
+            "render",
+            [
+                "--demo",
+                "--model",
+                "--actions",
+                "--path",
+                "--preset",
+                "--poses",
+                "--convention",
+                "--sampler",
+                "--preview",
+                "--image",
+                "--prompt",
+                "--seed",
+                "--fps",
+                "--output",
+                "orbit",
+            ],
+        ),
+        ("image", ["--demo", "--model", "--prompt", "--width", "--height", "--output"]),
+        ("replay", ["--output", "--sampler", "--frames-npz", "--strict"]),
+    ],
+)
 def test_help(capsys, command, flags):
     code, out, _ = _run(capsys, [command, "--help"])
     assert code == 0
@@ -37,6 +61,7 @@ def test_help(capsys, command, flags):
 def test_preset_names_in_help_are_current():
     from controllers.paths import PRESETS
     from server.cli import PRESET_NAMES
+
     assert tuple(sorted(PRESETS)) == PRESET_NAMES
 
 
@@ -48,7 +73,7 @@ def test_top_level_help_lists_commands(capsys):
 
 
 def _one_line_error(capsys, argv, match):
-    code, out, err = _run(capsys, argv)
+    code, _, err = _run(capsys, argv)
     assert code == 2, (argv, code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
@@ -61,14 +86,30 @@ def test_bad_arguments_give_one_line(capsys, tmp_path):
     bad_path = tmp_path / "bad_path.json"
     bad_path.write_text(json.dumps({"keyframes": [1, 2]}))
     cases = [
-        (["render", "--model", str(tmp_path / "nope"), "--actions", "w-24", "--prompt", "x",
-          "--image", str(bad_path), "-o", out], "model folder not found"),
+        (
+            [
+                "render",
+                "--model",
+                str(tmp_path / "nope"),
+                "--actions",
+                "w-24",
+                "--prompt",
+                "x",
+                "--image",
+                str(bad_path),
+                "-o",
+                out,
+            ],
+            "model folder not found",
+        ),
         (["render", "--demo", "--preset", "nosuch", "-o", out], "unknown path preset 'nosuch'"),
         (["render", "--demo", "--path", str(bad_path), "-o", out], "bad_path.json"),
         (["render", "--demo", "--path", str(tmp_path / "missing.json"), "-o", out], "path file not found"),
         (["render", "--demo", "--poses", str(tmp_path / "missing.npy"), "-o", out], "poses file not found"),
-        (["render", "--demo", "--actions", "w-24", "--image", str(tmp_path / "none.png"), "-o", out],
-         "image not found"),
+        (
+            ["render", "--demo", "--actions", "w-24", "--image", str(tmp_path / "none.png"), "-o", out],
+            "image not found",
+        ),
         (["render", "--demo", "--actions", "w-24", "--image", str(bad_path), "-o", out], "not a readable image"),
         (["render", "--demo", "--actions", "q-24", "-o", out], "unknown keys"),
         (["render", "--demo", "--actions", "w-24", "-o", str(tmp_path / "o.avi")], ".mp4"),
@@ -94,16 +135,23 @@ def test_model_needs_image_and_prompt(capsys, tmp_path):
     (tmp_path / "m").mkdir()
     img = tmp_path / "a.png"
     from PIL import Image
+
     Image.new("RGB", (8, 8)).save(img)
     base = ["render", "--model", str(tmp_path / "m"), "--actions", "w-24", "-o", str(tmp_path / "o.mp4")]
-    _one_line_error(capsys, base + ["--prompt", "x"], "--image is required with --model")
-    _one_line_error(capsys, base + ["--image", str(img)], "--prompt is required with --model")
+    _one_line_error(capsys, [*base, "--prompt", "x"], "--image is required with --model")
+    _one_line_error(capsys, [*base, "--image", str(img)], "--prompt is required with --model")
     # a folder that is not a SANA-WM release: the loader's message, still one line
-    _one_line_error(capsys, base + ["--image", str(img), "--prompt", "x"], "no transformer weights")
+    _one_line_error(capsys, [*base, "--image", str(img), "--prompt", "x"], "no transformer weights")
+
+
+def test_serve_dispatches_to_server_app(capsys):
+    code, out, _ = _run(capsys, ["serve", "--help"])
+    assert code == 0 and out.startswith("usage: sana-wm serve") and "--record" in out
 
 
 def test_bench_missing_is_one_line(capsys):
     import importlib.util
+
     if importlib.util.find_spec("server.bench") is not None:
         pytest.skip("server.bench exists")
     _one_line_error(capsys, ["bench"], "server.bench is not available")
@@ -113,8 +161,22 @@ def test_console_entry_subprocess(tmp_path):
     """The real entry point in a fresh interpreter: help works, a bad argument is one stderr line and exit 2."""
     ok = subprocess.run([sys.executable, "-m", "server.cli", "render", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--actions" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "server.cli", "image", "--demo", "--prompt", "x", "--width", "33",
-                          "-o", str(tmp_path / "o.png")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "image",
+            "--demo",
+            "--prompt",
+            "x",
+            "--width",
+            "33",
+            "-o",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
-    assert bad.stderr.strip() == ("sana-wm image: error: argument --width: expected a positive multiple of 32, "
-                                  "got 33")
+    assert bad.stderr.strip() == ("sana-wm image: error: argument --width: expected a positive multiple of 32, got 33")

@@ -35,8 +35,20 @@ def _decode(path):
 
 def test_render_actions(tmp_path, capsys):
     out = tmp_path / "out.mp4"
-    code = main(["render", "--demo", *SIZE, "--actions", "w-24,l-24", "--output", str(out), "--preview",
-                 "--frames-npz", str(tmp_path / "raw.npz")])
+    code = main(
+        [
+            "render",
+            "--demo",
+            *SIZE,
+            "--actions",
+            "w-24,l-24",
+            "--output",
+            str(out),
+            "--preview",
+            "--frames-npz",
+            str(tmp_path / "raw.npz"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     frames = _decode(out)
@@ -49,7 +61,7 @@ def test_render_actions(tmp_path, capsys):
     assert side["model"]["kind"] == "demo" and side["sampler"] == "streaming"
     assert [f["index"] for f in side["frames"]] == list(range(1, 49))
     assert len(side["timings"]["chunk_s"]) == 2 and side["timings"]["total_s"] > 0
-    fx, fy, cx, cy = side["frames"][0]["intrinsics"]
+    fx, _, cx, cy = side["frames"][0]["intrinsics"]
     assert (cx, cy) == (32.0, 32.0) and fx > 0
     assert Image.open(tmp_path / "out.path.png").size[0] > 0
     with np.load(tmp_path / "raw.npz") as raw:  # the mp4 holds the raw frames, H.264 4:2:0-compressed
@@ -81,8 +93,21 @@ def test_render_partial_chunk_and_bidirectional(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert _decode(tmp_path / "s.mp4").shape[0] == 10
     assert json.loads((tmp_path / "s.json").read_text())["padded_frames"] == 14
-    code = main(["render", "--demo", *SIZE, "--actions", "d-10", "--sampler", "bidirectional", "--num-steps", "2",
-                 "--output", str(tmp_path / "b.mp4")])
+    code = main(
+        [
+            "render",
+            "--demo",
+            *SIZE,
+            "--actions",
+            "d-10",
+            "--sampler",
+            "bidirectional",
+            "--num-steps",
+            "2",
+            "--output",
+            str(tmp_path / "b.mp4"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     side = json.loads((tmp_path / "b.json").read_text())
     assert _decode(tmp_path / "b.mp4").shape == (10, 64, 64, 3) and side["sampler"] == "bidirectional"
@@ -97,19 +122,37 @@ def test_render_dry_run_spends_no_compute(tmp_path, capsys):
 
 def test_image_size(tmp_path, capsys):
     out = tmp_path / "still.png"
-    code = main(["image", "--demo", "--prompt", "a red lighthouse", "--width", "96", "--height", "64",
-                 "--output", str(out)])
+    code = main(
+        ["image", "--demo", "--prompt", "a red lighthouse", "--width", "96", "--height", "64", "--output", str(out)]
+    )
     assert code == 0, capsys.readouterr().err
     im = Image.open(out)
     assert im.format == "PNG" and im.size == (96, 64) and im.mode == "RGB"
 
 
+@pytest.mark.slow
 def test_render_subprocess(tmp_path):
     """The real console entry in a fresh interpreter (python -m server.cli)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", SDL_VIDEODRIVER="dummy")
-    r = subprocess.run([sys.executable, "-m", "server.cli", "render", "--demo", *SIZE, "--actions", "w-24",
-                        "--output", str(tmp_path / "o.mp4")], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "render",
+            "--demo",
+            *SIZE,
+            "--actions",
+            "w-24",
+            "--output",
+            str(tmp_path / "o.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert _decode(tmp_path / "o.mp4").shape == (24, 64, 64, 3)
     assert (tmp_path / "o.json").is_file() and "Traceback" not in r.stderr

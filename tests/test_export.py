@@ -12,8 +12,9 @@ from server.export import VideoWriter, save_frames_npz, save_png, sidecar_path, 
 
 def _smooth_frames(n, h=64, w=96):
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([np.stack([(x * 2 + 5 * i) % 256, (y * 3 + 2 * i) % 256, np.full_like(x, 40 * (i % 6))], -1)
-                     for i in range(n)]).astype(np.uint8)
+    return np.stack(
+        [np.stack([(x * 2 + 5 * i) % 256, (y * 3 + 2 * i) % 256, np.full_like(x, 40 * (i % 6))], -1) for i in range(n)]
+    ).astype(np.uint8)
 
 
 def test_mp4_roundtrip(tmp_path):
@@ -46,17 +47,28 @@ def test_writer_rejects_bad_frames(tmp_path):
 def test_sidecar(tmp_path):
     poses = np.tile(np.eye(4), (3, 1, 1))
     poses[:, 2, 3] = [0.1, 0.2, 0.3]
-    path = write_sidecar(tmp_path / "out.mp4", poses=poses, intrinsics=[50.0, 50.0, 48.0, 32.0], fps=16,
-                         width=96, height=64, seed=7, model={"kind": "demo"}, prompt="p", sampler="streaming",
-                         timings={"total_s": 1.5})
+    path = write_sidecar(
+        tmp_path / "out.mp4",
+        poses=poses,
+        intrinsics=[50.0, 50.0, 48.0, 32.0],
+        fps=16,
+        width=96,
+        height=64,
+        seed=7,
+        model={"kind": "demo"},
+        prompt="p",
+        sampler="streaming",
+        timings={"total_s": 1.5},
+    )
     assert path == sidecar_path(tmp_path / "out.mp4") == tmp_path / "out.json"
     doc = json.loads(path.read_text())
     assert doc["frame_count"] == 3 and doc["seed"] == 7 and doc["video"] == "out.mp4"
     assert np.array_equal(np.array([f["c2w"] for f in doc["frames"]]), poses)
     assert doc["frames"][2]["intrinsics"] == [50.0, 50.0, 48.0, 32.0]
     with pytest.raises(ValueError, match="intrinsics"):
-        write_sidecar(tmp_path / "b.mp4", poses=poses, intrinsics=np.zeros((2, 4)), fps=16, width=96, height=64,
-                      seed=0, model="m")
+        write_sidecar(
+            tmp_path / "b.mp4", poses=poses, intrinsics=np.zeros((2, 4)), fps=16, width=96, height=64, seed=0, model="m"
+        )
 
 
 def test_png_and_npz(tmp_path):

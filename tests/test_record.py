@@ -18,8 +18,17 @@ def _poses(n, z0):
 
 def _write(path, **kw):
     img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    return Recorder(path, image=img, prompt="a harbour", seed=5, model={"kind": "demo", "height": 64, "width": 96},
-                    height=64, width=96, intrinsics=[40.0, 40.0, 48.0, 32.0], **kw)
+    return Recorder(
+        path,
+        image=img,
+        prompt="a harbour",
+        seed=5,
+        model={"kind": "demo", "height": 64, "width": 96},
+        height=64,
+        width=96,
+        intrinsics=[40.0, 40.0, 48.0, 32.0],
+        **kw,
+    )
 
 
 def test_roundtrip_is_exact(tmp_path):
@@ -82,15 +91,18 @@ def test_recorder_rejects_ambiguous_steps(tmp_path):
         Recorder(tmp_path / "x.jsonl", image=np.zeros((4, 4), np.uint8), prompt="", seed=0, model={}, height=4, width=4)
 
 
-@pytest.mark.parametrize("lines, match", [
-    ([], "empty"),
-    (["not json"], "not valid JSON"),
-    (['{"type": "step", "chunk": 0, "actions": "w-1"}'], "header"),
-    (["HEADER", '{"type": "jump"}'], "unknown event"),
-    (["HEADER", '{"type": "step", "chunk": 0}'], "exactly one"),
-    (["HEADER", '{"type": "restore", "name": "a", "chunk": 0}'], "not taken"),
-    (["HEADER", '{"type": "snapshot", "chunk": 0}'], "needs a 'name'"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([], "empty"),
+        (["not json"], "not valid JSON"),
+        (['{"type": "step", "chunk": 0, "actions": "w-1"}'], "header"),
+        (["HEADER", '{"type": "jump"}'], "unknown event"),
+        (["HEADER", '{"type": "step", "chunk": 0}'], "exactly one"),
+        (["HEADER", '{"type": "restore", "name": "a", "chunk": 0}'], "not taken"),
+        (["HEADER", '{"type": "snapshot", "chunk": 0}'], "needs a 'name'"),
+    ],
+)
 def test_load_record_errors_name_the_line(tmp_path, lines, match):
     with _write(tmp_path / "good.jsonl"):
         pass
@@ -100,5 +112,5 @@ def test_load_record_errors_name_the_line(tmp_path, lines, match):
     with pytest.raises(ValueError, match=match) as e:
         load_record(bad)
     assert "bad.jsonl" in str(e.value)
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         load_record(tmp_path / "nope.jsonl")

@@ -75,7 +75,7 @@ def test_requests_are_just_in_time_and_never_stack():
     pacer = FramePacer(fps=FPS, prebuffer=4, margin_s=0.25)
     gen_s, t, dt = 1.2, 0.0, 0.001
     in_flight_until, requests, max_buffer, lags, shown = None, [], 0, [], 0
-    ready_at = {}
+    t_req = 0.0
     while t < 20.0:
         if in_flight_until is not None and t >= in_flight_until:
             pacer.push(_frames(24), {"req": t_req})
@@ -124,8 +124,13 @@ def test_pacer_rejects_bad_frames():
 def test_parse_events():
     evs = parse_events("0.5:keyup:w, 0:keydown:w\n1:mouse:30:-5  # look\n2:keydown:left shift,3:quit,2.5:press:f5")
     assert [(e.t, e.kind, e.key) for e in evs] == [
-        (0.0, "keydown", "w"), (0.5, "keyup", "w"), (1.0, "mouse", ""), (2.0, "keydown", "left shift"),
-        (2.5, "press", "f5"), (3.0, "quit", "")]
+        (0.0, "keydown", "w"),
+        (0.5, "keyup", "w"),
+        (1.0, "mouse", ""),
+        (2.0, "keydown", "left shift"),
+        (2.5, "press", "f5"),
+        (3.0, "quit", ""),
+    ]
     assert (evs[2].dx, evs[2].dy) == (30.0, -5.0)
     for bad in ("x:keydown:w", "1:keydown:nosuchkey", "1:jump:w", "1:mouse:a:b"):
         with pytest.raises(ValueError, match="--events"):
