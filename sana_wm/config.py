@@ -16,6 +16,10 @@ Field names follow diffusers' ``SanaWMTransformer3DModel`` config where a field 
 - ``chunk_size``: latent frames per autoregressive chunk (the first chunk has ``chunk_size + 1``: the image latent).
 - ``window_chunks``: softmax K/V window in chunks besides the sink chunk 0 (1 = NVlabs ``num_cached_blocks=2`` with
   ``sink_token``).
+- ``rope_theta``: RoPE base; ``extra_diffusers_fields``: diffusers keys without effect here, kept for round trips.
+
+Supported layout: patch (1, 1, 1), GLUMBConvTemp FFN with a 3-frame temporal conv, K-only short convs, q/k/cross/y
+norms, ``cam_attn_compress`` 1 (what every released checkpoint uses); other diffusers values raise ``ValueError``.
 """
 
 from __future__ import annotations
