@@ -35,6 +35,15 @@ def validate_steps(steps: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without a host synchronisation: through pinned memory to a GPU (the copy is
+    queued on the current stream), a plain ``.to`` elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device=device, dtype=dtype)
+
+
 def chunk_noise(seed: int, chunk_index: int, shape: Sequence[int], device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Gaussian noise for one chunk, a pure function of ``(seed, chunk_index)``.
@@ -44,8 +53,7 @@ def chunk_noise(seed: int, chunk_index: int, shape: Sequence[int], device: torch
     """
     state = np.random.SeedSequence((int(seed) & (2**64 - 1), int(chunk_index))).generate_state(1, np.uint64)[0]
     generator = torch.Generator(device="cpu").manual_seed(int(state) & (2**63 - 1))
-    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
-    return noise.to(device=device, dtype=dtype, non_blocking=True)
+    return host_to_device(torch.randn(tuple(shape), generator=generator, dtype=torch.float32), device, dtype)
 
 
 def flow_match_sigmas(num_steps: int, shift: float = DEFAULT_FLOW_SHIFT) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import controllers
 from controllers.conventions import check_poses
 
-from .sampler import StreamingSampler, chunk_noise
+from .sampler import StreamingSampler, chunk_noise, host_to_device
 from .state import SessionState, Snapshot
 
 if TYPE_CHECKING:
@@ -172,7 +172,8 @@ class Session:
                 raise ValueError(f"actions {actions!r} cover {count} frames; a chunk needs exactly {n} (e.g. 'w-{n}')")
         elif keys is not None:
             if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
-                raise TypeError(f"keys must be a sequence of {n} held-key sets (one per frame), got {type(keys).__name__}")
+                raise TypeError(f"keys must be a sequence of {n} held-key sets (one per frame), got "
+                                f"{type(keys).__name__}")
             if len(keys) != n:
                 raise ValueError(f"keys holds {len(keys)} frames; a chunk needs exactly {n}")
         else:
@@ -201,7 +202,7 @@ class Session:
                                                           start, end)
         dtype = self._sampler.dtype
         device = self._world.device
-        return raymap[None].to(device, dtype, non_blocking=True), plucker[None].to(device, dtype, non_blocking=True)
+        return host_to_device(raymap[None], device, dtype), host_to_device(plucker[None], device, dtype)
 
     def _chunk_window(self, chunk_index: int, new_poses: np.ndarray) -> tuple[np.ndarray, int, int, int]:
         """Pose window and latent range for a chunk: O(chunk) whatever the session's length.
@@ -218,9 +219,26 @@ class Session:
         return window, 1, 1 + n_lat, 3 * chunk_index + 1
 
     # ------------------------------------------------------------------ generation
-    def _run(self, new_poses: np.ndarray, controller_after: dict) -> Iterator[Chunk]:
-        """Generate one chunk; yields a part per decoded latent frame, returns the whole ``Chunk``."""
+    def _begin(self, actions, keys, poses) -> Iterator[Chunk]:
+        """Check the inputs now; the returned generator makes the chunk (``_run``)."""
+        new_poses, after = self._next_poses(actions, keys, poses)
+        return self._run(self.state.chunk_index, new_poses, after)
+
+    def _run(self, chunk_index: int, new_poses: np.ndarray, controller_after: dict) -> Iterator[Chunk]:
+        """Generate chunk ``chunk_index``; yields a part per decoded latent frame, returns the whole ``Chunk``."""
+        if self._busy:
+            raise RuntimeError("this session is already generating a chunk (finish or close the running stream)")
         state = self.state
+        if state.chunk_index != chunk_index:
+            raise RuntimeError(f"this stream was made for chunk {chunk_index} but the session is at chunk "
+                               f"{state.chunk_index}; call stream() again")
+        self._busy = True
+        try:
+            return (yield from self._generate(state, new_poses, controller_after))
+        finally:
+            self._busy = False
+
+    def _generate(self, state: SessionState, new_poses: np.ndarray, controller_after: dict) -> Iterator[Chunk]:
         setup = state.setup
         world = self._world
         c = state.chunk_index
@@ -230,11 +248,10 @@ class Session:
         n_lat = lat1 - lat0
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
         noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], n_lat, h, w), world.device)
-        pinned = setup.first_latent if c == 0 else None
         clock.mark("camera")
         cond = dict(text=setup.text, text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
                     start_frame=start_frame)
-        latents = self._sampler.denoise(noise, pinned=pinned, **cond)
+        latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, **cond)
         clock.mark("denoise")
         self._sampler.write_cache(latents, **cond)
         clock.mark("cache_write")
@@ -254,8 +271,7 @@ class Session:
                 frames = to_uint8(video)
                 clock.mark("decode")
                 parts.append(frames)
-                lo = LATENT_STRIDE * latent - (LATENT_STRIDE - 1)
-                idx = np.arange(lo, lo + len(frames))
+                idx = np.arange(LATENT_STRIDE * latent - (LATENT_STRIDE - 1), LATENT_STRIDE * latent + 1)
                 yield Chunk(frames=frames, poses=new_poses[idx - first_px], intrinsics=setup.intrinsics.copy(),
                             index=c, frame_indices=idx, timings=clock.timings(), latent_start=latent)
         except GeneratorExit:
@@ -271,40 +287,22 @@ class Session:
             self.on_chunk(chunk)
         return chunk
 
-    def _begin(self, actions, keys, poses) -> Iterator[Chunk]:
-        self.state  # raises when closed
-        if self._busy:
-            raise RuntimeError("this session is already generating a chunk (finish or close the running stream)")
-        new_poses, after = self._next_poses(actions, keys, poses)
-        self._busy = True
-        return self._run(new_poses, after)
-
     def step(self, actions: str | None = None, *, keys: Sequence[Sequence[str]] | None = None,
              poses: np.ndarray | None = None) -> Chunk:
         """Generate the next chunk and return its 24 frames (see module docstring for numbering)."""
         gen = self._begin(actions, keys, poses)
-        try:
-            while True:
+        while True:
+            try:
                 next(gen)
-        except StopIteration as done:
-            return done.value
-        finally:
-            self._busy = False
+            except StopIteration as done:
+                return done.value
 
     def stream(self, actions: str | None = None, *, keys: Sequence[Sequence[str]] | None = None,
                poses: np.ndarray | None = None) -> Iterator[Chunk]:
         """Like ``step`` but yield each latent frame's 8 pixel frames as soon as they are decoded (3 parts per
-        chunk). Inputs are checked at the call. Closing the iterator early still finishes the chunk's decoding
-        (the state stays consistent); the chunk counts as generated once its first part was requested."""
-        gen = self._begin(actions, keys, poses)
-
-        def parts() -> Iterator[Chunk]:
-            try:
-                yield from gen
-            finally:
-                self._busy = False
-
-        return parts()
+        chunk). Inputs are checked at the call; the chunk is generated when the first part is requested. Closing
+        the iterator early still finishes the chunk's decoding (the state stays consistent)."""
+        return self._begin(actions, keys, poses)
 
     # ------------------------------------------------------------------ stills
     def render_image(self, pose: np.ndarray | None = None) -> np.ndarray:

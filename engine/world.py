@@ -21,7 +21,7 @@ from controllers.conventions import check_poses
 from sana_wm.image import default_intrinsics, prepare_image
 
 from .sampler import (DEFAULT_FLOW_SHIFT, DEFAULT_STEPS, StreamingSampler, chunk_noise, flow_match_sigmas,
-                      sample_bidirectional, validate_steps)
+                      host_to_device, sample_bidirectional, validate_steps)
 from .session import LATENT_STRIDE, Session, to_uint8
 from .state import SessionSetup, SessionState
 
@@ -281,7 +281,8 @@ class World:
         neg = self._negative(negative_prompt) if guidance_scale > 1 else (None, None)
         latents = sample_bidirectional(
             self.transformer, noise, first_latent, text=text, text_mask=mask,
-            raymap=raymap[None].to(self.device, self.dtype), plucker=plucker[None].to(self.device, self.dtype),
+            raymap=host_to_device(raymap[None], self.device, self.dtype),
+            plucker=host_to_device(plucker[None], self.device, self.dtype),
             sigmas=flow_match_sigmas(num_steps, flow_shift), guidance_scale=guidance_scale, negative_text=neg[0],
             negative_mask=neg[1], progress=progress)
         return to_uint8(self.vae.decode(latents.to(self.vae.dtype)))
@@ -328,6 +329,7 @@ class World:
         raymap, plucker = controllers.camera_conditioning(poses, k, size, 0, 1)
         noise = chunk_noise(seed, 0, (1, self.config.in_channels, 1, h, w), self.device)
         latents = StreamingSampler(self.transformer).denoise(
-            noise, pinned=None, text=text, text_mask=mask, raymap=raymap[None].to(self.device, self.dtype),
-            plucker=plucker[None].to(self.device, self.dtype), cache=None, start_frame=0)
+            noise, pinned=None, text=text, text_mask=mask,
+            raymap=host_to_device(raymap[None], self.device, self.dtype),
+            plucker=host_to_device(plucker[None], self.device, self.dtype), cache=None, start_frame=0)
         return to_uint8(self.vae.decode(latents.to(self.vae.dtype)))[0]

@@ -70,6 +70,12 @@ def test_stream_equals_step_and_early_close_keeps_state(world, image):
     stream.close()
     b.step("w-24")
     np.testing.assert_array_equal(a.step("none-24").frames, b.step("none-24").frames)
+    # a stream never started changes nothing; one made before the session moved on refuses to run
+    stale = a.stream("w-24")
+    assert a.chunk_index == 4
+    a.step("w-24")
+    with pytest.raises(RuntimeError, match="made for chunk 4"):
+        next(stale)
 
 
 def test_inputs_actions_keys_poses_agree(world, image):
