@@ -171,8 +171,8 @@ class PromptEncoder:
         """Move the text model to the CPU (frees accelerator memory); the next uncached :meth:`encode` moves it back."""
         self.model.to("cpu")
 
-    def _key(self, prompt: str) -> str:
-        text = "\0".join([self.model_id, str(self.max_length), self.chi_prompt, prompt])
+    def _key(self, prompt: str, chi_prompt: str) -> str:
+        text = "\0".join([self.model_id, str(self.max_length), chi_prompt, prompt])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _disk_get(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -193,11 +193,16 @@ class PromptEncoder:
         tmp.replace(self.cache_dir / f"{key}.safetensors")
 
     @torch.no_grad()
-    def _run(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(len(prompts), max_length, hidden) embeddings and (len(prompts), max_length) bool mask."""
-        if self.chi_prompt:
-            texts = [self.chi_prompt + p for p in prompts]
-            length = self._prefix_tokens + self.max_length - 2
+    def _run(self, prompts: list[str], chi_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(prompts), max_length, hidden) embeddings and (len(prompts), max_length) bool mask, uncached.
+
+        ``chi_prompt``: the instruction prefix (default ``self.chi_prompt``); ``""`` = plain right-padded window.
+        """
+        chi = self.chi_prompt if chi_prompt is None else chi_prompt
+        if chi:
+            texts = [chi + p for p in prompts]
+            prefix_tokens = self._prefix_tokens if chi == self.chi_prompt else len(self.tokenizer.encode(chi))
+            length = prefix_tokens + self.max_length - 2
         else:
             texts, length = prompts, self.max_length
         tokens = self.tokenizer(
@@ -209,41 +214,52 @@ class PromptEncoder:
         keep = keep.to(self.device)
         return hidden[:, keep], tokens.attention_mask[:, keep].bool()
 
+    def _cached(self, prompts: list[str], chi_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        unique = list(dict.fromkeys(prompts))
+        keys = {p: self._key(p, chi_prompt) for p in unique}
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p in unique:
+            if keys[p] in self._cache:
+                found[p] = self._cache[keys[p]]
+            elif (hit := self._disk_get(keys[p])) is not None:
+                found[p] = hit
+        missing = [p for p in unique if p not in found]
+        if missing:
+            emb, mask = self._run(missing, chi_prompt)
+            for i, p in enumerate(missing):
+                found[p] = (emb[i], mask[i])
+                self._disk_put(keys[p], emb[i], mask[i])
+        for p in unique:
+            self._cache[keys[p]] = found[p]
+            self._cache.move_to_end(keys[p])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack([found[p][0] for p in prompts]), torch.stack([found[p][1] for p in prompts])
+
+    @staticmethod
+    def _as_list(prompts: str | Sequence[str], *, allow_empty: bool) -> list[str]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("PromptEncoder: no prompts given (expected a string or a list of strings)")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"PromptEncoder: prompt {i} is a {type(p).__name__}, expected a string")
+            if not allow_empty and not p.strip():
+                raise ValueError(f"PromptEncoder.encode: prompt {i} is empty; SANA-WM needs a text prompt")
+        return prompts
+
     def encode(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings ``(B, 300, hidden)`` (model dtype) and padding mask ``(B, 300)`` bool, on ``self.device``.
+        """Embeddings ``(B, 300, hidden)`` (model dtype) and padding mask ``(B, 300)`` bool, on ``self.device``,
+        with the instruction prefix and the BOS + last-299 window.
 
         Mask semantics: True at BOS, at the kept prefix / prompt tokens, False at padding. Cached per prompt
         (LRU of ``cache_size`` prompts in memory; also ``cache_dir`` on disk when set). Raises ValueError for an
         empty prompt list or an empty (or all-whitespace) prompt, TypeError for a non-string.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("PromptEncoder.encode: no prompts given (expected a string or a list of strings)")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise TypeError(f"PromptEncoder.encode: prompt {i} is a {type(p).__name__}, expected a string")
-            if not p.strip():
-                raise ValueError(f"PromptEncoder.encode: prompt {i} is empty; SANA-WM needs a text prompt")
+        return self._cached(self._as_list(prompts, allow_empty=False), self.chi_prompt)
 
-        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p in dict.fromkeys(prompts):
-            key = self._key(p)
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                found[p] = self._cache[key]
-            elif (hit := self._disk_get(key)) is not None:
-                found[p] = hit
-        missing = [p for p in dict.fromkeys(prompts) if p not in found]
-        if missing:
-            emb, mask = self._run(missing)
-            for i, p in enumerate(missing):
-                found[p] = (emb[i], mask[i])
-                self._disk_put(self._key(p), emb[i], mask[i])
-        for p in dict.fromkeys(prompts):
-            self._cache[self._key(p)] = found[p]
-            self._cache.move_to_end(self._key(p))
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return torch.stack([found[p][0] for p in prompts]), torch.stack([found[p][1] for p in prompts])
+    def encode_negative(self, prompts: str | Sequence[str] = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative-prompt embeddings for classifier-free guidance, as NVlabs / diffusers build them: no instruction
+        prefix, right-padded (or truncated) to 300 tokens, ``""`` allowed. Shapes, device and caching as
+        :meth:`encode`."""
+        return self._cached(self._as_list(prompts, allow_empty=True), "")

@@ -45,6 +45,21 @@ def test_window_matches_diffusers_encode_prompt(enc):
         assert torch.equal(ours_mask[i], ref_mask[0].bool())
 
 
+def test_negative_prompt_matches_diffusers(enc):
+    from diffusers.pipelines.sana_wm.pipeline_sana_wm import SanaWMPipeline
+
+    pipe = SanaWMPipeline(tokenizer=enc.tokenizer, text_encoder=enc.model, vae=None, transformer=None, scheduler=None)
+    negatives = ["", "blurry, low quality " * 20]
+    ours, ours_mask = enc.encode_negative(negatives)
+    assert ours.shape == (2, 300, 64) and ours_mask[0].sum() == 1  # "" -> BOS only
+    for i, negative in enumerate(negatives):
+        _, _, ref, ref_mask = pipe.encode_prompt("unused", negative, device=torch.device("cpu"))
+        torch.testing.assert_close(ours[i], ref[0, 0], rtol=0, atol=1e-6)
+        assert torch.equal(ours_mask[i], ref_mask[0].bool())
+    with pytest.raises(TypeError, match="prompt 0 is a NoneType"):
+        enc.encode_negative([None])
+
+
 def test_memory_and_disk_cache(tmp_path):
     enc = PromptEncoder.tiny(cache_size=2, cache_dir=tmp_path)
     calls = _count_forwards(enc)
