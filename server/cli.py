@@ -82,7 +82,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required: bool = True) -> None:
+def _add_world_args(
+    p: argparse.ArgumentParser, *, image: bool = True, required: bool = True, seed: bool = True
+) -> None:
     g = p.add_argument_group("world")
     src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--demo", action="store_true", help="the tiny random demo world (CPU, no weights needed)")
@@ -100,7 +102,8 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
     g.add_argument(
         "--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)"
     )
-    g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
     if image:
         g.add_argument(
             "--image", type=Path, help="first frame (PNG/JPEG); required with --model, else a generated test card"
@@ -110,8 +113,7 @@ def _add_world_args(p: argparse.ArgumentParser, *, image: bool = True, required:
             "--fov",
             type=float,
             metavar="DEG",
-            help="horizontal field of view of the frame in degrees (default 60; --poses files may carry "
-            "intrinsics instead)",
+            help="horizontal field of view of the first image in degrees (default 60)",
         )
 
 
@@ -127,6 +129,8 @@ def _offline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from controllers.actions import MAPPINGS  # numpy only: --help stays fast
+
     parser = _Parser(prog=PROG, description="Interactive world-model engine for NVIDIA SANA-WM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -148,12 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="raw",
         help="frame encoding from the server with --connect (default raw: exact frames)",
     )
-    p.add_argument("--mapping", default="sana-wm-v2", help="camera motion model (default sana-wm-v2, NVlabs streaming)")
+    p.add_argument(
+        "--mapping",
+        choices=sorted(MAPPINGS),
+        default="sana-wm-v2",
+        help="camera motion model of the keys (default sana-wm-v2: NVlabs streaming, smoothed)",
+    )
     p.add_argument("--fps", type=float, default=16.0, help="presentation rate (default 16)")
     p.add_argument("--scale", type=float, default=None, help="window scale factor (default: fit ~1280 px wide)")
     p.add_argument("--record", metavar="FILE", type=Path, help="record the session (inputs, seed, image...) to FILE")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save every generated raw frame to FILE (.npz)")
-    p.add_argument("--output-dir", type=Path, default=Path("."), help="where screenshots and mp4 captures go")
+    p.add_argument(
+        "--output-dir", metavar="DIR", type=Path, default=Path("."), help="where screenshots and mp4 captures go"
+    )
     p.add_argument(
         "--script",
         metavar="FILE",
@@ -184,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument(
         "--poses", metavar="FILE", type=Path, help="camera poses file (.npy/.npz/.json; see --convention)"
     )
-    p.add_argument("--mapping", default="sana-wm-v1", help="key mapping of --actions (default sana-wm-v1)")
+    p.add_argument(
+        "--mapping",
+        choices=sorted(MAPPINGS),
+        default="sana-wm-v1",
+        help="key mapping of --actions (default sana-wm-v1: a/d strafe, j/l yaw; sana-wm-v2: a/d yaw, j/l strafe)",
+    )
     p.add_argument("--frames", type=_positive_int, default=48, help="frames after the first for --preset (default 48)")
     p.add_argument(
         "--convention",
@@ -225,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "camera path with the bidirectional model for a higher-quality take.",
     )
     p.add_argument("record", type=Path, help="the record file (.jsonl)")
-    _add_world_args(p, image=False, required=False)
+    _add_world_args(p, image=False, required=False, seed=False)
     p.add_argument(
         "--sampler",
         choices=("streaming", "bidirectional"),
@@ -410,7 +426,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             return 0
     image = read_image(args)
     prompt = prompt_of(args)
-    fov = args.fov if intrinsics is None else None
+    if intrinsics is not None and args.fov is not None:
+        raise UsageError(f"--fov conflicts with the intrinsics in {args.poses}; give one of them")
+    fov = args.fov
     model, world = _world_from_args(args, variant=args.sampler)
     if image is None:
         image = test_card(world.height, world.width)

@@ -180,3 +180,12 @@ def test_console_entry_subprocess(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("sana-wm image: error: argument --width: expected a positive multiple of 32, got 33")
+
+
+def test_fov_conflicts_with_pose_file_intrinsics(capsys, tmp_path):
+    import controllers
+
+    controllers.save_poses(tmp_path / "p.json", controllers.preset("pan", 25), intrinsics=[40.0, 40.0, 32.0, 32.0])
+    argv = ["render", "--demo", "--poses", str(tmp_path / "p.json"), "--fov", "70", "-o", str(tmp_path / "o.mp4")]
+    _one_line_error(capsys, argv, "--fov conflicts with the intrinsics")
+    _one_line_error(capsys, ["explore", "--demo", "--mapping", "wasd"], "invalid choice: 'wasd'")
