@@ -7,7 +7,7 @@ import torch
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny test models: threading costs more than it gains
 
 
 def pytest_collection_modifyitems(config, items):
