@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             return _dispatch(command, argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (UsageError, FileNotFoundError, ValueError) as e:
+    except (UsageError, OSError, ValueError) as e:  # bad input, unreadable / unwritable files, refused connections
         _one_line_error(command, str(e))
         return 2
     except SystemExit as e:  # --help, or a dispatched command's own exit

@@ -281,7 +281,10 @@ class RemoteSource(WorldSource):
     ):
         from server.client import Client
 
-        self.client = Client(url, client_name="sana-wm explore")
+        try:
+            self.client = Client(url, client_name="sana-wm explore")
+        except OSError as e:
+            raise ConnectionError(f"cannot connect to {url}: {e}") from None
         self._start = {
             "image": image,
             "prompt": prompt,
@@ -389,7 +392,7 @@ class Explorer:
         self.capture: VideoWriter | None = None
         self.show_hud = True
         self.frame: np.ndarray = source.first_frame  # frame 0 (the first image) until the world's frames arrive
-        self.dragging = False
+        self.held: set[str] = set()  # controller keys physically held now
         self.running = True
         self.t0 = 0.0
 
@@ -406,6 +409,7 @@ class Explorer:
         name = pg.key.name(key).lower()
         if name in self.key_letters or name in SHIFT_KEYS:
             letter = "shift" if name in SHIFT_KEYS else self.key_letters[name]
+            (self.held.add if down else self.held.discard)(letter)
             (self.controller.key_down if down else self.controller.key_up)(letter, t)
             self._input(t)
             return
@@ -417,7 +421,7 @@ class Explorer:
             self.pacer.set_paused(not self.pacer.paused)
         elif key == pg.K_r:
             self.controller.reset()
-            self._new_branch()
+            self._new_branch(t)
             self.source.submit("reset")
         elif key == pg.K_F5:
             name = f"s{len(self.snaps)}"
@@ -426,7 +430,7 @@ class Explorer:
         elif key == pg.K_F9 and self.snaps:
             name, state = self.snaps[-1]
             self.controller.load_state_dict(state)
-            self._new_branch()
+            self._new_branch(t)
             self.source.submit("restore", name)
         elif key == pg.K_F12:
             path = save_png(
@@ -438,11 +442,14 @@ class Explorer:
         elif key == pg.K_h:
             self.show_hud = not self.show_hud
 
-    def _new_branch(self) -> None:
-        """After reset / restore: drop buffered frames of the old branch and any still in flight."""
+    def _new_branch(self, t: float) -> None:
+        """After reset / restore: drop buffered frames of the old branch and any still in flight, and bring the
+        controller's held keys in line with the keys held now (the restored state may remember others)."""
         self.epoch += 1
         self.pacer.clear()
-        self.pending_input_t = self.now()
+        self.pending_input_t = t
+        for letter in {*self.key_letters.values(), "shift"}:
+            (self.controller.key_down if letter in self.held else self.controller.key_up)(letter, t)
 
     def toggle_capture(self) -> None:
         if self.capture is None:
@@ -618,35 +625,40 @@ def explore(args: argparse.Namespace) -> int:
             meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect},
         )
 
-    if args.connect:
-        if image is None:
-            image = cli.test_card(704, 1280)
-        source = RemoteSource(
-            args.connect,
-            image,
-            prompt=prompt,
-            seed=args.seed,
-            fov_deg=args.fov,
-            encoding=args.encoding,
-            recorder_factory=recorder,
-            keep=keep,
-        )
-    else:
-        model, world = cli._world_from_args(args)
-        if image is None:
-            image = cli.test_card(world.height, world.width)
-        source = LocalSource(
-            world,
-            image,
-            prompt=prompt,
-            seed=args.seed,
-            fov_deg=args.fov,
-            keep=keep,
-            recorder=recorder(model, world.height, world.width, str(world.device), str(world.dtype)),
-        )
-    height, width = source.first_frame.shape[:2]
+    remote_errors: tuple[type[Exception], ...] = ()
     try:
-        status = Explorer(
+        if args.connect:
+            from server.client import ServerError
+
+            remote_errors = (ServerError,)
+            if image is None:
+                image = cli.test_card(704, 1280)
+            source = RemoteSource(
+                args.connect,
+                image,
+                prompt=prompt,
+                seed=args.seed,
+                fov_deg=args.fov,
+                encoding=args.encoding,
+                recorder_factory=recorder,
+                keep=keep,
+            )
+        else:
+            model, world = cli._world_from_args(args)
+            if image is None:
+                image = cli.test_card(world.height, world.width)
+            device, dtype = str(world.device), str(world.dtype)
+            source = LocalSource(
+                world,
+                image,
+                prompt=prompt,
+                seed=args.seed,
+                fov_deg=args.fov,
+                keep=keep,
+                recorder=recorder(model, world.height, world.width, device, dtype),
+            )
+        height, width = source.first_frame.shape[:2]
+        explorer = Explorer(
             source,
             mapping=args.mapping,
             fps=args.fps,
@@ -656,11 +668,15 @@ def explore(args: argparse.Namespace) -> int:
             max_chunks=args.max_chunks,
             height=height,
             width=width,
-        ).run()
-    finally:
-        source.close()
-        if source.recorder is not None:
-            source.recorder.close()
+        )
+        try:
+            status = explorer.run()
+        finally:
+            source.close()
+            if source.recorder is not None:
+                source.recorder.close()
+    except remote_errors as e:
+        raise cli.UsageError(f"server {args.connect}: {e}") from None
     if args.frames_npz is not None and source.frames:
         save_frames_npz(args.frames_npz, np.concatenate(source.frames))
     return status

@@ -126,6 +126,8 @@ def test_bad_arguments_give_one_line(capsys, tmp_path):
         (["explore", "--demo", "--script", str(tmp_path / "none.txt")], "script file not found"),
         (["explore", "--demo", "--max-chunks", "0"], "positive"),
         (["frobnicate"], "invalid choice"),
+        (["explore", "--connect", "ws://127.0.0.1:9", "--max-chunks", "1"], "cannot connect to ws://127.0.0.1:9"),
+        (["explore", "--connect", "ws://127.0.0.1:9", "--demo"], "without --demo"),
     ]
     for argv, match in cases:
         _one_line_error(capsys, argv, match)
