@@ -31,6 +31,7 @@ _DTYPES = {
     "fp16": "float16",
 }
 DEMO_PROMPT = "a small test world"
+DEMO_SIZE = (64, 96)  # (H, W) of the demo world, engine.World.demo's default
 PRESET_NAMES = ("dolly", "figure-eight", "orbit", "pan", "walk-forward")  # controllers.paths.PRESETS (no torch import)
 _DISPATCH = {
     "serve": ("server.app", "run the websocket server (server.app)"),
@@ -265,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 def model_id(args: argparse.Namespace, variant: str = "streaming") -> dict[str, Any]:
     """How to rebuild the world: stored in records and sidecars."""
     if args.demo:
-        return {"kind": "demo", "height": args.height or 64, "width": args.width or 96, "seed": 0, "variant": variant}
-    return {"kind": "folder", "path": str(args.model.resolve())}
+        h, w = args.height or DEMO_SIZE[0], args.width or DEMO_SIZE[1]
+        return {"kind": "demo", "height": h, "width": w, "seed": 0, "variant": variant}
+    size = {k: getattr(args, k) for k in ("height", "width") if getattr(args, k)}
+    return {"kind": "folder", "path": str(args.model.resolve()), **size}
 
 
 def load_world(model: dict[str, Any], device: str | None, dtype: str | None):
@@ -294,14 +297,13 @@ def load_world(model: dict[str, Any], device: str | None, dtype: str | None):
     return World.load(folder, device=device, dtype=torch_dtype, **kw)
 
 
-def _world_from_args(args: argparse.Namespace, variant: str = "streaming"):
+def world_from_args(args: argparse.Namespace, variant: str = "streaming"):
+    """(model id, World) for --demo / --model with --device, --dtype, --width, --height."""
     model = model_id(args, variant)
-    if model["kind"] == "folder":
-        model.update({k: getattr(args, k) for k in ("height", "width") if getattr(args, k)})
     return model, load_world(model, args.device, args.dtype)
 
 
-def test_card(height: int, width: int) -> np.ndarray:
+def make_test_card(height: int, width: int) -> np.ndarray:
     """A deterministic test card (H,W,3) uint8: colour bars over a grey ramp, with a grid (the demo's first image)."""
     bars = np.array(
         [
@@ -370,11 +372,12 @@ def frame_intrinsics(world, image, intrinsics: np.ndarray | None, fov_deg: float
 # ----------------------------------------------------------------------------------------------- camera paths
 
 
-def camera_path(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
+def camera_path(args: argparse.Namespace, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """The requested camera path, (F,4,4) c2w relative to its first pose, and intrinsics from a poses file
-    ((4,) or None)."""
+    ((4,) in pixels of the first image of size ``image_size`` (H, W), or None)."""
     import controllers
     from controllers import paths
+    from controllers.conventions import check_poses
 
     intrinsics = None
     if args.actions is not None:
@@ -388,10 +391,10 @@ def camera_path(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None
     else:
         if not args.poses.is_file():
             raise UsageError(f"poses file not found: {args.poses}")
-        c2w, intrinsics = paths.load_poses(args.poses, convention=args.convention)
-    c2w = np.asarray(c2w, dtype=np.float64)
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) < 2:
-        raise UsageError(f"camera path: expected (F,4,4) poses with F >= 2, got {c2w.shape}")
+        c2w, intrinsics = paths.load_poses(args.poses, convention=args.convention, image_size=image_size)
+    c2w = check_poses(c2w, name="camera path")
+    if len(c2w) < 2:
+        raise UsageError(f"camera path: needs at least 2 poses (the first image's and one more), got {len(c2w)}")
     c2w = np.linalg.inv(c2w[0]) @ c2w
     if intrinsics is not None:
         intrinsics = np.asarray(intrinsics, dtype=np.float64)
@@ -414,7 +417,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UsageError(f"--fps must be > 0, got {args.fps}")
     if args.output.suffix.lower() != ".mp4":
         raise UsageError(f"--output must be an .mp4 file, got {args.output}")
-    c2w, intrinsics = camera_path(args)
+    image = read_image(args)
+    prompt = prompt_of(args)
+    image_size = image.shape[:2] if image is not None else (args.height or DEMO_SIZE[0], args.width or DEMO_SIZE[1])
+    c2w, intrinsics = camera_path(args, image_size)
+    if intrinsics is not None and args.fov is not None:
+        raise UsageError(f"--fov conflicts with the intrinsics in {args.poses}; give one of them")
+    fov = args.fov
     if args.preview or args.dry_run:
         from controllers import preview_png
 
@@ -424,14 +433,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"path preview: {png} ({len(c2w) - 1} frames)", file=sys.stderr)
         if args.dry_run:
             return 0
-    image = read_image(args)
-    prompt = prompt_of(args)
-    if intrinsics is not None and args.fov is not None:
-        raise UsageError(f"--fov conflicts with the intrinsics in {args.poses}; give one of them")
-    fov = args.fov
-    model, world = _world_from_args(args, variant=args.sampler)
+    model, world = world_from_args(args, variant=args.sampler)
     if image is None:
-        image = test_card(world.height, world.width)
+        image = make_test_card(world.height, world.width)
     n = len(c2w) - 1
     t0 = time.perf_counter()
     chunk_times: list[dict[str, float]] = []
@@ -507,7 +511,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
     if args.output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {args.output}")
-    _, world = _world_from_args(args)
+    _, world = world_from_args(args)
     kw = {k: getattr(args, k) for k in ("height", "width") if getattr(args, k)}
     still = world.render_image(args.prompt, seed=args.seed, **kw)
     save_png(args.output, still)

@@ -632,7 +632,7 @@ def explore(args: argparse.Namespace) -> int:
 
             remote_errors = (ServerError,)
             if image is None:
-                image = cli.test_card(704, 1280)
+                image = cli.make_test_card(704, 1280)
             source = RemoteSource(
                 args.connect,
                 image,
@@ -644,9 +644,9 @@ def explore(args: argparse.Namespace) -> int:
                 keep=keep,
             )
         else:
-            model, world = cli._world_from_args(args)
+            model, world = cli.world_from_args(args)
             if image is None:
-                image = cli.test_card(world.height, world.width)
+                image = cli.make_test_card(world.height, world.width)
             device, dtype = str(world.device), str(world.dtype)
             source = LocalSource(
                 world,
