@@ -159,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="sana-wm-v2",
         help="camera motion model of the keys (default sana-wm-v2: NVlabs streaming, smoothed)",
     )
-    p.add_argument("--fps", type=float, default=16.0, help="presentation rate (default 16)")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=16.0,
+        help="presentation rate (default 16, the model's; camera motion is unchanged)",
+    )
     p.add_argument("--scale", type=float, default=None, help="window scale factor (default: fit ~1280 px wide)")
     p.add_argument("--record", metavar="FILE", type=Path, help="record the session (inputs, seed, image...) to FILE")
     p.add_argument("--frames-npz", metavar="FILE", type=Path, help="also save every generated raw frame to FILE (.npz)")

@@ -375,7 +375,7 @@ class Explorer:
         self.fps = fps
         letters = {control: letter for letter, control in get_mapping(mapping).keys.items()}
         self.key_letters = {name: letters[c] for name, c in CONTROL_KEYS.items()}
-        self.controller = controllers.LiveController(mapping=mapping, fps=fps)
+        self.controller = controllers.LiveController(mapping=mapping)  # camera motion at the model's 16 fps
         self.pacer = FramePacer(fps=fps)
         self.output_dir = Path(output_dir)
         self.script = list(script or [])
@@ -621,7 +621,6 @@ def explore(args: argparse.Namespace) -> int:
             fov_deg=args.fov,
             device=device,
             dtype=dtype,
-            fps=int(args.fps),
             meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect},
         )
 
