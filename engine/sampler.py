@@ -8,6 +8,7 @@ the flow velocity ``v = noise - x0`` and an Euler step is ``x <- x - (sigma - si
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ def validate_steps(steps: Sequence[int]) -> tuple[int, ...]:
         raise TypeError(f"steps must be a sequence of integers on the 0..1000 scale, got {steps!r}.") from None
     if any(float(t) != int(t) for t in steps):
         raise ValueError(f"steps must be integers on the 0..1000 scale, got {list(steps)}.")
-    if len(out) < 2 or out[-1] != 0 or out[0] > 1000 or any(a <= b for a, b in zip(out, out[1:])):
+    if len(out) < 2 or out[-1] != 0 or out[0] > 1000 or any(a <= b for a, b in pairwise(out)):
         raise ValueError(
             f"steps must be strictly decreasing integers from at most 1000 down to 0 (e.g. {list(DEFAULT_STEPS)}), "
             f"got {list(out)}."
@@ -44,16 +45,22 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torc
     return tensor.to(device=device, dtype=dtype)
 
 
+def noise_generator(seed: int, chunk_index: int) -> torch.Generator:
+    """The CPU generator of chunk ``chunk_index``: seeded with ``numpy.random.SeedSequence((seed, chunk_index))``."""
+    state = np.random.SeedSequence((int(seed) & (2**64 - 1), int(chunk_index))).generate_state(1, np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & (2**63 - 1))
+
+
 def chunk_noise(seed: int, chunk_index: int, shape: Sequence[int], device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Gaussian noise for one chunk, a pure function of ``(seed, chunk_index)``.
 
-    Drawn in fp32 on the CPU from a generator seeded with ``numpy.random.SeedSequence((seed, chunk_index))`` and
-    moved to ``device``: the same on every device, independent of how far ahead anything was generated.
+    Drawn in fp32 on the CPU from ``noise_generator(seed, chunk_index)`` and moved to ``device``: the same on every
+    device, independent of how far ahead anything was generated. (The offline sampler draws the whole clip's
+    noise as chunk 0.)
     """
-    state = np.random.SeedSequence((int(seed) & (2**64 - 1), int(chunk_index))).generate_state(1, np.uint64)[0]
-    generator = torch.Generator(device="cpu").manual_seed(int(state) & (2**63 - 1))
-    return host_to_device(torch.randn(tuple(shape), generator=generator, dtype=torch.float32), device, dtype)
+    noise = torch.randn(tuple(shape), generator=noise_generator(seed, chunk_index), dtype=torch.float32)
+    return host_to_device(noise, device, dtype)
 
 
 def flow_match_sigmas(num_steps: int, shift: float = DEFAULT_FLOW_SHIFT) -> torch.Tensor:

@@ -249,8 +249,8 @@ class Session:
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
         noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], n_lat, h, w), world.device)
         clock.mark("camera")
-        cond = dict(text=setup.text, text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
-                    start_frame=start_frame)
+        cond = {"text": setup.text, "text_mask": setup.text_mask, "raymap": raymap, "plucker": plucker,
+                "cache": state.cache, "start_frame": start_frame}
         latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, **cond)
         clock.mark("denoise")
         self._sampler.write_cache(latents, **cond)

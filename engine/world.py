@@ -20,8 +20,16 @@ import sana_wm
 from controllers.conventions import check_poses
 from sana_wm.image import default_intrinsics, prepare_image
 
-from .sampler import (DEFAULT_FLOW_SHIFT, DEFAULT_STEPS, StreamingSampler, chunk_noise, flow_match_sigmas,
-                      host_to_device, sample_bidirectional, validate_steps)
+from .sampler import (
+    DEFAULT_FLOW_SHIFT,
+    DEFAULT_STEPS,
+    StreamingSampler,
+    chunk_noise,
+    flow_match_sigmas,
+    host_to_device,
+    sample_bidirectional,
+    validate_steps,
+)
 from .session import LATENT_STRIDE, Session, to_uint8
 from .state import SessionSetup, SessionState
 

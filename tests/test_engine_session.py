@@ -16,15 +16,6 @@ H, W = 64, 64
 PROMPT = "a harbour at dusk"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks are dominated by per-op overhead: one thread is faster (and immune to a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world():
     return World.demo(height=H, width=W, seed=0)

@@ -11,20 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import controllers
-from sana_wm.checkpoint import diffusers_to_nvlabs_name
 from engine import World
+from sana_wm.checkpoint import diffusers_to_nvlabs_name
 
 H, W = 64, 64
 PROMPT = "a red lighthouse on a cliff"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks are dominated by per-op overhead: one thread is faster (and immune to a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
