@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler",
         choices=("streaming", "bidirectional"),
-        default="streaming",
-        help="streaming (chunked, constant memory) or bidirectional (whole clip) checkpoint",
+        help="streaming (chunked, constant memory) or bidirectional (whole clip); needs a checkpoint of that kind "
+        "(default: the --model folder's kind; the demo builds either, default streaming)",
     )
     _add_offline_args(p)
     p.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
@@ -438,14 +438,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"path preview: {png} ({len(c2w) - 1} frames)", file=sys.stderr)
         if args.dry_run:
             return 0
-    model, world = world_from_args(args, variant=args.sampler)
+    model, world = world_from_args(args, variant=args.sampler or "streaming")
+    sampler = args.sampler or world.variant
     if image is None:
         image = make_test_card(world.height, world.width)
     n = len(c2w) - 1
     t0 = time.perf_counter()
     chunk_times: list[dict[str, float]] = []
     extra: dict[str, Any] = {}
-    if args.sampler == "streaming":
+    if sampler == "streaming":
         session = world.start(image, prompt=prompt, seed=args.seed, intrinsics=intrinsics, fov_deg=fov)
         fpc = session.frames_per_chunk
         pad = (-n) % fpc
@@ -497,7 +498,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         seed=args.seed,
         model=model,
         prompt=prompt,
-        sampler=args.sampler,
+        sampler=sampler,
         timings=timings,
         extra={"padded_frames": pad, **extra},
     )
