@@ -198,3 +198,21 @@ def test_positions_past_latent_frame_1024(world, image):
         assert chunk.index == expected and chunk.latent_start == 3 * expected + 1 > 1024
         assert chunk.frame_indices[0] == 24 * expected + 1
         assert np.isfinite(chunk.latents.numpy()).all()
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_repeatable_and_constant_memory(image):
+    world = World.demo(height=H, width=W, seed=0, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        s = world.start(image, prompt=PROMPT, seed=11)
+        frames = []
+        for i in range(8):
+            frames.append(s.step(("w-24", "dw-24")[i % 2]).frames)
+            if i == 2:
+                allocated, state_bytes = torch.cuda.memory_allocated(), s.state.nbytes()
+        assert torch.cuda.memory_allocated() == allocated and s.state.nbytes() == state_bytes
+        s.close()
+        return np.concatenate(frames)
+
+    np.testing.assert_array_equal(run(), run())
