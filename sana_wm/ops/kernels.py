@@ -1,0 +1,102 @@
+"""One import point for the ops that have a Triton kernel: the Triton version where it can run, else the PyTorch
+reference (same signatures, same results within the kernels' tolerance).
+
+    from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera
+
+Triton runs for CUDA tensors when Triton imports (or CPU tensors under ``TRITON_INTERPRET=1``) and kernels are
+enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to
+measure the difference or to bisect a numerical question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from . import gdn as _gdn_ref
+from . import qk_prep as _prep_ref
+from ._triton import HAS_TRITON, runnable_on
+
+__all__ = [
+    "gdn_main",
+    "gdn_cam",
+    "prep_gdn_qk",
+    "prep_softmax_qk",
+    "prep_camera",
+    "set_triton",
+    "use_triton",
+    "triton_enabled",
+]
+
+_ENABLED = True
+
+
+def set_triton(enabled: bool) -> None:
+    """Enable (default) or disable the Triton kernels process-wide."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+def triton_enabled() -> bool:
+    """Whether the kernels are enabled (they still need Triton and CUDA tensors to run)."""
+    return _ENABLED and HAS_TRITON
+
+
+@contextmanager
+def use_triton(enabled: bool) -> Iterator[None]:
+    """Temporarily enable / disable the Triton kernels."""
+    before = _ENABLED
+    set_triton(enabled)
+    try:
+        yield
+    finally:
+        set_triton(before)
+
+
+def _triton_for(*tensors) -> bool:
+    return _ENABLED and runnable_on(*tensors)
+
+
+def gdn_main(q, k, q_rot, k_rot, v, beta, g, **kwargs):
+    """:func:`sana_wm.ops.gdn.gdn_main`, on Triton when possible."""
+    if _triton_for(v):
+        from .gdn_triton import gdn_main_triton
+
+        return gdn_main_triton(q, k, q_rot, k_rot, v, beta, g, **kwargs)
+    return _gdn_ref.gdn_main(q, k, q_rot, k_rot, v, beta, g, **kwargs)
+
+
+def gdn_cam(q, k, v, beta, g, **kwargs):
+    """:func:`sana_wm.ops.gdn.gdn_cam`, on Triton when possible."""
+    if _triton_for(v):
+        from .gdn_triton import gdn_cam_triton
+
+        return gdn_cam_triton(q, k, v, beta, g, **kwargs)
+    return _gdn_ref.gdn_cam(q, k, v, beta, g, **kwargs)
+
+
+def prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_gdn_qk`, on Triton when possible."""
+    if _triton_for(q):
+        from .qk_prep_triton import prep_gdn_qk_triton
+
+        return prep_gdn_qk_triton(q, k, q_weight, k_weight, rope, **kwargs)
+    return _prep_ref.prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs)
+
+
+def prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible."""
+    if _triton_for(q):
+        from .qk_prep_triton import prep_softmax_qk_triton
+
+        return prep_softmax_qk_triton(q, k, q_weight, k_weight, rope, **kwargs)
+    return _prep_ref.prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs)
+
+
+def prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_camera`, on Triton when possible."""
+    if _triton_for(q):
+        from .qk_prep_triton import prep_camera_triton
+
+        return prep_camera_triton(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
+    return _prep_ref.prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
