@@ -18,6 +18,7 @@ import hmac
 import io
 import itertools
 import logging
+import socket
 import sys
 import threading
 import time
@@ -60,10 +61,11 @@ class ServerConfig:
     idle_timeout_s: float = 300.0
     record_dir: str | None = None
     encode_threads: int = 2
+    send_buffer_bytes: int | None = None  # kernel send buffer per connection (SO_SNDBUF); None: the OS's autotuning
 
     def public_limits(self) -> dict[str, Any]:
         """The limits a client sees in ``welcome``."""
-        hidden = ("host", "port", "token", "record_dir", "encode_threads", "max_queued_messages")
+        hidden = ("host", "port", "token", "record_dir", "encode_threads", "max_queued_messages", "send_buffer_bytes")
         return {k: v for k, v in asdict(self).items() if k not in hidden}
 
 
@@ -640,11 +642,18 @@ class WorldServer:
         self.encode_pool.shutdown(wait=True, cancel_futures=True)
 
     async def _handle(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        if self.config.send_buffer_bytes is not None:
+            sock = ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         conn = Connection(self, ws, next(self._numbers))
         self.connections.add(conn)
         try:
             await conn.run()
-        except Exception:  # the peer vanished or a bug in this connection: never the server
+        except ConnectionClosed as e:  # closed abnormally (peer vanished, message too big, keepalive timeout)
+            logger.info("connection %d closed: %s", conn.number, e)
+        except Exception:  # a bug in this connection: never the server
             logger.exception("connection %d ended with an error", conn.number)
         finally:
             self.connections.discard(conn)
@@ -807,8 +816,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32", "bfloat16", "float16", "float32"],
                    help="weights and activations (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--height", type=int, default=None, help="frame height (default: 704; --demo: 64)")
-    p.add_argument("--width", type=int, default=None, help="frame width (default: 1280; --demo: 96)")
+    p.add_argument("--height", type=int, default=None, help="frame height, a multiple of 32 (default: 704; --demo: "
+                   "the demo world's)")
+    p.add_argument("--width", type=int, default=None, help="frame width, a multiple of 32 (default: 1280; --demo: "
+                   "the demo world's)")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0 picks a free one)")
     p.add_argument("--token", default=None, help="require this token in every client's hello")
@@ -821,6 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-path-frames", type=int, default=d.max_path_frames, help="longest render_path")
     p.add_argument("--live-queue-chunks", type=int, default=d.live_queue_chunks,
                    help="live sessions: undelivered chunks kept per client before the oldest is dropped")
+    p.add_argument("--send-buffer-kb", type=int, default=None,
+                   help="kernel send buffer per connection in KiB (default: the OS's autotuning); smaller bounds "
+                        "memory per slow client and makes the live drop policy act sooner")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
                    help="close a connection after this many seconds without a message either way")
     p.add_argument("--record", metavar="DIR", default=None, help="write a record (server.record) of every session")
@@ -833,7 +847,8 @@ def _config_from_args(args: argparse.Namespace) -> ServerConfig:
                 "--max-sessions-per-connection": args.max_sessions_per_connection >= 1,
                 "--max-snapshots": args.max_snapshots >= 0, "--max-message-mb": args.max_message_mb > 0,
                 "--max-image-pixels": args.max_image_pixels >= 1, "--max-path-frames": args.max_path_frames >= 1,
-                "--live-queue-chunks": args.live_queue_chunks >= 1, "--idle-timeout": args.idle_timeout > 0}
+                "--live-queue-chunks": args.live_queue_chunks >= 1, "--idle-timeout": args.idle_timeout > 0,
+                "--send-buffer-kb": args.send_buffer_kb is None or args.send_buffer_kb >= 1}
     bad = [flag for flag, ok in positive.items() if not ok]
     if bad:
         raise ValueError(f"{', '.join(bad)}: must be positive (port: >= 0)")
@@ -845,7 +860,8 @@ def _config_from_args(args: argparse.Namespace) -> ServerConfig:
                         max_sessions_total=args.max_sessions,
                         max_sessions_per_connection=args.max_sessions_per_connection,
                         max_snapshots_per_connection=args.max_snapshots, live_queue_chunks=args.live_queue_chunks,
-                        idle_timeout_s=args.idle_timeout, record_dir=args.record)
+                        idle_timeout_s=args.idle_timeout, record_dir=args.record,
+                        send_buffer_bytes=None if args.send_buffer_kb is None else args.send_buffer_kb << 10)
 
 
 def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -858,9 +874,9 @@ def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                                              "fp16": torch.float16, "float16": torch.float16,
                                              "fp32": torch.float32, "float32": torch.float32}[args.dtype]
     if args.demo:
-        size = {"height": args.height or 64, "width": args.width or 96}
-        kwargs = {k: v for k, v in (("device", args.device), ("dtype", dtype)) if v is not None}
-        return World.demo(**size, **kwargs), {"kind": "demo", **size, "seed": 0}
+        given = (("height", args.height), ("width", args.width), ("device", args.device), ("dtype", dtype))
+        world = World.demo(**{k: v for k, v in given if v is not None})
+        return world, {"kind": "demo", "height": world.height, "width": world.width, "seed": 0}
     size = {"height": args.height or 704, "width": args.width or 1280}
     world = World.load(args.model, device=args.device, dtype=dtype, **size)
     return world, {"kind": "folder", "path": str(Path(args.model).resolve())}
