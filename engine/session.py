@@ -94,9 +94,12 @@ class Session:
     Camera input per chunk (exactly ``frames_per_chunk`` new frames), one of:
     - an action string (``"w-24"``, ``"dw-12,none-12"``; keys of the session's mapping, default ``sana-wm-v2``);
     - ``keys=``: one iterable of held key names per frame;
-    - ``poses=``: (24,4,4) c2w relative to frame 0 (the controller then continues from the last one, at rest).
-    Keys and actions go through the session's ``controllers.LiveController``, so velocity and pitch carry over
-    from chunk to chunk.
+    - ``poses=``: (24,4,4) c2w relative to frame 0 (the controller then continues from the last one, at rest);
+    - nothing: live control, ``session.controller.poses_for_next(24)`` from the key / mouse events given to
+      ``session.controller`` (``key_down(key, t)``, ``key_up``, ``mouse``) since the last chunk; the events are
+      consumed at the call.
+    Keys and actions go through the same ``controllers.LiveController``, so velocity and pitch carry over from
+    chunk to chunk whatever the mix of inputs.
 
     ``on_chunk(chunk)`` is called with every finished chunk (progress / logging hook).
     """
@@ -149,6 +152,11 @@ class Session:
         return self.state.pose
 
     @property
+    def controller(self) -> controllers.LiveController:
+        """The session's camera controller (live key / mouse events; part of the snapshot state)."""
+        return self.state.controller
+
+    @property
     def chunk_index(self) -> int:
         """Index of the next chunk."""
         return self.state.chunk_index
@@ -159,13 +167,16 @@ class Session:
         return self.frames_per_chunk * self.state.chunk_index + 1
 
     # ------------------------------------------------------------------ camera
-    def _next_poses(self, actions, keys, poses) -> tuple[np.ndarray, dict]:
-        """The next chunk's (24,4,4) poses and the controller state after them (not yet committed)."""
+    def _next_poses(self, actions, keys, poses) -> tuple[np.ndarray, dict | None]:
+        """The next chunk's (24,4,4) poses and the controller state after them (committed when the chunk is made;
+        None: live control, already committed)."""
         given = [name for name, v in (("actions", actions), ("keys", keys), ("poses", poses)) if v is not None]
-        if len(given) != 1:
-            raise ValueError(f"Session.step: give exactly one of actions / keys / poses, got {given or 'none'}")
+        if len(given) > 1:
+            raise ValueError(f"Session.step: give at most one of actions / keys / poses, got {given}")
         n = self.frames_per_chunk
         ctrl = self.state.controller
+        if not given:
+            return ctrl.poses_for_next(n), None
         if actions is not None:
             count = len(controllers.parse_actions(actions))
             if count != n:
@@ -224,7 +235,7 @@ class Session:
         new_poses, after = self._next_poses(actions, keys, poses)
         return self._run(self.state.chunk_index, new_poses, after)
 
-    def _run(self, chunk_index: int, new_poses: np.ndarray, controller_after: dict) -> Iterator[Chunk]:
+    def _run(self, chunk_index: int, new_poses: np.ndarray, controller_after: dict | None) -> Iterator[Chunk]:
         """Generate chunk ``chunk_index``; yields a part per decoded latent frame, returns the whole ``Chunk``."""
         if self._busy:
             raise RuntimeError("this session is already generating a chunk (finish or close the running stream)")
@@ -238,7 +249,7 @@ class Session:
         finally:
             self._busy = False
 
-    def _generate(self, state: SessionState, new_poses: np.ndarray, controller_after: dict) -> Iterator[Chunk]:
+    def _generate(self, state: SessionState, new_poses: np.ndarray, controller_after: dict | None) -> Iterator[Chunk]:
         setup = state.setup
         world = self._world
         c = state.chunk_index
@@ -256,7 +267,8 @@ class Session:
         self._sampler.write_cache(latents, **cond)
         clock.mark("cache_write")
         state.chunk_index = c + 1
-        state.controller.load_state_dict(controller_after)
+        if controller_after is not None:
+            state.controller.load_state_dict(controller_after)
 
         first_px = self.frames_per_chunk * c + 1  # global index of new_poses[0]
         parts: list[np.ndarray] = []

@@ -80,11 +80,26 @@ def test_inputs_actions_keys_poses_agree(world, image):
     np.testing.assert_array_equal(u.pose, c.poses[-1])
     with pytest.raises(ValueError, match="exactly 24"):
         s.step("w-23")
-    with pytest.raises(ValueError, match="exactly one of"):
+    with pytest.raises(ValueError, match="at most one of"):
         s.step("w-24", poses=c.poses)
     with pytest.raises(ValueError, match="poses"):
         s.step(poses=np.zeros((24, 4, 4)))
     assert s.chunk_index == 1  # rejected inputs change nothing
+
+
+def test_live_control_through_the_session_controller(world, image):
+    """No camera argument: the poses come from the key / mouse events given to session.controller."""
+    s = world.start(image, prompt=PROMPT, seed=2)
+    ref = s.fork()
+    s.controller.key_down("w", 0.0)
+    s.controller.key_up("w", 0.75)  # held for 12 of the chunk's 24 frames (16 fps)
+    live = s.step()
+    expected = controllers.LiveController("sana-wm-v2")
+    expected.key_down("w", 0.0)
+    expected.key_up("w", 0.75)
+    np.testing.assert_array_equal(live.poses, expected.poses_for_next(24))
+    np.testing.assert_array_equal(live.frames, ref.step(poses=live.poses).frames)
+    assert s.controller.state_dict() == expected.state_dict()  # velocity and events carried on, not reset
 
 
 def _rss_bytes() -> int:
