@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from server.outbox import ChunkItem, Outbox, Stream
-from server.protocol import (ENCODINGS, MODES, PROTOCOL_VERSION, Limits, ProtocolError, build_schemas, pack,
+from server.protocol import (ENCODINGS, KEYS, MODES, PROTOCOL_VERSION, Limits, ProtocolError, build_schemas, pack,
                              parse_request)
 
 logger = logging.getLogger("sana_wm.server")
@@ -288,7 +288,7 @@ class Connection:
                 "type": "welcome", "id": req["id"], "version": PROTOCOL_VERSION, "server": SERVER_NAME,
                 "world": {"height": world.height, "width": world.width, "frames_per_chunk": FRAMES_PER_CHUNK,
                           "fps": FPS, "variant": world.variant, "name": world.name},
-                "encodings": list(ENCODINGS), "modes": list(MODES), "keys": "wasdijkl", "modifier_keys": ["shift"],
+                "encodings": list(ENCODINGS), "modes": list(MODES), "keys": list(KEYS),
                 "limits": cfg.public_limits(),
             })
 

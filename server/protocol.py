@@ -178,13 +178,16 @@ def intrinsics(v: Any, name: str) -> list[float]:
     return vals
 
 
+KEYS = tuple(ACTION_KEYS) + ("shift",)
+"""Key names of ``control`` and ``step`` (the mapping gives the letters their meaning; shift doubles speeds)."""
+
+
 def key_set(v: Any, name: str) -> frozenset[str]:
-    if not isinstance(v, list) or len(v) > len(ACTION_KEYS):
-        raise ValueError(f"'{name}' must be a list of at most {len(ACTION_KEYS)} keys from {ACTION_KEYS!r}, "
-                         f"got {_describe(v)}")
+    if not isinstance(v, list) or len(v) > len(KEYS):
+        raise ValueError(f"'{name}' must be a list of at most {len(KEYS)} keys from {list(KEYS)}, got {_describe(v)}")
     for k in v:
-        if not isinstance(k, str) or k not in ACTION_KEYS:
-            raise ValueError(f"'{name}' holds {k!r:.20}; keys must be single letters from {ACTION_KEYS!r}")
+        if not isinstance(k, str) or k not in KEYS:
+            raise ValueError(f"'{name}' holds {k!r:.20}; keys are the letters {ACTION_KEYS!r} and 'shift'")
     return frozenset(v)
 
 
