@@ -173,9 +173,8 @@ class World:
         ``sana_wm.image.prepare_image``: resize + centre crop; intrinsics (or ``fov_deg``, or its default) of the
         source image follow the crop."""
         pixels, k = prepare_image(image, size=size, intrinsics=intrinsics, fov_deg=fov_deg)
-        video = pixels[None, :, None].to(self.device, self.vae.dtype)
-        latent = self.vae.encode(video).float()
-        return latent, to_uint8(video)[0], np.asarray(k, dtype=np.float64)
+        latent = self.vae.encode(host_to_device(pixels[None, :, None], self.device, self.vae.dtype)).float()
+        return latent, to_uint8(pixels[None, :, None])[0], np.asarray(k, dtype=np.float64)
 
     def vae_decoder_step(self, decoder, latents: torch.Tensor) -> torch.Tensor:
         """Decode latent frames (1,C,n,h,w) with a streaming decoder -> pixels (1,3,N,H,W) in [-1,1]."""
@@ -192,8 +191,8 @@ class World:
         The image is resized and centre-cropped to ``height`` x ``width`` and VAE-encoded into latent frame 0.
         ``intrinsics`` ``[fx, fy, cx, cy]`` (or a 3x3 K) in pixels of the source image, or ``fov_deg`` its
         horizontal field of view; default: focal ``0.8 * max(W, H)`` of the source (``sana_wm.image``); they
-        follow the resize + crop. ``steps``: the
-        streaming step list (default ``DEFAULT_STEPS``); ``mapping``: the key mapping of action strings and keys.
+        follow the resize + crop. ``steps``: the streaming step list (default ``DEFAULT_STEPS``); ``mapping``: the
+        key mapping of action strings, keys and live control; ``on_chunk(chunk)``: a per-chunk progress hook.
         """
         self._require("streaming", "a streaming session")
         controller = controllers.LiveController(mapping=mapping)
