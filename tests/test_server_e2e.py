@@ -266,19 +266,22 @@ def test_token_and_version(image):
                 ws.recv(timeout=5)
 
 
-def test_cli_serve_module(tmp_path, image):
-    """``python -m server.app --demo --host 127.0.0.1 --port PORT`` serves at ws://127.0.0.1:PORT/ and answers a
-    non-map binary frame with a typed error map, keeping the connection open."""
+def test_cli_serve(tmp_path, image):
+    """``sana-wm serve --demo --host 127.0.0.1 --port PORT`` (through ``server.cli``) serves at
+    ws://127.0.0.1:PORT/ and answers a non-map binary frame with a typed error map, keeping the connection open."""
     from websockets.sync.client import connect
 
     import socket
 
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    helped = subprocess.run([sys.executable, "-m", "server.app", "--help"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert helped.returncode == 0 and "--demo" in helped.stdout and "127.0.0.1" in helped.stdout
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "server.app", "--demo", "--host", "127.0.0.1", "--port", str(port),
-                             "--height", "64", "--width", "64", "--record", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--demo", "--host", "127.0.0.1", "--port",
+                             str(port), "--height", "64", "--width", "64", "--record", str(tmp_path)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = ""
