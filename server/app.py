@@ -458,8 +458,7 @@ class Connection:
             snap_id = next(self._snapshot_ids)
             self.snapshots[snap_id] = (snap, sess.id)
             chunk = sess.engine.chunk_index
-            if sess.recorder is not None:
-                sess.recorder.snapshot(str(snap_id), chunk)
+            self.server.record(sess, "snapshot", str(snap_id), chunk)
             await self.outbox.put({"type": "snapshot", "id": req["id"], "session": sess.id, "snapshot": snap_id,
                                    "chunk": chunk, "bytes": int(snap.nbytes())}, sess.stream)
 
@@ -730,9 +729,14 @@ class WorldServer:
         if inputs is None:  # a poses step leaves the camera at rest; live control keeps its velocity
             engine.state.controller.load_state_dict(moving)
         if sess.recorder is not None:
-            step_input = {"poses": poses} if inputs is None else inputs
-            sess.recorder.step(kept[0].index, **step_input, frames=np.concatenate([p.frames for p in kept]),
-                               frame_poses=np.concatenate([p.poses for p in kept]))
+            from engine.world import DEFAULT_MAPPING
+
+            # live chunks and other key mappings are recorded as their poses: replay is exact without the
+            # controller's events or the mapping (the record header has no mapping)
+            poses = np.concatenate([p.poses for p in kept])
+            exact = inputs if inputs is not None and engine.state.setup.mapping == DEFAULT_MAPPING else None
+            self.record(sess, "step", kept[0].index, **(exact or {"poses": poses}),
+                        frames=np.concatenate([p.frames for p in kept]), frame_poses=poses)
         return timings
 
     # ------------------------------------------------------------------------------------------ records
@@ -745,23 +749,37 @@ class WorldServer:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(self.config.record_dir) / f"{stamp}-c{conn_number}-s{sess.id}.jsonl"
         world = self.world
-        return Recorder(path, image=req["image"], prompt=req["prompt"], seed=req["seed"], model=self.model_info,
-                        height=sess.engine.height, width=sess.engine.width, intrinsics=req["intrinsics"],
-                        fov_deg=req["fov_deg"], device=str(world.device), dtype=str(world.dtype),
-                        meta={"connection": conn_number, "session": sess.id, "mode": sess.mode})
+        try:
+            return Recorder(path, image=req["image"], prompt=req["prompt"], seed=req["seed"], model=self.model_info,
+                            height=sess.engine.height, width=sess.engine.width, intrinsics=req["intrinsics"],
+                            fov_deg=req["fov_deg"], device=str(world.device), dtype=str(world.dtype),
+                            meta={"connection": conn_number, "session": sess.id, "mode": sess.mode,
+                                  "mapping": sess.engine.state.setup.mapping})
+        except OSError as e:
+            logger.warning("session %d is not recorded: %s", sess.id, e)
+            return None
 
-    def record_restore(self, sess: ServedSession, snapshot: int, origin: int, chunk_before: int) -> None:
-        """Log a restore; a snapshot of another session cannot be replayed from this record, so recording of
-        this session stops there."""
+    def record(self, sess: ServedSession, event: str, *args: Any, **kwargs: Any) -> None:
+        """Log ``Recorder.<event>(*args, **kwargs)`` for ``sess`` if it is recorded; a failing record (disk full)
+        stops recording that session, never the session itself."""
         if sess.recorder is None:
             return
-        if origin == sess.id:
-            sess.recorder.restore(str(snapshot), chunk_before)
-        else:
-            logger.warning("session %d restored snapshot %d of session %d: its record %s ends here", sess.id,
-                           snapshot, origin, sess.recorder.path)
-            sess.recorder.close()
-            sess.recorder = None
+        try:
+            getattr(sess.recorder, event)(*args, **kwargs)
+        except (OSError, ValueError) as e:
+            self.stop_recording(sess, f"writing failed ({e})")
+
+    def stop_recording(self, sess: ServedSession, why: str) -> None:
+        logger.warning("session %d: record %s ends here: %s", sess.id, sess.recorder.path, why)
+        sess.recorder.close()
+        sess.recorder = None
+
+    def record_restore(self, sess: ServedSession, snapshot: int, origin: int, chunk_before: int) -> None:
+        """Log a restore. A snapshot of another session cannot be replayed from this record, so recording of
+        this session stops there."""
+        if sess.recorder is not None and origin != sess.id:
+            self.stop_recording(sess, f"restored snapshot {snapshot} of session {origin}")
+        self.record(sess, "restore", str(snapshot), chunk_before)
 
 
 class ServerThread:

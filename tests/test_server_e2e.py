@@ -151,6 +151,25 @@ def test_control_receipt_on_first_chunk_that_used_it(client, image):
     s.close()
 
 
+def test_records_replay_exactly(tmp_path, reference, image):
+    """``--record``: a live session and a lockstep session with the v1 key mapping replay bitwise in-process."""
+    from server.record import load_record, replay
+
+    with ServerThread(World.demo(height=H, width=W), ServerConfig(port=0, record_dir=str(tmp_path))) as srv:
+        with Client(srv.url) as c:
+            live = c.start(image, PROMPT, seed=5, mode="live")
+            live.control(keys={"w"}, mouse=(20.0, 5.0), t=0.0)
+            got_live = np.concatenate([live.next_chunk().frames for _ in range(2)])
+            live.close()
+            lock = c.start(image, PROMPT, seed=6, mapping="sana-wm-v1")
+            got_lock = np.concatenate([lock.step("dw-24").frames, lock.step(keys=[["j"]] * 24).frames])
+            lock.close()
+    live_rec, lock_rec = sorted(tmp_path.glob("*.jsonl"))
+    assert load_record(lock_rec).header["meta"]["mapping"] == "sana-wm-v1"
+    np.testing.assert_array_equal(replay(live_rec, reference)[:48], got_live)
+    np.testing.assert_array_equal(replay(lock_rec, reference), got_lock)
+
+
 def test_render_image_and_path_match_engine(client, reference, image):
     out = client.render_image(PROMPT, seed=5)
     np.testing.assert_array_equal(out.frames[0], reference.render_image(PROMPT, seed=5))
