@@ -59,7 +59,6 @@ class World:
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.prompt_encoder = prompt_encoder
-        self._negative_encoder = None
         self.config = transformer.config
         self.variant = self.config.variant
         self.name = name
@@ -156,14 +155,7 @@ class World:
 
     def _negative(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of a negative prompt ("" allowed) for guidance: no instruction prefix (NVlabs / diffusers)."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"negative_prompt must be a string, got {type(prompt).__name__}")
-        if self._negative_encoder is None:
-            enc = self.prompt_encoder
-            self._negative_encoder = sana_wm.PromptEncoder(enc.model, enc.tokenizer, model_id=enc.model_id,
-                                                           device=enc.device, max_length=enc.max_length,
-                                                           chi_prompt="")
-        emb, mask = self._negative_encoder._run([prompt])
+        emb, mask = self.prompt_encoder.encode_negative(prompt)
         return emb.to(self.device, self.dtype), mask.to(self.device)
 
     def _prepare(self, image, intrinsics, fov_deg, size: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray,
