@@ -213,8 +213,10 @@ class LTX2VAEConfig:
         return cls(**kwargs)
 
     def to_diffusers_config(self) -> dict:
-        """The equivalent diffusers ``AutoencoderKLLTX2Video`` keyword arguments (lists as tuples)."""
-        return dataclasses.asdict(self)
+        """The equivalent diffusers ``AutoencoderKLLTX2Video`` keyword arguments (lists as tuples); the compression
+        ratios are the block layout's (diffusers would otherwise infer them from the count of scaling blocks)."""
+        return {**dataclasses.asdict(self), "spatial_compression_ratio": self.spatial_compression,
+                "temporal_compression_ratio": self.temporal_compression}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -24,10 +24,7 @@ def test_bidirectional_render_path_equals_diffusers_pipeline(monkeypatch):
     world = World.demo(height=H, width=W, seed=0, variant="bidirectional")
     transformer = SanaWMTransformer3DModel(**world.transformer.config.to_diffusers_config()).eval()
     transformer.load_state_dict(world.transformer.state_dict(), strict=True)
-    # diffusers derives the compression ratios from the block layout unless given; the tiny VAE is 32x / 8x
-    vae_config = {**world.vae.config.to_diffusers_config(), "spatial_compression_ratio": 32,
-                  "temporal_compression_ratio": 8}
-    vae = AutoencoderKLLTX2Video(**vae_config).eval()
+    vae = AutoencoderKLLTX2Video(**world.vae.config.to_diffusers_config()).eval()
     vae.load_state_dict(world.vae.state_dict(), strict=True)
     encoder = world.prompt_encoder
     pipe = SanaWMPipeline(tokenizer=encoder.tokenizer, text_encoder=encoder.model, vae=vae, transformer=transformer,

@@ -37,8 +37,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def make_pair(cfg: LTX2VAEConfig, seed: int = 0) -> tuple[AutoencoderKLLTX2Video, LTX2VAE]:
     """The diffusers reference and our VAE holding the same random weights (incl. latent stats and noise scales)."""
     torch.manual_seed(seed)
-    diffusers_kwargs = {**cfg.to_diffusers_config(), "spatial_compression_ratio": 32, "temporal_compression_ratio": 8}
-    ref = AutoencoderKLLTX2Video(**diffusers_kwargs).eval()
+    ref = AutoencoderKLLTX2Video(**cfg.to_diffusers_config()).eval()
     state = ref.state_dict()
     state["latents_mean"] = 0.3 * torch.randn_like(state["latents_mean"])
     state["latents_std"] = 0.5 + torch.rand_like(state["latents_std"])
