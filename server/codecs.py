@@ -76,7 +76,7 @@ class H264Encoder:
         ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
         ctx.time_base = Fraction(1, FPS)
         ctx.framerate = Fraction(FPS, 1)
-        ctx.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
+        ctx.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "threads": "0"}
         self._ctx = ctx
         self._pts = 0
 
