@@ -1,0 +1,55 @@
+"""``sana-wm bench`` on the CPU with the tiny model: every JSON field is written, the numbers are sane, bad options
+fail with one line. (Full-size numbers come from a GPU run: bench/gpu_check.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server import bench
+from server.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "out.json"
+    status = cli_main(["bench", "--demo", "--device", "cpu", "--chunks", "3", "--batch", "1,2", "--json", str(out)])
+    assert status == 0
+    return json.loads(out.read_text())
+
+
+def test_every_field_is_written(report):
+    assert set(bench.FIELDS) <= set(report)
+    assert report["model"] == "tiny" and report["device"] == "cpu" and report["dtype"] == "fp32"
+    assert report["tokens_per_chunk"] == 3 * 2 * 3  # 64x96 pixels -> 2x3 latent tokens per frame
+
+
+def test_numbers_are_sane(report):
+    fwd = report["forward_ms"]
+    assert fwd["eager_reference"] > 0 and fwd["best"] > 0
+    assert fwd["graph"] is None  # no CUDA graphs on the CPU
+    diff = report["diffusers"]
+    assert diff["forward_ms"] > 0 and diff["ratio"] == pytest.approx(diff["forward_ms"] / fwd["best"], rel=1e-2)
+    chunk = report["chunk_ms"]
+    assert chunk["total"] > 0 and chunk["transformer"] > 0 and chunk["decode"] > 0 and chunk["chunks"] == 3
+    assert report["fps"] == pytest.approx(24 / (chunk["total"] / 1000), rel=1e-2)
+    assert report["realtime_multiple"] == pytest.approx(report["fps"] / 16, rel=1e-2)
+    assert report["ttff_ms"] > 0
+    assert [b["batch"] for b in report["batched"]] == [1, 2]
+    for b in report["batched"]:
+        assert b["aggregate_fps"] == pytest.approx(b["batch"] * b["per_session_fps"], rel=1e-2)
+    memory = report["memory_gb"]
+    assert {"peak", "chunk5", "chunk12", "equal", "cache_gb"} <= set(memory)
+    assert memory["peak"] is None and memory["equal"] is None  # device memory is a CUDA measurement
+    assert all(v is None for v in report["targets"].values())  # targets apply to the full-size GPU run
+
+
+def test_bad_options_fail_in_one_line(capsys):
+    assert cli_main(["bench", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sana-wm bench: error:") and "--demo" in err and "\n" not in err
+    assert cli_main(["bench", "--demo", "--device", "cpu", "--height", "70"]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+    assert cli_main(["bench", "--demo", "--device", "cpu", "--batch", "1,x"]) == 2
+    assert "--batch" in capsys.readouterr().err
