@@ -16,6 +16,7 @@ Public surface::
     still = session.render_image(pose)           # the frame the session would show at ``pose``; no advance
     still = world.render_image("a red lighthouse", seed=0)                      # (H,W,3) uint8
     frames = world.render_path(image, prompt, c2w, seed=0)                      # offline, whole camera path
+    k = world.frame_intrinsics(image, fov_deg=70)   # (4,) the intrinsics a session from this image would use
 
 What a chunk is: chunk 0 denoises latent frames 0..3 (frame 0 = the VAE-encoded first image, pinned at t = 0),
 chunk ``c >= 1`` latent frames ``3c+1 .. 3c+3``; each is 4 Euler steps over ``DEFAULT_STEPS`` reading the

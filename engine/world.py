@@ -166,7 +166,14 @@ class World:
         source image follow the crop."""
         pixels, k = prepare_image(image, size=size, intrinsics=intrinsics, fov_deg=fov_deg)
         latent = self.vae.encode(host_to_device(pixels[None, :, None], self.device, self.vae.dtype)).float()
-        return latent, to_uint8(pixels[None, :, None])[0], np.asarray(k, dtype=np.float64)
+        return latent, to_uint8(pixels[None, :, None])[0], k
+
+    def frame_intrinsics(self, image, intrinsics: Sequence[float] | None = None, fov_deg: float | None = None, *,
+                         height: int | None = None, width: int | None = None) -> np.ndarray:
+        """``[fx, fy, cx, cy]`` (4,) float64 in pixels of the ``height`` x ``width`` frame (default: the world's)
+        for a first image, exactly as ``start`` / ``render_path`` derive them (see ``start`` for ``intrinsics`` and
+        ``fov_deg``); no network runs."""
+        return prepare_image(image, size=self._size(height, width), intrinsics=intrinsics, fov_deg=fov_deg)[1]
 
     def vae_decoder_step(self, decoder, latents: torch.Tensor) -> torch.Tensor:
         """Decode latent frames (1,C,n,h,w) with a streaming decoder -> pixels (1,3,N,H,W) in [-1,1]."""

@@ -366,14 +366,6 @@ def prompt_of(args: argparse.Namespace) -> str:
     return DEMO_PROMPT
 
 
-def frame_intrinsics(world, image, intrinsics: np.ndarray | None, fov_deg: float | None) -> np.ndarray:
-    """Intrinsics (4,) in pixels of the world's frame, as the engine derives them (for offline renders)."""
-    from sana_wm.image import prepare_image
-
-    k = prepare_image(image, size=(world.height, world.width), intrinsics=intrinsics, fov_deg=fov_deg)[1]
-    return np.asarray(k, dtype=np.float64)
-
-
 # ----------------------------------------------------------------------------------------------- camera paths
 
 
@@ -481,7 +473,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         with VideoWriter(args.output, fps=args.fps) as video:
             video.write(frames)
         poses, pad = c2w[1:], (-n) % 8
-        k = frame_intrinsics(world, image, intrinsics, fov)
+        k = world.frame_intrinsics(image, intrinsics, fov)
         extra["bidirectional"] = _offline_kwargs(args)
     total = time.perf_counter() - t0
     timings = {"total_s": total, "frames": n, "x_real_time": (n / args.fps) / total}
@@ -593,7 +585,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         with VideoWriter(args.output, fps=fps) as video:
             video.write(frames)
-        k = frame_intrinsics(world, record.image, start.get("intrinsics"), start.get("fov_deg"))
+        k = world.frame_intrinsics(record.image, start.get("intrinsics"), start.get("fov_deg"))
     total = time.perf_counter() - t0
     write_sidecar(
         args.output,

@@ -84,6 +84,15 @@ def test_render_path_bidirectional(bidi, image, capsys):
     assert not np.array_equal(frames, no_cfg)
 
 
+def test_frame_intrinsics_are_the_sessions(world, image):
+    for kw in ({}, {"fov_deg": 70.0}, {"intrinsics": [60.0, 62.0, 45.0, 36.0]}):
+        with world.start(image, PROMPT, **kw) as session:
+            np.testing.assert_array_equal(world.frame_intrinsics(image, **kw), session.intrinsics)
+    with world.start(image, PROMPT, height=96, width=64) as session:
+        np.testing.assert_array_equal(world.frame_intrinsics(image, height=96, width=64), session.intrinsics)
+    assert world.frame_intrinsics(image).dtype == np.float64
+
+
 def test_variant_mismatch(world, bidi, image):
     with pytest.raises(ValueError, match="streaming checkpoint"):
         bidi.start(image, PROMPT)
