@@ -3,7 +3,7 @@
 Public surface::
 
     from engine import World
-    world = World.demo()                                   # tiny random networks, CPU fp32, 128x224 (tests, smoke)
+    world = World.demo()                                   # tiny random networks, CPU fp32, H x W 128 x 224 (smoke)
     world = World.load("SANA-WM_streaming/", device="cuda", dtype=torch.bfloat16)   # default: bf16 on CUDA
     session = world.start(image, prompt="a harbour at dusk", seed=0)   # PIL | (H,W,3) uint8 | bytes | path
     chunk = session.step("w-24")           # or step(keys=[{"w"}] * 24) or step(poses=(24,4,4))

@@ -31,7 +31,7 @@ _DTYPES = {
     "fp16": "float16",
 }
 DEMO_PROMPT = "a small test world"
-DEMO_SIZE = (64, 96)  # (H, W) of the demo world, engine.World.demo's default
+DEMO_SIZE = (128, 224)  # (H, W) of the demo world: engine.World.demo's default (not imported: --help stays fast)
 PRESET_NAMES = ("dolly", "figure-eight", "orbit", "pan", "walk-forward")  # controllers.paths.PRESETS (no torch import)
 _DISPATCH = {
     "serve": ("server.app", "run the websocket server (server.app)"),
@@ -98,10 +98,14 @@ def _add_world_args(
         help="weights/compute precision (default: bf16 on cuda, fp32 on cpu)",
     )
     g.add_argument(
-        "--width", type=_multiple_of_32, help="frame width, a multiple of 32 (demo default 96; model default 1280)"
+        "--width",
+        type=_multiple_of_32,
+        help=f"frame width, a multiple of 32 (demo default {DEMO_SIZE[1]}; model default 1280)",
     )
     g.add_argument(
-        "--height", type=_multiple_of_32, help="frame height, a multiple of 32 (demo default 64; model default 704)"
+        "--height",
+        type=_multiple_of_32,
+        help=f"frame height, a multiple of 32 (demo default {DEMO_SIZE[0]}; model default 704)",
     )
     if seed:
         g.add_argument("--seed", type=int, default=0, help="noise seed of the rollout (default 0)")
@@ -114,7 +118,8 @@ def _add_world_args(
             "--fov",
             type=float,
             metavar="DEG",
-            help="horizontal field of view of the first image in degrees (default 60)",
+            help="horizontal field of view of the first image in degrees (default: focal 0.8 x its longer side, "
+            "about 64 degrees across that side)",
         )
 
 

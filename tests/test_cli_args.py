@@ -65,6 +65,18 @@ def test_preset_names_in_help_are_current():
     assert tuple(sorted(PRESETS)) == PRESET_NAMES
 
 
+def test_demo_size_is_the_engines(capsys):
+    import inspect
+
+    from engine import World
+    from server.cli import DEMO_SIZE
+
+    params = inspect.signature(World.demo).parameters
+    assert DEMO_SIZE == (params["height"].default, params["width"].default)
+    out = _run(capsys, ["render", "--help"])[1]
+    assert f"demo default {DEMO_SIZE[0]}" in " ".join(out.split())
+
+
 def test_top_level_help_lists_commands(capsys):
     code, out, _ = _run(capsys, ["--help"])
     assert code == 0
