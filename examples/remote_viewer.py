@@ -29,7 +29,8 @@ WINDOW_KEYS = {"w": "w", "a": "a", "s": "s", "d": "d", "i": "i", "j": "j", "k": 
 def describe(out: Frames) -> str:
     t = out.stats["timings_ms"]
     receipt = "-" if out.control is None else f"event {out.control['event']}{' (new)' if out.control['new'] else ''}"
-    return (f"chunk {out.chunk}: {len(out.frames)} frames, {out.stats['bytes'] / 1024:.0f} KiB {out.stats['encoding']}, "
+    size = f"{out.stats['bytes'] / 1024:.0f} KiB {out.stats['encoding']}"
+    return (f"chunk {out.chunk}: {len(out.frames)} frames, {size}, "
             f"control {receipt}, dropped {out.stats['dropped_chunks']}, engine {t.get('engine_total', 0):.0f} ms, "
             f"encode {t['encode']:.0f} ms, camera z {out.c2w[-1, 2, 3]:+.3f}")
 

@@ -31,8 +31,17 @@ from typing import Any
 import numpy as np
 
 from server.outbox import ChunkItem, Outbox, Stream
-from server.protocol import (ENCODINGS, KEYS, MODES, PROTOCOL_VERSION, Limits, ProtocolError, build_schemas, pack,
-                             parse_request)
+from server.protocol import (
+    ENCODINGS,
+    KEYS,
+    MODES,
+    PROTOCOL_VERSION,
+    Limits,
+    ProtocolError,
+    build_schemas,
+    pack,
+    parse_request,
+)
 
 logger = logging.getLogger("sana_wm.server")
 
@@ -266,8 +275,8 @@ class Connection:
                 msg = ProtocolError("idle_timeout", f"nothing received or delivered for {timeout:g} s").to_message()
                 try:
                     await asyncio.wait_for(self.ws.send(pack(msg)), 1.0)
-                except Exception:  # the client is not reading: close anyway
-                    pass
+                except Exception as e:  # the client is not reading: close anyway
+                    logger.debug("connection %d: idle notice not sent (%s)", self.number, e)
                 await self.ws.close(1000, "idle timeout")
                 return
 
@@ -485,16 +494,17 @@ class Connection:
     async def _req_fork(self, req: dict[str, Any]) -> None:
         parent = self._session(req)
         self._reserve_session(req["id"])
+        ok = False
         try:
             async with parent.lock:
                 ok, child = await self._session_call(parent, req, parent.engine.fork)
                 inbox = ControlInbox(last_t=parent.inbox.last_t, t0=parent.inbox.t0)
-            if not ok:
-                raise ProtocolError("session_failed", f"session {parent.id} failed while forking", id=req["id"])
-        except BaseException:
-            self._reserved -= 1
-            self.server.release_session()
-            raise
+        finally:
+            if not ok:  # refused, or the parent failed (its error and closed were sent)
+                self._reserved -= 1
+                self.server.release_session()
+        if not ok:
+            return
         options = {**parent.stream.encoder_options, **_encoder_options(req)}
         sess = self._add_session(child, req["mode"] or parent.mode, req["encoding"] or parent.stream.encoding,
                                  options, inbox)
@@ -818,7 +828,7 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -291,7 +291,7 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -542,9 +542,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-__all__ = ["AsyncClient", "AsyncSession", "Client", "Session", "Frames", "ServerError", "ConnectionClosed",
-           "ERROR_CODES"]
+__all__ = ["ERROR_CODES", "AsyncClient", "AsyncSession", "Client", "ConnectionClosed", "Frames", "ServerError",
+           "Session"]

@@ -194,7 +194,8 @@ def key_set(v: Any, name: str) -> frozenset[str]:
 def key_frames(max_frames: int) -> Checker:
     def check(v: Any, name: str) -> list[frozenset[str]]:
         if not isinstance(v, list) or not 1 <= len(v) <= max_frames:
-            raise ValueError(f"'{name}' must be a list of 1..{max_frames} key lists (one per frame), got {_describe(v)}")
+            raise ValueError(f"'{name}' must be a list of 1..{max_frames} key lists (one per frame), "
+                             f"got {_describe(v)}")
         return [key_set(k, f"{name}[{i}]") for i, k in enumerate(v)]
     return check
 

@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
 
 from engine import World
 from server.app import ServerConfig, ServerThread
@@ -281,16 +282,16 @@ def test_token_and_version(image):
         with connect(srv.url, proxy=None) as ws:
             reply = _raw_exchange(ws, msgpack.packb({"type": "hello", "version": 99, "token": "s3cret"}))
             assert reply["code"] == "unsupported_version"
-            with pytest.raises(Exception):  # closed by the server (1008)
+            with pytest.raises(ConnectionClosed):  # closed by the server (1008)
                 ws.recv(timeout=5)
 
 
 def test_cli_serve(tmp_path, image):
     """``sana-wm serve --demo --host 127.0.0.1 --port PORT`` (through ``server.cli``) serves at
     ws://127.0.0.1:PORT/ and answers a non-map binary frame with a typed error map, keeping the connection open."""
-    from websockets.sync.client import connect
-
     import socket
+
+    from websockets.sync.client import connect
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     helped = subprocess.run([sys.executable, "-m", "server.app", "--help"], cwd=ROOT, env=env, capture_output=True,

@@ -5,7 +5,6 @@ connection is closed (then the fuzzer reconnects). The well-behaved client's fra
 engine's bitwise throughout.
 """
 
-import io
 import threading
 
 import msgpack
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from engine import World
 from server.app import ServerConfig, ServerThread

@@ -12,6 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
 
 from engine import Session, World
 from server.app import ServerConfig, ServerThread
@@ -180,7 +181,7 @@ def test_idle_connection_is_closed(world):
             assert msgpack.unpackb(ws.recv(timeout=5))["type"] == "welcome"
             msg = msgpack.unpackb(ws.recv(timeout=5))
             assert msg["type"] == "error" and msg["code"] == "idle_timeout"
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=5)
         wait_for(lambda: srv.status()["connections"] == 0)
 
