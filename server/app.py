@@ -569,8 +569,6 @@ class Connection:
         await self._render(req, world.height, world.width, render)
 
     async def _req_render_path(self, req: dict[str, Any]) -> None:
-        from sana_wm.image import prepare_image
-
         world = self.server.world
         image = await asyncio.get_running_loop().run_in_executor(
             self.server.encode_pool, decode_image, req["image"], self.server.config.max_image_pixels)
@@ -579,8 +577,7 @@ class Connection:
         def render() -> list[Any]:
             frames = world.render_path(image, req["prompt"], c2w, seed=req["seed"], intrinsics=req["intrinsics"],
                                        fov_deg=req["fov_deg"], sampler=req["sampler"], progress=False)
-            k = prepare_image(image, size=(world.height, world.width), intrinsics=req["intrinsics"],
-                              fov_deg=req["fov_deg"])[1]
+            k = world.frame_intrinsics(image, req["intrinsics"], req["fov_deg"])
             rel = np.linalg.inv(c2w[0]) @ c2w
             return [_frames(frames[i:i + FRAMES_PER_CHUNK], rel[1 + i:1 + i + FRAMES_PER_CHUNK], k,
                             np.arange(1 + i, 1 + min(i + FRAMES_PER_CHUNK, len(frames))))

@@ -180,6 +180,7 @@ def test_render_image_and_path_match_engine(client, reference, image):
     want = reference.render_path(image, PROMPT, c2w, seed=2, progress=False)
     np.testing.assert_array_equal(out.frames, want)
     np.testing.assert_allclose(out.c2w, c2w[1:])
+    np.testing.assert_array_equal(out.intrinsics, np.broadcast_to(reference.frame_intrinsics(image), (24, 4)))
     assert out.chunk is None and out.stats["frames"] == 24
 
 
