@@ -319,18 +319,20 @@ class Session:
     # ------------------------------------------------------------------ stills
     def render_image(self, pose: np.ndarray | None = None) -> np.ndarray:
         """The frame this session would show at ``pose`` ((4,4) c2w relative to frame 0; default: the current
-        pose) right after its last chunk: the next chunk is generated with the camera held at ``pose`` for all of
-        its frames, reading the cache without writing it and decoded with a copy of the decoder state; its last
-        frame is returned. The session does not advance. Returns (H,W,3) uint8."""
+        pose) right after its last chunk: one latent frame (8 pixel frames) is generated after the cache with the
+        camera held at ``pose`` (a read-only chunk of that one new frame, with the next chunk's noise for it: a
+        third of a chunk's transformer work), decoded with a copy of the decoder state; the last of its 8 frames is
+        returned. The session does not advance. Returns (H,W,3) uint8."""
         state = self.state
         setup = state.setup
         world = self._world
         pose = state.pose if pose is None else check_poses(np.asarray(pose)[None], name="pose")[0]
         c = state.chunk_index
-        window, lat0, lat1, start_frame = self._chunk_window(c, np.broadcast_to(pose, (self.frames_per_chunk, 4, 4)))
+        window, lat0, lat1, start_frame = self._chunk_window(c, np.broadcast_to(pose, (LATENT_STRIDE, 4, 4)))
         raymap, plucker = self._camera(window, lat0, lat1)
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
-        noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], lat1 - lat0, h, w), world.device)
+        shape = (1, setup.first_latent.shape[1], state.cache.expected_chunk_frames(), h, w)
+        noise = chunk_noise(setup.seed, c, shape, world.device)[:, :, : lat1 - lat0]
         latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
                                         text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
                                         start_frame=start_frame)

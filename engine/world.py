@@ -304,9 +304,11 @@ class World:
 
         Without ``image``: a one-latent-frame rollout from the prompt alone (identity camera). With ``image``: the
         frame a fresh session would show at ``pose`` ((4,4) c2w relative to the image's camera; default
-        identity): the first chunk generated with the camera held at ``pose``, its last frame
-        (``Session.render_image``). Streaming worlds use the streaming step list; bidirectional worlds
-        the multi-step sampler (``num_steps``, ``guidance_scale``, ``negative_prompt``, ``flow_shift``).
+        identity): streaming worlds generate one latent frame after the image with the camera held at ``pose``
+        and return its last pixel frame (``Session.render_image``); bidirectional worlds sample a 4-latent-frame
+        clip holding ``pose`` and return its last frame. Streaming worlds use the streaming step list;
+        bidirectional worlds the multi-step sampler (``num_steps``, ``guidance_scale``, ``negative_prompt``,
+        ``flow_shift``).
         """
         if pose is not None and image is None:
             raise ValueError("pose needs an image: a still from a prompt alone has no camera to move")

@@ -33,7 +33,7 @@ class StreamingCache:
     """Fixed-size per-session cache; build with ``model.new_cache(batch_size, height=h, width=w)``.
 
     ``forward_chunk`` must be called with ``start_frame == cache.frames_written``; its chunk has
-    ``chunk_size + 1`` frames at frame 0 and ``chunk_size`` frames after.
+    ``chunk_size + 1`` frames at frame 0 and ``chunk_size`` frames after (a read-only call: 1 up to that many).
     """
 
     def __init__(
@@ -126,8 +126,11 @@ class StreamingCache:
         """Latent frames of the next chunk (``chunk_size + 1`` for chunk 0, else ``chunk_size``)."""
         return self.config.first_chunk_size if self.chunks_written == 0 else self.config.chunk_size
 
-    def check_chunk(self, *, batch_size: int, height: int, width: int, start_frame: int, num_frames: int) -> None:
-        """Raise ``ValueError`` unless a chunk with these sizes is the cache's next chunk."""
+    def check_chunk(
+        self, *, batch_size: int, height: int, width: int, start_frame: int, num_frames: int, write: bool = True
+    ) -> None:
+        """Raise ``ValueError`` unless a chunk with these sizes is the cache's next chunk (``write=False``: a
+        read-only call, which may also hold fewer frames than the chunk, at least 1)."""
         if (batch_size, height, width) != (self.batch_size, self.height, self.width):
             raise ValueError(
                 f"chunk (B, H, W) = {(batch_size, height, width)} does not match the cache's "
@@ -139,8 +142,14 @@ class StreamingCache:
                 f"must start at {self.frames_written}."
             )
         expected = self.expected_chunk_frames()
-        if num_frames != expected:
-            raise ValueError(f"chunk at frame {start_frame} must have {expected} latent frames, got {num_frames}.")
+        if write and num_frames != expected:
+            raise ValueError(
+                f"chunk at frame {start_frame} must have {expected} latent frames to be written, got {num_frames}."
+            )
+        if not 1 <= num_frames <= expected:
+            raise ValueError(
+                f"chunk at frame {start_frame} must have 1 to {expected} latent frames (read-only), got {num_frames}."
+            )
 
     def _next_slot(self) -> int | None:
         if self.chunks_written == 0:

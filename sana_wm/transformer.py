@@ -23,6 +23,7 @@ RoPE positions are absolute latent-frame indices computed on the fly (``sana_wm.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -587,6 +588,7 @@ class SanaWMTransformer(nn.Module):
         raymap: torch.Tensor,
         plucker: torch.Tensor,
         causal: bool = False,
+        chunk_starts: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Velocity for a whole clip.
 
@@ -598,13 +600,19 @@ class SanaWMTransformer(nn.Module):
             raymap: (B, T, 20) flattened relative c2w (16) + fx, fy, cx, cy in latent-grid pixels.
             plucker: (B, 48, T, H, W) chunk Plücker maps.
             causal: False = bidirectional; True = chunk-causal (chunks of ``chunk_size``, first ``chunk_size + 1``).
+            chunk_starts: with ``causal=True``, the first latent frame of every chunk instead of that layout, e.g.
+                ``[0, 4, 7]`` for 8 frames whose last chunk is one frame long (the oracle of a short read-only
+                :meth:`forward_chunk`).
 
         Returns:
             (B, C, T, H, W) flow velocity ``noise - x0``.
         """
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
         T = latents.shape[2]
-        chunk_starts = [s for s, _ in self.config.chunk_bounds(T)] if causal else None
+        if chunk_starts is not None and not causal:
+            raise ValueError("chunk_starts needs causal=True (a bidirectional forward has no chunks).")
+        if causal and chunk_starts is None:
+            chunk_starts = [s for s, _ in self.config.chunk_bounds(T)]
         frames = self._frames(text, text_mask, raymap, plucker, 0, "causal" if causal else "full", chunk_starts)
         return self._run(latents, timestep, frames, None, False)
 
@@ -626,13 +634,15 @@ class SanaWMTransformer(nn.Module):
         Shapes as in :meth:`forward` with T = T_chunk (``chunk_size + 1`` for the chunk at frame 0, else
         ``chunk_size``); ``raymap`` / ``plucker`` hold only this chunk's frames. Reads ``cache`` (which must hold all
         frames before ``start_frame``); writes this chunk's states / tails / K/V into it only if ``write_cache``
-        (call that once per chunk, on the clean latents at t = 0).
+        (call that once per chunk, on the clean latents at t = 0). A read-only call may take fewer frames, 1 to
+        T_chunk (e.g. one latent frame for a still): it equals the chunk-causal forward whose last chunk is that
+        short (``forward(..., causal=True, chunk_starts=...)``), not the first frames of a full chunk.
         """
         if not isinstance(cache, StreamingCache):
             raise TypeError(f"cache must be a StreamingCache (model.new_cache(...)), got {type(cache).__name__}.")
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
         B, _, T, H, W = latents.shape
-        cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T)
+        cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
         frames = self._frames(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.key_bias()
         frames.write_tokens = cache.write_token_range() if write_cache else None

@@ -197,6 +197,24 @@ def test_session_render_image_does_not_advance(world, image):
     np.testing.assert_array_equal(s.step("w-24").frames, ref.step("w-24").frames)
 
 
+def test_session_render_image_runs_one_new_latent_frame(world, image, monkeypatch):
+    s = world.start(image, prompt=PROMPT, seed=9)
+    frames_seen = []
+    forward_chunk = world.transformer.forward_chunk
+
+    def spy(latents, *args, **kwargs):
+        frames_seen.append((latents.shape[2], kwargs["start_frame"], kwargs["write_cache"]))
+        return forward_chunk(latents, *args, **kwargs)
+
+    monkeypatch.setattr(world.transformer, "forward_chunk", spy)
+    s.render_image()  # chunk 0: the pinned image latent + one new frame
+    assert set(frames_seen) == {(2, 0, False)}
+    s.step("w-24")
+    frames_seen.clear()
+    s.render_image()
+    assert set(frames_seen) == {(1, 4, False)}
+
+
 def test_positions_past_latent_frame_1024(world, image):
     """Cheap trick: after chunk 0 the counters are moved to chunk 400 (latent frame 1201) on a snapshot, as if
     the session had run for 20 minutes; positions come from absolute frame indices, so nothing caps them."""

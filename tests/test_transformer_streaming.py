@@ -126,6 +126,41 @@ def test_streaming_bidirectional_variant_with_camera_conv_tail():
     assert worst <= REL_TOL, f"worst relative error {worst:.3e}"
 
 
+@pytest.mark.parametrize("variant", ["streaming", "bidirectional"])
+def test_short_read_only_chunk_matches_causal_forward_with_a_short_last_chunk(variant):
+    """A read-only forward_chunk of fewer frames than a chunk (one latent frame for a still) == the chunk-causal
+    forward over [history, those frames] whose last chunk is that short (the chunk is bidirectional inside, so it
+    is not the first frames of a full chunk)."""
+    model = _model(7, variant=variant)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=7)
+    bounds = cfg.chunk_bounds(clean.shape[2])
+    cache = model.new_cache(B, height=H, width=W)
+    worst = 0.0
+    with torch.no_grad():
+        for c, (s, e) in enumerate(bounds):
+            starts = [b[0] for b in bounds[: c + 1]]
+            for n in range(1, e - s):
+                x, timestep = _noisy(clean, noise, s, s + n, 889)
+                v_causal = model(
+                    x, timestep, text, mask, raymap[:, : s + n], plucker[:, :, : s + n], causal=True,
+                    chunk_starts=starts,
+                )
+                v_stream = model.forward_chunk(
+                    x[:, :, s:], timestep[:, s:], text, mask, raymap[:, s : s + n], plucker[:, :, s : s + n],
+                    cache=cache, start_frame=s,
+                )
+                assert v_stream.shape[2] == n
+                worst = max(worst, _rel(v_stream, v_causal[:, :, s:]))
+            model.forward_chunk(
+                clean[:, :, s:e], torch.zeros(B, e - s), text, mask, raymap[:, s:e], plucker[:, :, s:e],
+                cache=cache, start_frame=s, write_cache=True,
+            )
+    assert worst <= REL_TOL, f"worst relative error {worst:.3e}"
+    with pytest.raises(ValueError, match="causal=True"):
+        model(x, timestep, text, mask, raymap[:, : x.shape[2]], plucker[:, :, : x.shape[2]], chunk_starts=[0])
+
+
 def test_window_eviction_changes_late_chunks():
     """The softmax window is live: late chunks differ between window 1 and an unbounded window, early ones don't."""
     cfg = SanaWMConfig.preset("tiny")
@@ -250,17 +285,19 @@ def test_cache_snapshot_restore_reset_and_errors():
 
         with pytest.raises(ValueError, match="start_frame"):
             read(2, cache)
-        with pytest.raises(ValueError, match="latent frames"):
-            model.forward_chunk(
-                clean[:, :, 10:12],
-                torch.zeros(B, 2),
-                text,
-                mask,
-                raymap[:, 10:12],
-                plucker[:, :, 10:12],
-                cache=cache,
-                start_frame=10,
-            )
+        for n, write_cache in ((2, True), (4, False)):  # writes take whole chunks; reads at most a chunk
+            with pytest.raises(ValueError, match="latent frames"):
+                model.forward_chunk(
+                    clean[:, :, -n:],
+                    torch.zeros(B, n),
+                    text,
+                    mask,
+                    raymap[:, -n:],
+                    plucker[:, :, -n:],
+                    cache=cache,
+                    start_frame=10,
+                    write_cache=write_cache,
+                )
         with pytest.raises(ValueError, match="does not match"):
             read(3, model.new_cache(B, height=H + 1, width=W))
 
