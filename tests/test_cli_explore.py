@@ -3,22 +3,11 @@
 import json
 
 import numpy as np
-import pytest
-import torch
 
 from server.cli import main
 from server.record import load_record, timeline_poses
 
 SIZE = ["--width", "64", "--height", "64"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_explore_record_replay_bitwise(tmp_path, capsys):

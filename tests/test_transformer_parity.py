@@ -23,15 +23,6 @@ from sana_wm.ops.rope import rope_frequencies
 REL_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are op-overhead bound: one intra-op thread is far faster than two on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomize_weights(module: torch.nn.Module, seed: int) -> None:
     """Overwrite every parameter with moderate random values (norm weights around 1, stable GDN decay rates)."""
     gen = torch.Generator().manual_seed(seed)

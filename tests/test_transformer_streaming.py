@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.models.transformers.transformer_sana_wm import flip_and_shift, torch_chunk_sana_gdn
-from test_transformer_parity import _one_thread, camera_inputs, randomize_weights  # noqa: F401 (autouse fixture)
+from test_transformer_parity import camera_inputs, randomize_weights
 
 from sana_wm import SanaWMConfig, SanaWMTransformer, StreamingCache
 from sana_wm.ops.gdn import gdn_main

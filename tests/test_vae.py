@@ -50,17 +50,8 @@ def make_pair(cfg: LTX2VAEConfig, seed: int = 0) -> tuple[AutoencoderKLLTX2Video
     return ref, vae
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These convs are tiny: one thread beats two on a shared 2-core machine by a wide margin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def pairs(one_thread):
+def pairs():
     return {name: make_pair(cfg) for name, cfg in CONFIGS.items()}
 
 
