@@ -55,6 +55,27 @@ def _noisy(clean, noise, s, e, t):
     return x, timestep
 
 
+def _chunk(model, cache, x, timestep, cond, s, e, write_cache=False):
+    """``forward_chunk`` on frames [s, e) of whole-clip tensors; cond = (text, mask, raymap, plucker)."""
+    text, mask, raymap, plucker = cond
+    return model.forward_chunk(
+        x[:, :, s:e],
+        timestep[:, s:e],
+        text,
+        mask,
+        raymap[:, s:e],
+        plucker[:, :, s:e],
+        cache=cache,
+        start_frame=s,
+        write_cache=write_cache,
+    )
+
+
+def _write(model, cache, clean, cond, s, e):
+    """The cache-writing pass: the clean chunk [s, e) at t = 0."""
+    _chunk(model, cache, clean, torch.zeros(B, clean.shape[2]), cond, s, e, write_cache=True)
+
+
 def _stream_and_compare(model, num_chunks, schedule=SCHEDULE, seed=0):
     """Runs the sampler protocol; returns (max rel error over all read-only passes, nbytes after each chunk)."""
     cfg = model.config
@@ -76,28 +97,9 @@ def _stream_and_compare(model, num_chunks, schedule=SCHEDULE, seed=0):
                 causal=True,
             )
             for i, (x, timestep) in enumerate(zip(xs, timesteps)):
-                v_stream = model.forward_chunk(
-                    x[:, :, s:e],
-                    timestep[:, s:e],
-                    text,
-                    mask,
-                    raymap[:, s:e],
-                    plucker[:, :, s:e],
-                    cache=cache,
-                    start_frame=s,
-                )
+                v_stream = _chunk(model, cache, x, timestep, (text, mask, raymap, plucker), s, e)
                 worst = max(worst, _rel(v_stream, v_causal[i : i + 1, :, s:e]))
-            model.forward_chunk(
-                clean[:, :, s:e],
-                torch.zeros(B, e - s),
-                text,
-                mask,
-                raymap[:, s:e],
-                plucker[:, :, s:e],
-                cache=cache,
-                start_frame=s,
-                write_cache=True,
-            )
+            _write(model, cache, clean, (text, mask, raymap, plucker), s, e)
             sizes.append(cache.nbytes())
     return worst, sizes
 
@@ -134,6 +136,7 @@ def test_short_read_only_chunk_matches_causal_forward_with_a_short_last_chunk(va
     model = _model(7, variant=variant)
     cfg = model.config
     clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=7)
+    cond = (text, mask, raymap, plucker)
     bounds = cfg.chunk_bounds(clean.shape[2])
     cache = model.new_cache(B, height=H, width=W)
     worst = 0.0
@@ -146,16 +149,10 @@ def test_short_read_only_chunk_matches_causal_forward_with_a_short_last_chunk(va
                     x, timestep, text, mask, raymap[:, : s + n], plucker[:, :, : s + n], causal=True,
                     chunk_starts=starts,
                 )
-                v_stream = model.forward_chunk(
-                    x[:, :, s:], timestep[:, s:], text, mask, raymap[:, s : s + n], plucker[:, :, s : s + n],
-                    cache=cache, start_frame=s,
-                )
+                v_stream = _chunk(model, cache, x, timestep, cond, s, s + n)
                 assert v_stream.shape[2] == n
                 worst = max(worst, _rel(v_stream, v_causal[:, :, s:]))
-            model.forward_chunk(
-                clean[:, :, s:e], torch.zeros(B, e - s), text, mask, raymap[:, s:e], plucker[:, :, s:e],
-                cache=cache, start_frame=s, write_cache=True,
-            )
+            _write(model, cache, clean, cond, s, e)
     assert worst <= REL_TOL, f"worst relative error {worst:.3e}"
     with pytest.raises(ValueError, match="causal=True"):
         model(x, timestep, text, mask, raymap[:, : x.shape[2]], plucker[:, :, : x.shape[2]], chunk_starts=[0])
@@ -237,36 +234,16 @@ def test_cache_snapshot_restore_reset_and_errors():
     model = _model(6)
     cfg = model.config
     clean, noise, text, mask, raymap, plucker = _inputs(cfg, 4, seed=6)
+    cond = (text, mask, raymap, plucker)
     cache = model.new_cache(B, height=H, width=W)
     bounds = cfg.chunk_bounds(clean.shape[2])
 
     def write(c):
-        s, e = bounds[c]
-        model.forward_chunk(
-            clean[:, :, s:e],
-            torch.zeros(B, e - s),
-            text,
-            mask,
-            raymap[:, s:e],
-            plucker[:, :, s:e],
-            cache=cache,
-            start_frame=s,
-            write_cache=True,
-        )
+        _write(model, cache, clean, cond, *bounds[c])
 
     def read(c, target):
         s, e = bounds[c]
-        x, timestep = _noisy(clean, noise, s, e, 960)
-        return model.forward_chunk(
-            x[:, :, s:e],
-            timestep[:, s:e],
-            text,
-            mask,
-            raymap[:, s:e],
-            plucker[:, :, s:e],
-            cache=target,
-            start_frame=s,
-        )
+        return _chunk(model, target, *_noisy(clean, noise, s, e, 960), cond, s, e)
 
     with torch.no_grad():
         write(0)
