@@ -51,6 +51,17 @@ def _convention(name: str, what: str) -> str:
     return name.lower()
 
 
+def _float64(value, name: str, expected: str) -> np.ndarray:
+    """``value`` (array-like or torch tensor) as a float64 numpy array; a TypeError naming ``name`` and what was
+    ``expected`` if it is not numeric."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from exc
+
+
 def check_poses(c2w, name: str = "c2w", indices: Sequence[int] | None = None) -> np.ndarray:
     """Check camera-to-world poses and return them as float64 (F, 4, 4).
 
@@ -58,12 +69,7 @@ def check_poses(c2w, name: str = "c2w", indices: Sequence[int] | None = None) ->
     non-finite values, a last row other than [0,0,0,1], or a 3x3 block that is not a rotation
     (|R^T R - I| > 1e-4 or det < 0). ``indices`` gives the frame number of each row for messages.
     """
-    if isinstance(c2w, torch.Tensor):
-        c2w = c2w.detach().cpu().numpy()
-    try:
-        poses = np.asarray(c2w, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be an array of shape (F, 4, 4), got {type(c2w).__name__}") from exc
+    poses = _float64(c2w, name, "an array of shape (F, 4, 4)")
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or poses.shape[0] == 0:
         raise ValueError(f"{name} must have shape (F, 4, 4) with F >= 1, got {poses.shape}")
     frame = np.arange(len(poses)) if indices is None else np.asarray(indices)
@@ -105,12 +111,7 @@ def as_intrinsics(intrinsics, n_frames: int | None = None, name: str = "intrinsi
     """Normalise intrinsics to ``[fx, fy, cx, cy]``: (4,) stays (4,), (F,4) stays (F,4), a (3,3) K becomes (4,),
     (F,3,3) becomes (F,4). With ``n_frames`` a per-frame form must have exactly that many rows.
     Raises ValueError for other shapes, non-finite values or non-positive focal lengths. Returns float64."""
-    if isinstance(intrinsics, torch.Tensor):
-        intrinsics = intrinsics.detach().cpu().numpy()
-    try:
-        k = np.asarray(intrinsics, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric [fx, fy, cx, cy] or a 3x3 K, got {intrinsics!r}") from exc
+    k = _float64(intrinsics, name, "numeric [fx, fy, cx, cy] or a 3x3 K")
     if k.shape[-2:] == (3, 3) and k.ndim in (2, 3):
         k = np.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], axis=-1)
     elif k.ndim not in (1, 2) or k.shape[-1] != 4:
