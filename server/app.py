@@ -154,6 +154,23 @@ class ControlInbox:
             return events, receipt
 
 
+def feed_controller(controller: Any, events: list[tuple[str, Any, float]]) -> None:
+    """Give ``ControlInbox`` events to a ``controllers.LiveController`` (``session.controller``): all of them, or
+    none when one is refused (ValueError, e.g. a time earlier than the controller's last event)."""
+    before = controller.state_dict()
+    try:
+        for kind, value, t in events:
+            if kind == "down":
+                controller.key_down(value, t)
+            elif kind == "up":
+                controller.key_up(value, t)
+            else:
+                controller.mouse(value[0], value[1], t)
+    except ValueError:
+        controller.load_state_dict(before)
+        raise
+
+
 class ServedSession:
     """An engine session as a connection sees it: id, mode, output stream, lock and live controls."""
 
@@ -705,22 +722,13 @@ class WorldServer:
         engine = sess.engine
         receipt = None
         if inputs is None:
-            controller = engine.state.controller
             events, new = sess.inbox.drain()
-            for kind, value, t in events:
-                if kind == "down":
-                    controller.key_down(value, t)
-                elif kind == "up":
-                    controller.key_up(value, t)
-                else:
-                    controller.mouse(value[0], value[1], t)
+            feed_controller(engine.controller, events)
             if new is not None:
                 sess.last_control = new
             if sess.last_control is not None:
                 receipt = {**sess.last_control, "new": new is not None}
-            poses = controller.poses_for_next(engine.frames_per_chunk)
-            moving = controller.state_dict()
-            parts = engine.stream(poses=poses)
+            parts = engine.stream()  # poses from the controller's events, taken now: the receipt is exact
         else:
             parts = engine.stream(**inputs)
         kept, timings = [], {}
@@ -733,8 +741,6 @@ class WorldServer:
                     return timings
         finally:
             parts.close()
-        if inputs is None:  # a poses step leaves the camera at rest; live control keeps its velocity
-            engine.state.controller.load_state_dict(moving)
         if sess.recorder is not None:
             from engine.world import DEFAULT_MAPPING
 
