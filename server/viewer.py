@@ -342,11 +342,12 @@ class RemoteSource(WorldSource):
 
 
 def _prepared(image, height: int, width: int, fov_deg: float | None) -> np.ndarray:
-    """The first image as the world shows it (resized + centre-cropped), (H,W,3) uint8."""
+    """The first image as the world shows it (resized + centre-cropped), (H,W,3) uint8 (``Session.first_frame``)."""
+    from engine.session import to_uint8
     from sana_wm.image import prepare_image
 
     pixels = prepare_image(image, size=(height, width), fov_deg=fov_deg)[0]
-    return ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return to_uint8(pixels[None, :, None])[0]
 
 
 class Explorer:
