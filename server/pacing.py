@@ -9,7 +9,6 @@ about one chunk: a key pressed now shows up after at most (buffer + one chunk ti
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -64,11 +63,6 @@ class FramePacer:
     def buffered_s(self) -> float:
         """Seconds of video waiting in the buffer."""
         return len(self._buf) * self.period
-
-    @property
-    def chunk_time_s(self) -> float | None:
-        """Smoothed wall time to produce one chunk (None before the first one)."""
-        return self._chunk_time_s
 
     def push(self, frames: np.ndarray, meta: dict[str, Any] | None = None) -> None:
         """Add frames (N,H,W,3) uint8 (or one frame (H,W,3)); ``meta`` is attached to the first frame only."""
@@ -141,7 +135,3 @@ class FramePacer:
         if self._next_due is None:
             return self.period / 4
         return min(max(self._next_due - now, 0.0), self.period)
-
-    @staticmethod
-    def frames_for(seconds: float, fps: float) -> int:
-        return math.ceil(seconds * fps)

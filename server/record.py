@@ -5,10 +5,12 @@ session again); each later line is one event, in the order it happened::
 
     {"type": "header", "format": "sana-wm-record", "version": 1, "seed": 0, "model": {...},
      "versions": {...}, "prompt": "...", "image": {"encoding": "base64", "data": "..."},
-     "intrinsics": [fx, fy, cx, cy] | null, "fov_deg": null, "height": H, "width": W, ...}
+     "intrinsics": [fx, fy, cx, cy] | null, "fov_deg": null, "height": H, "width": W,
+     "mapping": "sana-wm-v2" | null, ...}
     {"type": "step", "chunk": 0, "actions": "w-24"}               # session.step("w-24")
     {"type": "step", "chunk": 1, "poses": <array>}                # session.step(poses=(N,4,4))
     {"type": "step", "chunk": 2, "keys": [["w"], ["a", "w"], ...]}   # session.step(keys=...)
+    {"type": "step", "chunk": 3, "events": [["down", "w", 1.5], ["mouse", [12.0, -3.0], 1.52]]}   # live
     {"type": "snapshot", "name": "s0", "chunk": 3}                # snap = session.snapshot()
     {"type": "restore", "name": "s0", "chunk": 5}                 # session.restore(snap)
     {"type": "reset", "chunk": 6}                                 # a fresh session, same header
@@ -16,7 +18,13 @@ session again); each later line is one event, in the order it happened::
 Arrays are stored exactly: ``{"dtype": "float64", "shape": [N,4,4], "data": base64 of the raw
 little-endian bytes}``. ``chunk`` is the index of the chunk the step produced (``chunk.index``) or, for
 snapshot / restore / reset, the index of the next chunk at the time of the event. Each line is flushed as
-it is written, so a record survives a crash up to its last complete line. A step may carry
+it is written, so a record survives a crash up to its last complete line.
+
+``mapping`` is the session's key mapping (``world.start(mapping=...)``; null: the engine's default). A live step's
+``events`` are the control events given to ``session.controller`` before ``session.step()`` made the chunk
+(``apply_control_events``): ``["down" | "up", key, t]`` and ``["mouse", [dx, dy], t]``, t in seconds. A fork of a
+session gets its own record (``Recorder.fork``): the parent's header and events up to the fork, then its own, with
+``"forked_from": {"record": parent file, "chunk": next chunk}`` in the header, so it replays alone. A step may carry
 ``"digest"``: the SHA-256 of its frames' raw bytes, which replay can check, and ``"frame_poses"``: the
 chunk's per-frame poses (``chunk.poses``), which let a record be re-rendered offline with another sampler.
 
@@ -41,7 +49,8 @@ import numpy as np
 FORMAT = "sana-wm-record"
 VERSION = 1
 _EVENT_TYPES = ("step", "snapshot", "restore", "reset")
-_STEP_INPUTS = ("actions", "poses", "keys")
+_STEP_INPUTS = ("actions", "poses", "keys", "events")
+_CONTROL_KINDS = ("down", "up", "mouse")
 
 
 def frames_digest(frames: np.ndarray) -> str:
@@ -101,6 +110,42 @@ def image_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
+def control_events(events: Any) -> list[list]:
+    """Live control events as a record stores them: ``[[kind, value, t], ...]`` with kind ``"down"`` / ``"up"``
+    (value: a key name) or ``"mouse"`` (value: ``[dx, dy]`` pixels), t in seconds. ValueError names a bad one."""
+    if not isinstance(events, (list, tuple)):
+        raise ValueError(f"events: expected a list of [kind, value, t], got {type(events).__name__}")
+    out = []
+    for i, ev in enumerate(events):
+        try:
+            kind, value, t = ev
+            if kind not in _CONTROL_KINDS:
+                raise ValueError(f"kind {kind!r} is not one of {_CONTROL_KINDS}")
+            value = [float(value[0]), float(value[1])] if kind == "mouse" else str(value)
+            out.append([kind, value, float(t)])
+        except (TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"events[{i}]: expected [kind, value, t] ({e})") from None
+    return out
+
+
+def apply_control_events(controller: Any, events: list) -> None:
+    """Give live control events (``[kind, value, t]``, see ``control_events``) to a ``controllers.LiveController``
+    (``session.controller``): all of them, or none when one is refused (the ValueError propagates and the
+    controller is as before)."""
+    before = controller.state_dict()
+    try:
+        for kind, value, t in events:
+            if kind == "down":
+                controller.key_down(value, t)
+            elif kind == "up":
+                controller.key_up(value, t)
+            else:
+                controller.mouse(value[0], value[1], t)
+    except ValueError:
+        controller.load_state_dict(before)
+        raise
+
+
 class Recorder:
     """Writes a session record (JSON lines, flushed per line).
 
@@ -113,9 +158,11 @@ class Recorder:
         height, width: frame size of the session.
         device, dtype: where it ran (``"cpu"``, ``"float32"``); replay is bitwise only on the same.
         sampler: ``"streaming"`` for a live session.
+        mapping: the session's key mapping (``world.start(mapping=...)``); None: the engine's default.
         meta: any other JSON-able facts (client name, server address, ...).
 
-    Use ``step`` after each ``session.step``, and ``snapshot`` / ``restore`` / ``reset`` as they happen.
+    Use ``step`` after each ``session.step``, and ``snapshot`` / ``restore`` / ``reset`` as they happen; ``fork``
+    for a ``session.fork()``.
     """
 
     def __init__(
@@ -134,10 +181,9 @@ class Recorder:
         dtype: str = "float32",
         sampler: str = "streaming",
         fps: int = 16,
+        mapping: str | None = None,
         meta: dict[str, Any] | None = None,
     ):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         header = {
             "type": "header",
             "format": FORMAT,
@@ -155,11 +201,21 @@ class Recorder:
             "width": int(width),
             "intrinsics": None if intrinsics is None else [float(v) for v in np.asarray(intrinsics).reshape(-1)],
             "fov_deg": None if fov_deg is None else float(fov_deg),
+            "mapping": None if mapping is None else str(mapping),
             "image": {"encoding": "base64", "data": base64.b64encode(image_bytes(image)).decode()},
             "meta": meta or {},
         }
+        self._open(path, header, [], set())
+
+    def _open(self, path: str | Path, header: dict[str, Any], lines: list[str], names: set[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.header = header
+        self._names = names
         self._file = self.path.open("w", encoding="utf-8")
         self._write(header)
+        self._file.writelines(line + "\n" for line in lines)
+        self._file.flush()
 
     def _write(self, obj: dict[str, Any]) -> None:
         if self._file.closed:
@@ -174,22 +230,28 @@ class Recorder:
         actions: str | None = None,
         poses: np.ndarray | None = None,
         keys: list | None = None,
+        events: list | None = None,
         frames: np.ndarray | None = None,
         frame_poses: np.ndarray | None = None,
     ) -> None:
         """Log one ``session.step`` call: exactly one of ``actions`` / ``poses`` / ``keys`` (as passed to
-        ``session.step``) and the index of the chunk it produced (``chunk.index``). Optional: ``frames``
-        (``chunk.frames``; stores their digest) and ``frame_poses`` (``chunk.poses``); pass both when you can."""
-        given = [n for n, v in (("actions", actions), ("poses", poses), ("keys", keys)) if v is not None]
+        ``session.step``) or ``events`` (live control: the events given to ``session.controller`` before a
+        ``session.step()`` with no camera input, see ``control_events``), and the index of the chunk it produced
+        (``chunk.index``). Optional: ``frames`` (``chunk.frames``; stores their digest) and ``frame_poses``
+        (``chunk.poses``); pass both when you can."""
+        inputs = (("actions", actions), ("poses", poses), ("keys", keys), ("events", events))
+        given = [n for n, v in inputs if v is not None]
         if len(given) != 1:
-            raise ValueError(f"Recorder.step: give exactly one of actions / poses / keys, got {given or 'none'}")
+            raise ValueError(f"Recorder.step: give exactly one of {' / '.join(_STEP_INPUTS)}, got {given or 'none'}")
         ev: dict[str, Any] = {"type": "step", "chunk": int(chunk)}
         if actions is not None:
             ev["actions"] = str(actions)
         elif poses is not None:
             ev["poses"] = encode_array(np.asarray(poses))
-        else:
+        elif keys is not None:
             ev["keys"] = [sorted(str(k) for k in frame_keys) for frame_keys in keys]
+        else:
+            ev["events"] = control_events(events)
         if frames is not None:
             ev["digest"] = frames_digest(frames)
         if frame_poses is not None:
@@ -199,14 +261,32 @@ class Recorder:
     def snapshot(self, name: str, chunk: int) -> None:
         """Log ``session.snapshot()`` stored under ``name``; ``chunk`` = index of the next chunk."""
         self._write({"type": "snapshot", "name": str(name), "chunk": int(chunk)})
+        self._names.add(str(name))
 
     def restore(self, name: str, chunk: int) -> None:
-        """Log ``session.restore(snapshot named name)``; ``chunk`` = index of the next chunk before restoring."""
+        """Log ``session.restore(snapshot named name)``; ``chunk`` = index of the next chunk before restoring.
+        ValueError if this record has not taken that snapshot (it could not be replayed)."""
+        if str(name) not in self._names:
+            raise ValueError(f"restore of snapshot {str(name)!r}, which record {self.path} has not taken")
         self._write({"type": "restore", "name": str(name), "chunk": int(chunk)})
 
     def reset(self, chunk: int) -> None:
         """Log a reset: the session is started again from the header's image, prompt and seed."""
         self._write({"type": "reset", "chunk": int(chunk)})
+        self._names.clear()
+
+    def fork(self, path: str | Path, chunk: int, *, meta: dict[str, Any] | None = None) -> Recorder:
+        """A record for ``session.fork()`` at this point (``chunk`` = index of the fork's next chunk), written to
+        ``path``: this record's header (``meta`` merged into its meta, ``forked_from`` naming this file and
+        ``chunk``) and all its events so far, so the fork's record replays alone. Log the fork's events to it."""
+        if self._file.closed:
+            raise ValueError(f"record {self.path} is closed")
+        lines = self.path.read_text(encoding="utf-8").splitlines()[1:]
+        header = {**self.header, "created": time.time(), "forked_from": {"record": str(self.path), "chunk": int(chunk)},
+                  "meta": {**self.header["meta"], **(meta or {})}}
+        child = Recorder.__new__(Recorder)
+        child._open(path, header, lines, set(self._names))
+        return child
 
     def close(self) -> None:
         if not self._file.closed:
@@ -239,6 +319,8 @@ class Record:
             kw["intrinsics"] = np.asarray(self.header["intrinsics"], dtype=np.float64)
         if self.header.get("fov_deg") is not None:
             kw["fov_deg"] = self.header["fov_deg"]
+        if self.header.get("mapping") is not None:
+            kw["mapping"] = self.header["mapping"]
         return kw
 
     def steps(self) -> list[dict[str, Any]]:
@@ -285,6 +367,11 @@ def load_record(path: str | Path) -> Record:
             for key in ("poses", "frame_poses"):
                 if key in ev:
                     ev[key] = decode_array(ev[key], f"{path}:{n}: {key}")
+            if "events" in ev:
+                try:
+                    ev["events"] = control_events(ev["events"])
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: {e}") from None
         elif ev["type"] in ("snapshot", "restore"):
             if "name" not in ev:
                 raise ValueError(f"{path}:{n}: a {ev['type']} event needs a 'name'")
@@ -298,12 +385,16 @@ def load_record(path: str | Path) -> Record:
     return Record(header=header, events=events, path=path)
 
 
-def _step_kwargs(ev: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+def _step(session: Any, ev: dict[str, Any]) -> Any:
+    """Make a recorded step's chunk on ``session``."""
     if "actions" in ev:
-        return (ev["actions"],), {}
+        return session.step(ev["actions"])
     if "poses" in ev:
-        return (), {"poses": ev["poses"]}
-    return (), {"keys": [set(k) for k in ev["keys"]]}
+        return session.step(poses=ev["poses"])
+    if "keys" in ev:
+        return session.step(keys=[set(k) for k in ev["keys"]])
+    apply_control_events(session.controller, ev["events"])
+    return session.step()
 
 
 def replay_chunks(record: Record, world, *, verify: bool = False) -> Iterator[Any]:
@@ -318,8 +409,7 @@ def replay_chunks(record: Record, world, *, verify: bool = False) -> Iterator[An
         for ev in record.events:
             kind = ev["type"]
             if kind == "step":
-                args, kwargs = _step_kwargs(ev)
-                chunk = session.step(*args, **kwargs)
+                chunk = _step(session, ev)
                 if verify and "digest" in ev and frames_digest(chunk.frames) != ev["digest"]:
                     raise ValueError(f"replay of {record.path}: chunk {ev['chunk']} differs from the recorded frames")
                 yield chunk
@@ -360,7 +450,7 @@ def timeline_poses(record: Record) -> np.ndarray:
             if poses is None:
                 raise ValueError(
                     f"{record.path}: step of chunk {ev['chunk']} has no poses (recorded from "
-                    f"{'actions' if 'actions' in ev else 'keys'} without frame_poses)"
+                    f"{next(k for k in _STEP_INPUTS if k in ev)} without frame_poses)"
                 )
             kept.append(poses)
         elif ev["type"] == "snapshot":
