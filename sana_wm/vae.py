@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sana_wm.weights import load_into, read_state_dict
+from .weights import load_into, read_state_dict
 
 __all__ = ["LTX2VAE", "LTX2StreamingDecoder", "LTX2VAEConfig", "load_vae"]
 
