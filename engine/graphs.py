@@ -53,8 +53,9 @@ class _PreparedModel:
     def parameters(self):
         return self.model.parameters()
 
-    def forward_chunk(self, latents, timestep, text, text_mask, raymap, plucker, *, cache, start_frame,
-                      write_cache=False):
+    def forward_chunk(
+        self, latents, timestep, text, text_mask, raymap, plucker, *, cache, start_frame, write_cache=False
+    ):
         return self.model._run(latents, timestep, self.frames, cache, write_cache)
 
 
@@ -122,8 +123,18 @@ class ChunkGraphs:
         return _Captured(graph, static_noise, frames, out)
 
     @torch.no_grad()
-    def step(self, noise: torch.Tensor, *, pinned: torch.Tensor | None, text: torch.Tensor, text_mask: torch.Tensor,
-             raymap: torch.Tensor, plucker: torch.Tensor, cache, start_frame: int) -> torch.Tensor:
+    def step(
+        self,
+        noise: torch.Tensor,
+        *,
+        pinned: torch.Tensor | None,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        raymap: torch.Tensor,
+        plucker: torch.Tensor,
+        cache,
+        start_frame: int,
+    ) -> torch.Tensor:
         """Denoise one chunk and write it into ``cache`` (``StreamingSampler.denoise`` + ``write_cache``).
 
         Arguments as ``StreamingSampler.denoise``. Returns the clean latents (B, C, T, h, w) fp32; on the graph path
@@ -131,8 +142,9 @@ class ChunkGraphs:
         B, _, T, h, w = noise.shape
         cache.check_chunk(batch_size=B, height=h, width=w, start_frame=start_frame, num_frames=T)
         if not self.enabled or pinned is not None:
-            cond = dict(text=text, text_mask=text_mask, raymap=raymap, plucker=plucker, cache=cache,
-                        start_frame=start_frame)
+            cond = dict(
+                text=text, text_mask=text_mask, raymap=raymap, plucker=plucker, cache=cache, start_frame=start_frame
+            )
             latents = self.sampler.denoise(noise, pinned=pinned, **cond)
             self.sampler.write_cache(latents, **cond)
             return latents
@@ -182,8 +194,9 @@ class FramePipe:
     until ``slots`` further submits.
     """
 
-    def __init__(self, decode: Callable[[object, torch.Tensor], torch.Tensor], device: torch.device | str,
-                 slots: int = 3) -> None:
+    def __init__(
+        self, decode: Callable[[object, torch.Tensor], torch.Tensor], device: torch.device | str, slots: int = 3
+    ) -> None:
         self.decode = decode
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"

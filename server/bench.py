@@ -47,9 +47,30 @@ TARGETS = {
     "peak_gb": 12.0,
 }
 FIELDS = (
-    "version", "device", "card", "torch", "triton", "model", "dtype", "compile", "kernels", "graphs", "height",
-    "width", "tokens_per_chunk", "forward_ms", "diffusers", "chunk_ms", "fps", "realtime_multiple", "ttff_ms",
-    "memory_gb", "batched", "targets", "notes", "elapsed_s",
+    "version",
+    "device",
+    "card",
+    "torch",
+    "triton",
+    "model",
+    "dtype",
+    "compile",
+    "kernels",
+    "graphs",
+    "height",
+    "width",
+    "tokens_per_chunk",
+    "forward_ms",
+    "diffusers",
+    "chunk_ms",
+    "fps",
+    "realtime_multiple",
+    "ttff_ms",
+    "memory_gb",
+    "batched",
+    "targets",
+    "notes",
+    "elapsed_s",
 )
 _T0 = time.perf_counter()
 
@@ -102,8 +123,9 @@ def random_init_(module: nn.Module, *, device: torch.device | str, dtype: torch.
                 value = 0.1 * noise
             else:
                 value = noise * (0.5 / max(1, p[0].numel()) ** 0.5)
-            mod._parameters[name] = nn.Parameter(value.to(dtype if p.is_floating_point() else p.dtype),
-                                                 requires_grad=False)
+            mod._parameters[name] = nn.Parameter(
+                value.to(dtype if p.is_floating_point() else p.dtype), requires_grad=False
+            )
     return module.to(device)
 
 
@@ -259,8 +281,17 @@ def _full_cache(model: nn.Module, scene: Scene):
         raymap, plucker, start = scene.camera(chunk)
         latents = scene.noise(chunk).to(scene.dtype)
         zeros = torch.zeros(scene.batch, latents.shape[2], device=scene.device)
-        model.forward_chunk(latents, zeros, scene.text, scene.text_mask, raymap, plucker, cache=cache,
-                            start_frame=start, write_cache=True)
+        model.forward_chunk(
+            latents,
+            zeros,
+            scene.text,
+            scene.text_mask,
+            raymap,
+            plucker,
+            cache=cache,
+            start_frame=start,
+            write_cache=True,
+        )
     return cache
 
 
@@ -280,11 +311,18 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
     timestep = torch.full((scene.batch, 3), 727.0, device=device)
 
     def forward() -> torch.Tensor:
-        return model.forward_chunk(latents, timestep, scene.text, scene.text_mask, raymap, plucker, cache=cache,
-                                   start_frame=start)
+        return model.forward_chunk(
+            latents, timestep, scene.text, scene.text_mask, raymap, plucker, cache=cache, start_frame=start
+        )
 
-    out: dict = {"eager_reference": None, "eager_kernels": None, "graph": None, "compiled": None,
-                 "compiled_graph": None, "compile_s": None}
+    out: dict = {
+        "eager_reference": None,
+        "eager_kernels": None,
+        "graph": None,
+        "compiled": None,
+        "compiled_graph": None,
+        "compile_s": None,
+    }
     with kernels(False, device):
         out["eager_reference"] = time_ms(forward, device, reps)
     with kernels(use_kernels, device) as active:
@@ -292,8 +330,9 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
             out["eager_kernels"] = time_ms(forward, device, reps)
         if device.type == "cuda":
             try:
-                out["graph"] = time_ms(_forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start),
-                                       device, reps)
+                out["graph"] = time_ms(
+                    _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), device, reps
+                )
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 notes.append(f"forward CUDA graph failed: {type(e).__name__}: {e}")
         if compile_:
@@ -334,7 +373,8 @@ def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, s
         if device.type == "cuda":
             try:
                 out["compiled_graph"] = time_ms(
-                    _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), device, reps)
+                    _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), device, reps
+                )
             except Exception as e:  # noqa: BLE001
                 notes.append(f"compiled forward in a CUDA graph failed: {type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001
@@ -357,15 +397,21 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
     timestep = torch.full((scene.batch, 1, 3), 727.0, device=scene.device)
 
     def forward():
-        return ref(latents, timestep, scene.text, encoder_attention_mask=scene.text_mask,
-                   camera_conditions=raymap, chunk_plucker=plucker).sample
+        return ref(
+            latents,
+            timestep,
+            scene.text,
+            encoder_attention_mask=scene.text_mask,
+            camera_conditions=raymap,
+            chunk_plucker=plucker,
+        ).sample
 
     try:
         ms = time_ms(forward, scene.device, reps)
     except Exception as e:  # noqa: BLE001
         return {"forward_ms": None, "ratio": None, "reason": f"diffusers forward failed: {type(e).__name__}: {e}"}
     finally:
-        del ref
+        ref = None  # frees the reference model (the closure shares this cell)
         if scene.device.type == "cuda":
             torch.cuda.empty_cache()
     log(f"diffusers forward: {ms:.2f} ms")
@@ -398,8 +444,16 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
             begin.record()
         else:
             t = time.perf_counter()
-        latents = graphs.step(noise, pinned=first if c == 0 else None, text=scene.text, text_mask=scene.text_mask,
-                              raymap=raymap, plucker=plucker, cache=cache, start_frame=start).clone()
+        latents = graphs.step(
+            noise,
+            pinned=first if c == 0 else None,
+            text=scene.text,
+            text_mask=scene.text_mask,
+            raymap=raymap,
+            plucker=plucker,
+            cache=cache,
+            start_frame=start,
+        ).clone()
         if cuda:
             end.record()
         else:
@@ -448,8 +502,9 @@ def measure_ttff(model, vae, scene: Scene) -> float:
     decoder = vae.streaming_decoder()
     first = vae.encode(scene.image.to(device, vae.dtype)).float()
     raymap, plucker, start = scene.camera(0)
-    cond = dict(text=scene.text, text_mask=scene.text_mask, raymap=raymap, plucker=plucker, cache=cache,
-                start_frame=start)
+    cond = dict(
+        text=scene.text, text_mask=scene.text_mask, raymap=raymap, plucker=plucker, cache=cache, start_frame=start
+    )
     latents = sampler.denoise(scene.noise(0), pinned=first, **cond)
     video = decoder.decode(latents[:, :, :2].to(vae.dtype))
     frames_uint8(video[:, :, 1:]).cpu()
@@ -469,8 +524,17 @@ def measure_memory(model, scene: Scene, early: int, late: int) -> dict:
         raymap, plucker, start = scene.camera(c)
         latents = scene.noise(c).to(scene.dtype)
         zeros = torch.zeros(scene.batch, latents.shape[2], device=scene.device)
-        model.forward_chunk(latents, zeros, scene.text, scene.text_mask, raymap, plucker, cache=cache,
-                            start_frame=start, write_cache=True)
+        model.forward_chunk(
+            latents,
+            zeros,
+            scene.text,
+            scene.text_mask,
+            raymap,
+            plucker,
+            cache=cache,
+            start_frame=start,
+            write_cache=True,
+        )
         del raymap, plucker, latents, zeros
         if c + 1 in (early, late):
             _sync(scene.device)
@@ -495,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="frame height in pixels (default 704, demo 64)")
     p.add_argument("--width", type=int, default=None, help="frame width in pixels (default 1280, demo 96)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per forward (default 10, demo 2)")
-    p.add_argument("--memory-chunks", type=int, default=None,
-                   help="chunk count of the memory check (default 200, demo 12)")
+    p.add_argument(
+        "--memory-chunks", type=int, default=None, help="chunk count of the memory check (default 200, demo 12)"
+    )
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers reference forward")
     p.add_argument("--no-kernels", action="store_true", help="PyTorch reference ops only (no Triton)")
     p.add_argument("--no-graphs", action="store_true", help="run chunks eagerly (no CUDA graphs)")
@@ -557,8 +622,10 @@ def run(args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     preset = "tiny" if args.demo else "streaming-2.6b"
     cfg = sana_wm.SanaWMConfig.preset(preset)
-    log(f"device {device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or 'cpu'}), "
-        f"{args.dtype}, model {preset}, {args.height}x{args.width}")
+    log(
+        f"device {device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or 'cpu'}), "
+        f"{args.dtype}, model {preset}, {args.height}x{args.width}"
+    )
     report: dict = {
         "version": 1,
         "device": str(device),
@@ -608,16 +675,24 @@ def run(args: argparse.Namespace) -> dict:
             scene = Scene(model, args.height, args.width, batch, device, dtype, args.seed)
             stream = measure_stream(model, vae, scene, args.chunks, use_graphs=report["graphs"])
             fps = batch * FRAMES_PER_CHUNK / (stream["wall_ms"] / 1000)
-            entry = {"batch": batch, "chunk_ms": round(stream["wall_ms"], 2),
-                     "transformer_ms": round(stream["transformer_ms"], 2),
-                     "decode_ms": round(stream["decode_ms"], 2),
-                     "aggregate_fps": round(fps, 2), "per_session_fps": round(fps / batch, 2)}
+            entry = {
+                "batch": batch,
+                "chunk_ms": round(stream["wall_ms"], 2),
+                "transformer_ms": round(stream["transformer_ms"], 2),
+                "decode_ms": round(stream["decode_ms"], 2),
+                "aggregate_fps": round(fps, 2),
+                "per_session_fps": round(fps / batch, 2),
+            }
             log(f"batch {batch}: {entry}")
             batched.append(entry)
             if batch == 1:
-                report["chunk_ms"] = {"total": entry["chunk_ms"], "transformer": entry["transformer_ms"],
-                                      "decode": entry["decode_ms"], "first_chunk": stream["first_chunk_ms"],
-                                      "chunks": stream["chunks"]}
+                report["chunk_ms"] = {
+                    "total": entry["chunk_ms"],
+                    "transformer": entry["transformer_ms"],
+                    "decode": entry["decode_ms"],
+                    "first_chunk": stream["first_chunk_ms"],
+                    "chunks": stream["chunks"],
+                }
                 report["fps"] = entry["aggregate_fps"]
                 report["realtime_multiple"] = round(fps / REALTIME_FPS, 2)
                 peak = torch.cuda.max_memory_allocated(device) if cuda else None
@@ -662,15 +737,17 @@ def summary(report: dict) -> str:
     diff = report["diffusers"]
     lines = [
         f"sana-wm bench  {report['card']}  {report['model']}  {report['dtype']}  {report['height']}x{report['width']}",
-        "forward (3 frames, full cache) ms: " + ", ".join(f"{k} {v:.2f}" for k, v in fwd.items()
-                                                         if isinstance(v, float) and k != "compile_s"),
-        f"diffusers forward ms: {diff['forward_ms']}  ratio: {diff['ratio']}" + (
-            f"  ({diff['reason']})" if diff.get("reason") else ""),
+        "forward (3 frames, full cache) ms: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in fwd.items() if isinstance(v, float) and k != "compile_s"),
+        f"diffusers forward ms: {diff['forward_ms']}  ratio: {diff['ratio']}"
+        + (f"  ({diff['reason']})" if diff.get("reason") else ""),
         f"chunk ms: {report['chunk_ms']}",
         f"fps: {report['fps']}  ({report['realtime_multiple']}x real time)   ttff ms: {report['ttff_ms']}",
         f"memory GB: {report['memory_gb']}",
-        "batched: " + "; ".join(f"B={b['batch']}: {b['aggregate_fps']} fps ({b['per_session_fps']}/session)"
-                                for b in report["batched"]),
+        "batched: "
+        + "; ".join(
+            f"B={b['batch']}: {b['aggregate_fps']} fps ({b['per_session_fps']}/session)" for b in report["batched"]
+        ),
         f"targets: {report['targets']}",
     ]
     lines += [f"note: {n}" for n in report["notes"]]

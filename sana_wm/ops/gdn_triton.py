@@ -30,8 +30,17 @@ if HAS_TRITON:
 
     @triton.jit
     def _frame_gram(
-        x_base, x_ss, y_base, y_ss, be_base, be_ss, S, D,
-        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr,
+        x_base,
+        x_ss,
+        y_base,
+        y_ss,
+        be_base,
+        be_ss,
+        S,
+        D,
+        BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        DOT_F32: tl.constexpr,
     ):
         """sum over the frame's tokens of x_s^T beta_s y_s (D x D) and of x_s beta_s (D,), fp32."""
         rd = tl.arange(0, BLOCK_D)
@@ -55,13 +64,36 @@ if HAS_TRITON:
 
     @triton.jit
     def _gdn_gram_kernel(
-        ka_ptr, ka_sb, ka_sh, ka_st, ka_ss,  # keys of the state stream (rotated keys / camera keys)
-        kz_ptr, kz_sb, kz_sh, kz_st, kz_ss,  # keys of the normaliser stream (unrotated keys; job 2 only)
-        v_ptr, v_sb, v_sh, v_st, v_ss,
-        be_ptr, be_sb, be_sh, be_st, be_ss,
-        gram_ptr, bsum_ptr,
-        H, T, S, D,
-        NJOBS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr,
+        ka_ptr,
+        ka_sb,
+        ka_sh,
+        ka_st,
+        ka_ss,  # keys of the state stream (rotated keys / camera keys)
+        kz_ptr,
+        kz_sb,
+        kz_sh,
+        kz_st,
+        kz_ss,  # keys of the normaliser stream (unrotated keys; job 2 only)
+        v_ptr,
+        v_sb,
+        v_sh,
+        v_st,
+        v_ss,
+        be_ptr,
+        be_sb,
+        be_sh,
+        be_st,
+        be_ss,
+        gram_ptr,
+        bsum_ptr,
+        H,
+        T,
+        S,
+        D,
+        NJOBS: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        DOT_F32: tl.constexpr,
     ):
         """gram (B*H*T, NJOBS, D, D) fp32: job 0 P, job 1 A, job 2 P^z; bsum (B*H*T, D) = b^z (job 2)."""
         pid = tl.program_id(0)
@@ -72,16 +104,13 @@ if HAS_TRITON:
         be_base = be_ptr + b * be_sb + h * be_sh + t * be_st
         ka_base = ka_ptr + b * ka_sb + h * ka_sh + t * ka_st
         if job == 0:
-            acc, colsum = _frame_gram(ka_base, ka_ss, ka_base, ka_ss, be_base, be_ss, S, D,
-                                      BLOCK_S, BLOCK_D, DOT_F32)
+            acc, colsum = _frame_gram(ka_base, ka_ss, ka_base, ka_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
         elif job == 1:
             v_base = v_ptr + b * v_sb + h * v_sh + t * v_st
-            acc, colsum = _frame_gram(ka_base, ka_ss, v_base, v_ss, be_base, be_ss, S, D,
-                                      BLOCK_S, BLOCK_D, DOT_F32)
+            acc, colsum = _frame_gram(ka_base, ka_ss, v_base, v_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
         else:
             kz_base = kz_ptr + b * kz_sb + h * kz_sh + t * kz_st
-            acc, colsum = _frame_gram(kz_base, kz_ss, kz_base, kz_ss, be_base, be_ss, S, D,
-                                      BLOCK_S, BLOCK_D, DOT_F32)
+            acc, colsum = _frame_gram(kz_base, kz_ss, kz_base, kz_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
         rd = tl.arange(0, BLOCK_D)
         md = rd < D
         out = gram_ptr + (pid * NJOBS + job) * D * D + rd[:, None] * D + rd[None, :]
@@ -91,8 +120,16 @@ if HAS_TRITON:
 
     @triton.jit
     def _state_step(
-        p_base, a_base, prev_base, g, keep, cols, D,
-        BLOCK_D: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+        p_base,
+        a_base,
+        prev_base,
+        g,
+        keep,
+        cols,
+        D,
+        BLOCK_D: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+        BLOCK_K: tl.constexpr,
     ):
         """g (X - P X) + A for X = keep * (prev state) on value columns ``cols``; P's K dim in BLOCK_K slices
         against the previous state read back from memory (no D x D tile lives in registers)."""
@@ -129,10 +166,26 @@ if HAS_TRITON:
 
     @triton.jit
     def _gdn_scan_kernel(
-        gram_ptr, bsum_ptr, g_ptr, g_sb, g_sh, g_st, seg_last_ptr,
-        init_kv_ptr, init_z_ptr, work_ptr, work_z_ptr, rev_ptr, rev_z_ptr,
-        H, T, D,
-        NJOBS: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_V: tl.constexpr,
+        gram_ptr,
+        bsum_ptr,
+        g_ptr,
+        g_sb,
+        g_sh,
+        g_st,
+        seg_last_ptr,
+        init_kv_ptr,
+        init_z_ptr,
+        work_ptr,
+        work_z_ptr,
+        rev_ptr,
+        rev_z_ptr,
+        H,
+        T,
+        D,
+        NJOBS: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_V: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
         """Scan of one (b, h) on value columns [j*BLOCK_V, (j+1)*BLOCK_V) (column tile 0 also scans the normaliser).
@@ -160,12 +213,30 @@ if HAS_TRITON:
         for t in range(T):
             frame = bh * T + t
             g = tl.load(g_ptr + b * g_sb + h * g_sh + t * g_st).to(tl.float32)
-            state, seed_unused = _state_step(gram_ptr + frame * NJOBS * D * D, gram_ptr + (frame * NJOBS + 1) * D * D,
-                                   work + t * D * D, g, 1.0, cols, D, BLOCK_D, BLOCK_V, BLOCK_K)
+            state, seed_unused = _state_step(
+                gram_ptr + frame * NJOBS * D * D,
+                gram_ptr + (frame * NJOBS + 1) * D * D,
+                work + t * D * D,
+                g,
+                1.0,
+                cols,
+                D,
+                BLOCK_D,
+                BLOCK_V,
+                BLOCK_K,
+            )
             tl.store(work + (t + 1) * D * D + tile, state, mask=m2)
             if with_z:
-                z, zseed_unused = _norm_step(gram_ptr + (frame * NJOBS + 2) * D * D, bsum_ptr + frame * D, work_z + t * D,
-                                  g, 1.0, D, BLOCK_D, BLOCK_K)
+                z, zseed_unused = _norm_step(
+                    gram_ptr + (frame * NJOBS + 2) * D * D,
+                    bsum_ptr + frame * D,
+                    work_z + t * D,
+                    g,
+                    1.0,
+                    D,
+                    BLOCK_D,
+                    BLOCK_K,
+                )
                 tl.store(work_z + (t + 1) * D + rk, z, mask=mk)
             tl.debug_barrier()
 
@@ -177,14 +248,32 @@ if HAS_TRITON:
             cur = i % 2
             keep = 1 - tl.load(seg_last_ptr + t)
             g = tl.load(g_ptr + b * g_sb + h * g_sh + t * g_st).to(tl.float32)
-            nxt, r = _state_step(gram_ptr + frame * NJOBS * D * D, gram_ptr + (frame * NJOBS + 1) * D * D,
-                                 rev + cur * D * D, g, keep, cols, D, BLOCK_D, BLOCK_V, BLOCK_K)
+            nxt, r = _state_step(
+                gram_ptr + frame * NJOBS * D * D,
+                gram_ptr + (frame * NJOBS + 1) * D * D,
+                rev + cur * D * D,
+                g,
+                keep,
+                cols,
+                D,
+                BLOCK_D,
+                BLOCK_V,
+                BLOCK_K,
+            )
             out = work + (t + 1) * D * D + tile
             tl.store(out, tl.load(out, mask=m2, other=0.0) + r, mask=m2)
             tl.store(rev + (1 - cur) * D * D + tile, nxt, mask=m2)
             if with_z:
-                nz, rz = _norm_step(gram_ptr + (frame * NJOBS + 2) * D * D, bsum_ptr + frame * D,
-                                    rev_z + cur * D, g, keep, D, BLOCK_D, BLOCK_K)
+                nz, rz = _norm_step(
+                    gram_ptr + (frame * NJOBS + 2) * D * D,
+                    bsum_ptr + frame * D,
+                    rev_z + cur * D,
+                    g,
+                    keep,
+                    D,
+                    BLOCK_D,
+                    BLOCK_K,
+                )
                 out_z = work_z + (t + 1) * D + rk
                 tl.store(out_z, tl.load(out_z, mask=mk, other=0.0) + rz, mask=mk)
                 tl.store(rev_z + (1 - cur) * D + rk, nz, mask=mk)
@@ -192,11 +281,28 @@ if HAS_TRITON:
 
     @triton.jit
     def _gdn_out_kernel(
-        qr_ptr, qr_sb, qr_sh, qr_st, qr_ss,  # queries of the state stream (rotated / camera)
-        q_ptr, q_sb, q_sh, q_st, q_ss,  # unrotated queries (normaliser; HAS_Z only)
-        work_ptr, work_z_ptr, out_ptr,
-        H, T, S, D, eps,
-        HAS_Z: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr,
+        qr_ptr,
+        qr_sb,
+        qr_sh,
+        qr_st,
+        qr_ss,  # queries of the state stream (rotated / camera)
+        q_ptr,
+        q_sb,
+        q_sh,
+        q_st,
+        q_ss,  # unrotated queries (normaliser; HAS_Z only)
+        work_ptr,
+        work_z_ptr,
+        out_ptr,
+        H,
+        T,
+        S,
+        D,
+        eps,
+        HAS_Z: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        DOT_F32: tl.constexpr,
     ):
         """out (B, H, T, S, D) contiguous = Q_hat (M + R) [/ (Q (z + r) + eps)] for one frame and token block."""
         frame = tl.program_id(0)
@@ -209,18 +315,15 @@ if HAS_TRITON:
         rs = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
         ms = rs < S
         m2 = ms[:, None] & md[None, :]
-        qr = tl.load(qr_ptr + b * qr_sb + h * qr_sh + t * qr_st + rs[:, None] * qr_ss + rd[None, :], mask=m2,
-                     other=0.0)
+        qr = tl.load(qr_ptr + b * qr_sb + h * qr_sh + t * qr_st + rs[:, None] * qr_ss + rd[None, :], mask=m2, other=0.0)
         slot = frame + frame // T + 1  # work slot t+1 of (b, h): (b*H + h) * (T+1) + t + 1
-        m = tl.load(work_ptr + slot * D * D + rd[:, None] * D + rd[None, :], mask=md[:, None] & md[None, :],
-                    other=0.0)
+        m = tl.load(work_ptr + slot * D * D + rd[:, None] * D + rd[None, :], mask=md[:, None] & md[None, :], other=0.0)
         if DOT_F32:
             num = tl.dot(qr.to(tl.float32), m, input_precision="tf32x3")
         else:
             num = tl.dot(qr, m.to(qr.dtype))
         if HAS_Z:
-            q = tl.load(q_ptr + b * q_sb + h * q_sh + t * q_st + rs[:, None] * q_ss + rd[None, :], mask=m2,
-                        other=0.0)
+            q = tl.load(q_ptr + b * q_sb + h * q_sh + t * q_st + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0)
             z = tl.load(work_z_ptr + slot * D + rd, mask=md, other=0.0)
             den = tl.sum(q.to(tl.float32) * z[None, :], axis=1)
             num = num / (den + eps)[:, None]
@@ -294,26 +397,75 @@ def _run(
     bsum = torch.empty(frames, D, dtype=f32, device=device) if has_z else gram
     kz = keys_z if has_z else keys
     _gdn_gram_kernel[(frames, njobs)](
-        keys, *_strides4(keys), kz, *_strides4(kz), values, *_strides4(values), beta, *_strides4(beta),
-        gram, bsum, H, T, S, D,
-        NJOBS=njobs, BLOCK_S=64, BLOCK_D=block_d, DOT_F32=dot_f32, num_warps=8 if block_d >= 128 else 4,
+        keys,
+        *_strides4(keys),
+        kz,
+        *_strides4(kz),
+        values,
+        *_strides4(values),
+        beta,
+        *_strides4(beta),
+        gram,
+        bsum,
+        H,
+        T,
+        S,
+        D,
+        NJOBS=njobs,
+        BLOCK_S=64,
+        BLOCK_D=block_d,
+        DOT_F32=dot_f32,
+        num_warps=8 if block_d >= 128 else 4,
     )
     work = torch.empty(B * H, T + 1, D, D, dtype=f32, device=device)
     rev = torch.empty(B * H, 2, D, D, dtype=f32, device=device)
     work_z = torch.empty(B * H, T + 1, D, dtype=f32, device=device) if has_z else work
     rev_z = torch.empty(B * H, 2, D, dtype=f32, device=device) if has_z else rev
     _gdn_scan_kernel[(B * H, triton.cdiv(D, block_v))](
-        gram, bsum, g, g.stride(0), g.stride(1), g.stride(2), _segment_ends(T, chunk_starts, device),
-        state_kv, state_z if has_z else state_kv, work, work_z, rev, rev_z, H, T, D,
-        NJOBS=njobs, HAS_Z=has_z, BLOCK_D=block_d, BLOCK_V=block_v, BLOCK_K=min(32, block_d),
+        gram,
+        bsum,
+        g,
+        g.stride(0),
+        g.stride(1),
+        g.stride(2),
+        _segment_ends(T, chunk_starts, device),
+        state_kv,
+        state_z if has_z else state_kv,
+        work,
+        work_z,
+        rev,
+        rev_z,
+        H,
+        T,
+        D,
+        NJOBS=njobs,
+        HAS_Z=has_z,
+        BLOCK_D=block_d,
+        BLOCK_V=block_v,
+        BLOCK_K=min(32, block_d),
         num_warps=8 if block_d >= 128 else 4,
     )
     out = torch.empty(B, H, T, S, D, dtype=values.dtype, device=device)
     qz = queries_z if has_z else queries
     block_s = 64
     _gdn_out_kernel[(frames, triton.cdiv(S, block_s))](
-        queries, *_strides4(queries), qz, *_strides4(qz), work, work_z, out, H, T, S, D, eps,
-        HAS_Z=has_z, BLOCK_S=block_s, BLOCK_D=block_d, DOT_F32=dot_f32, num_warps=8 if block_d >= 128 else 4,
+        queries,
+        *_strides4(queries),
+        qz,
+        *_strides4(qz),
+        work,
+        work_z,
+        out,
+        H,
+        T,
+        S,
+        D,
+        eps,
+        HAS_Z=has_z,
+        BLOCK_S=block_s,
+        BLOCK_D=block_d,
+        DOT_F32=dot_f32,
+        num_warps=8 if block_d >= 128 else 4,
     )
     final_kv = work[:, T].view(B, H, D, D)
     return out, final_kv, (work_z[:, T].view(B, H, D) if has_z else None)

@@ -44,9 +44,23 @@ if HAS_TRITON:
 
     @triton.jit
     def _encode(
-        x_base, x_sn, w_ptr, rn, mn, h, inv, scale, rope_ptr, mat_ptr, mat_base,
-        D, ROPE_PAIRS,
-        MODE: tl.constexpr, NORM: tl.constexpr, RELU: tl.constexpr, BLOCK_D: tl.constexpr,
+        x_base,
+        x_sn,
+        w_ptr,
+        rn,
+        mn,
+        h,
+        inv,
+        scale,
+        rope_ptr,
+        mat_ptr,
+        mat_base,
+        D,
+        ROPE_PAIRS,
+        MODE: tl.constexpr,
+        NORM: tl.constexpr,
+        RELU: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         """(plain, encoded) values of one head for tokens rn: plain = normalised input; encoded = RoPE over the
         whole head (MODE 0) or UCPE (MODE 1: 4x4 ``mat`` on each channel group of the first half, RoPE on the
@@ -91,12 +105,41 @@ if HAS_TRITON:
 
     @triton.jit
     def _prep_kernel(
-        q_ptr, q_sb, q_sn, k_ptr, k_sb, k_sn, v_ptr, v_sb, v_sn,
-        wq_ptr, wk_ptr, rope_ptr, mq_ptr, mkv_ptr,
-        q_out, k_out, v_out, q_plain_out, k_plain_out, infl_out,
-        N, C, H, D, ROPE_PAIRS, key_scale, eps,
-        MODE: tl.constexpr, RELU: tl.constexpr, PLAIN: tl.constexpr, DOWNSCALE: tl.constexpr,
-        INFLATION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+        q_ptr,
+        q_sb,
+        q_sn,
+        k_ptr,
+        k_sb,
+        k_sn,
+        v_ptr,
+        v_sb,
+        v_sn,
+        wq_ptr,
+        wk_ptr,
+        rope_ptr,
+        mq_ptr,
+        mkv_ptr,
+        q_out,
+        k_out,
+        v_out,
+        q_plain_out,
+        k_plain_out,
+        infl_out,
+        N,
+        C,
+        H,
+        D,
+        ROPE_PAIRS,
+        key_scale,
+        eps,
+        MODE: tl.constexpr,
+        RELU: tl.constexpr,
+        PLAIN: tl.constexpr,
+        DOWNSCALE: tl.constexpr,
+        INFLATION: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         """Outputs (B, H, N, D) contiguous: q_out / k_out encoded q, k; MODE 1 also v_out (UCPE'd raw v);
         PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE; INFLATION: infl_out (B, H, N) fp32
@@ -116,15 +159,49 @@ if HAS_TRITON:
         mask = mn[:, None] & (rd < D)[None, :]
         for h in range(H):
             out_offs = ((b * H + h) * N + rn[:, None]) * D + rd[None, :]
-            q_plain, q_enc = _encode(q_base, q_sn, wq_ptr, rn, mn, h, inv_q, 1.0, rope_base, mq_ptr, mat_base,
-                                     D, ROPE_PAIRS, MODE, True, RELU, BLOCK_D)
+            q_plain, q_enc = _encode(
+                q_base,
+                q_sn,
+                wq_ptr,
+                rn,
+                mn,
+                h,
+                inv_q,
+                1.0,
+                rope_base,
+                mq_ptr,
+                mat_base,
+                D,
+                ROPE_PAIRS,
+                MODE,
+                True,
+                RELU,
+                BLOCK_D,
+            )
             if DOWNSCALE:
                 q_enc = _downscale(q_plain, q_enc, D)
             tl.store(q_out + out_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
             if PLAIN:
                 tl.store(q_plain_out + out_offs, q_plain.to(q_plain_out.dtype.element_ty), mask=mask)
-            k_plain, k_enc = _encode(k_base, k_sn, wk_ptr, rn, mn, h, inv_k, key_scale, rope_base, mkv_ptr,
-                                     mat_base, D, ROPE_PAIRS, MODE, True, RELU, BLOCK_D)
+            k_plain, k_enc = _encode(
+                k_base,
+                k_sn,
+                wk_ptr,
+                rn,
+                mn,
+                h,
+                inv_k,
+                key_scale,
+                rope_base,
+                mkv_ptr,
+                mat_base,
+                D,
+                ROPE_PAIRS,
+                MODE,
+                True,
+                RELU,
+                BLOCK_D,
+            )
             if DOWNSCALE:
                 k_enc = _downscale(k_plain, k_enc, D)
             tl.store(k_out + out_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
@@ -136,15 +213,42 @@ if HAS_TRITON:
                 ratio = post / pre
                 tl.store(infl_out + (b * H + h) * N + rn, ratio * ratio, mask=mn)
             if MODE == 1:
-                v_plain, v_enc = _encode(v_base, v_sn, wq_ptr, rn, mn, h, inv_q, 1.0, rope_base, mkv_ptr,
-                                         mat_base, D, ROPE_PAIRS, MODE, False, False, BLOCK_D)
+                v_plain, v_enc = _encode(
+                    v_base,
+                    v_sn,
+                    wq_ptr,
+                    rn,
+                    mn,
+                    h,
+                    inv_q,
+                    1.0,
+                    rope_base,
+                    mkv_ptr,
+                    mat_base,
+                    D,
+                    ROPE_PAIRS,
+                    MODE,
+                    False,
+                    False,
+                    BLOCK_D,
+                )
                 if DOWNSCALE:
                     v_enc = _downscale(v_plain, v_enc, D)
                 tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _beta_discount_kernel(
-        beta_ptr, be_sb, be_sh, be_st, be_ss, infl_ptr, out_ptr, H, T, S, BLOCK_S: tl.constexpr,
+        beta_ptr,
+        be_sb,
+        be_sh,
+        be_st,
+        be_ss,
+        infl_ptr,
+        out_ptr,
+        H,
+        T,
+        S,
+        BLOCK_S: tl.constexpr,
     ):
         """out (B, H, T, S) contiguous = beta / max(1, mean_s inflation) for one (b, h, t)."""
         pid = tl.program_id(0)
@@ -166,13 +270,15 @@ if HAS_TRITON:
 
 def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if x.shape != like.shape or x.dtype != like.dtype:
-        raise ValueError(f"{name} must match q: shape {tuple(like.shape)} dtype {like.dtype}, got "
-                         f"{tuple(x.shape)} {x.dtype}.")
+        raise ValueError(
+            f"{name} must match q: shape {tuple(like.shape)} dtype {like.dtype}, got {tuple(x.shape)} {x.dtype}."
+        )
     return last_dim_contiguous(x)
 
 
-def _launch(mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_scale, relu, plain, downscale,
-            inflation, eps):
+def _launch(
+    mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_scale, relu, plain, downscale, inflation, eps
+):
     B, N, C = q.shape
     if C % heads:
         raise ValueError(f"channels ({C}) must be a multiple of heads ({heads}).")
@@ -187,12 +293,42 @@ def _launch(mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_
     block_n = 16
     block_d = max(16, triton.next_power_of_2(D))
     _prep_kernel[(B * triton.cdiv(N, block_n),)](
-        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
-        q_weight, k_weight, table, mat_q, mat_kv,
-        outs[0], outs[1], v_out, q_plain, k_plain, infl,
-        N, C, heads, D, table.shape[1], float(key_scale), float(eps),
-        MODE=mode, RELU=relu, PLAIN=plain, DOWNSCALE=downscale, INFLATION=inflation,
-        BLOCK_N=block_n, BLOCK_C=128, BLOCK_D=block_d, num_warps=8 if block_d >= 128 else 4,
+        q,
+        q.stride(0),
+        q.stride(1),
+        k,
+        k.stride(0),
+        k.stride(1),
+        v,
+        v.stride(0),
+        v.stride(1),
+        q_weight,
+        k_weight,
+        table,
+        mat_q,
+        mat_kv,
+        outs[0],
+        outs[1],
+        v_out,
+        q_plain,
+        k_plain,
+        infl,
+        N,
+        C,
+        heads,
+        D,
+        table.shape[1],
+        float(key_scale),
+        float(eps),
+        MODE=mode,
+        RELU=relu,
+        PLAIN=plain,
+        DOWNSCALE=downscale,
+        INFLATION=inflation,
+        BLOCK_N=block_n,
+        BLOCK_C=128,
+        BLOCK_D=block_d,
+        num_warps=8 if block_d >= 128 else 4,
     )
     return outs, infl
 
@@ -217,8 +353,22 @@ def prep_gdn_qk_triton(
     k = _check_proj("k", k, q)
     q = last_dim_contiguous(q)
     (q_rot, k_rot, q_plain, k_plain), _ = _launch(
-        _MAIN, q, k, q, q_weight, k_weight, _rope_table(rope), q_weight, q_weight, heads, key_scale,
-        relu=True, plain=True, downscale=False, inflation=False, eps=eps,
+        _MAIN,
+        q,
+        k,
+        q,
+        q_weight,
+        k_weight,
+        _rope_table(rope),
+        q_weight,
+        q_weight,
+        heads,
+        key_scale,
+        relu=True,
+        plain=True,
+        downscale=False,
+        inflation=False,
+        eps=eps,
     )
     return q_plain, k_plain, q_rot, k_rot
 
@@ -237,8 +387,22 @@ def prep_softmax_qk_triton(
     k = _check_proj("k", k, q)
     q = last_dim_contiguous(q)
     (q_rot, k_rot), _ = _launch(
-        _MAIN, q, k, q, q_weight, k_weight, _rope_table(rope), q_weight, q_weight, heads, 1.0,
-        relu=False, plain=False, downscale=False, inflation=False, eps=eps,
+        _MAIN,
+        q,
+        k,
+        q,
+        q_weight,
+        k_weight,
+        _rope_table(rope),
+        q_weight,
+        q_weight,
+        heads,
+        1.0,
+        relu=False,
+        plain=False,
+        downscale=False,
+        inflation=False,
+        eps=eps,
     )
     return q_rot, k_rot
 
@@ -273,8 +437,21 @@ def prep_camera_triton(
     mat_q = ray_q.to(torch.float32).contiguous()
     mat_kv = ray_kv.to(torch.float32).contiguous()
     (q_u, k_u, v_u), infl = _launch(
-        _CAMERA, q, k, v, q_weight, k_weight, _rope_table(rope_cam), mat_q, mat_kv, heads,
-        1.0 if key_scale is None else key_scale, relu=gdn, plain=False, downscale=rms_downscale, inflation=gdn,
+        _CAMERA,
+        q,
+        k,
+        v,
+        q_weight,
+        k_weight,
+        _rope_table(rope_cam),
+        mat_q,
+        mat_kv,
+        heads,
+        1.0 if key_scale is None else key_scale,
+        relu=gdn,
+        plain=False,
+        downscale=rms_downscale,
+        inflation=gdn,
         eps=eps,
     )
     if not gdn:
@@ -284,6 +461,13 @@ def prep_camera_triton(
         raise ValueError(f"beta must have shape (B, H, T, S) with T*S = {N}, got {tuple(beta.shape)}.")
     out = torch.empty(B, H, T, S, dtype=beta.dtype, device=beta.device)
     _beta_discount_kernel[(B * H * T,)](
-        beta, *beta.stride(), infl, out, H, T, S, BLOCK_S=min(1024, triton.next_power_of_2(S)),
+        beta,
+        *beta.stride(),
+        infl,
+        out,
+        H,
+        T,
+        S,
+        BLOCK_S=min(1024, triton.next_power_of_2(S)),
     )
     return q_u, k_u, v_u, out
