@@ -134,6 +134,38 @@ def _offline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "negative_prompt": args.negative_prompt}
 
 
+def _render_offline(
+    args: argparse.Namespace,
+    world,
+    image,
+    prompt: str,
+    c2w: np.ndarray,
+    fps: float,
+    *,
+    seed: int,
+    intrinsics=None,
+    fov_deg: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bidirectional sampler over ``c2w`` (--num-steps, --guidance-scale, --negative-prompt) into the --output
+    mp4; returns (frames (F-1,H,W,3) uint8, the frame intrinsics (4,))."""
+    from server.export import VideoWriter
+
+    frames = world.render_path(
+        image,
+        prompt,
+        c2w,
+        seed=seed,
+        intrinsics=intrinsics,
+        fov_deg=fov_deg,
+        sampler="bidirectional",
+        progress=True,
+        **_offline_kwargs(args),
+    )
+    with VideoWriter(args.output, fps=fps) as video:
+        video.write(frames)
+    return frames, world.frame_intrinsics(image, intrinsics, fov_deg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from controllers.actions import MAPPINGS  # numpy only: --help stays fast
 
@@ -464,21 +496,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         poses = np.concatenate(poses_out)
         frames = np.concatenate(frames_out) if frames_out else None
     else:
-        frames = world.render_path(
-            image,
-            prompt,
-            c2w,
-            seed=args.seed,
-            intrinsics=intrinsics,
-            fov_deg=fov,
-            sampler="bidirectional",
-            progress=True,
-            **_offline_kwargs(args),
+        frames, k = _render_offline(
+            args, world, image, prompt, c2w, args.fps, seed=args.seed, intrinsics=intrinsics, fov_deg=fov
         )
-        with VideoWriter(args.output, fps=args.fps) as video:
-            video.write(frames)
         poses, pad = c2w[1:], (-n) % 8
-        k = world.frame_intrinsics(image, intrinsics, fov)
         extra["bidirectional"] = _offline_kwargs(args)
     total = time.perf_counter() - t0
     timings = {"total_s": total, "frames": n, "x_real_time": (n / args.fps) / total}
@@ -579,18 +600,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         poses = rec_mod.timeline_poses(record)
         c2w = np.concatenate([np.eye(4)[None], poses])
         start = record.start_kwargs()
-        frames = world.render_path(
-            record.image,
-            start.pop("prompt"),
-            c2w,
-            sampler="bidirectional",
-            progress=True,
-            **start,
-            **_offline_kwargs(args),
-        )
-        with VideoWriter(args.output, fps=fps) as video:
-            video.write(frames)
-        k = world.frame_intrinsics(record.image, start.get("intrinsics"), start.get("fov_deg"))
+        frames, k = _render_offline(args, world, record.image, start.pop("prompt"), c2w, fps, **start)
     total = time.perf_counter() - t0
     write_sidecar(
         args.output,
