@@ -10,25 +10,12 @@ from diffusers.pipelines.sana_wm.cam_utils import prepare_camera
 
 import controllers
 from controllers.conditioning import num_latent_frames
-
-
-def _random_rotations(rng, n):
-    q = rng.normal(size=(n, 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
+from controllers.paths import matrix_from_quat
 
 
 def _random_trajectory(rng, n):
     c2w = np.tile(np.eye(4), (n, 1, 1))
-    c2w[:, :3, :3] = _random_rotations(rng, n)
+    c2w[:, :3, :3] = matrix_from_quat(rng.normal(size=(n, 4)))  # random rotations
     c2w[:, :3, 3] = rng.normal(size=(n, 3)) * 2
     return c2w
 
