@@ -42,6 +42,7 @@ from server.protocol import (
     pack,
     parse_request,
 )
+from server.record import Recorder, apply_control_events
 
 logger = logging.getLogger("sana_wm.server")
 
@@ -154,23 +155,6 @@ class ControlInbox:
             return events, receipt
 
 
-def feed_controller(controller: Any, events: list[tuple[str, Any, float]]) -> None:
-    """Give ``ControlInbox`` events to a ``controllers.LiveController`` (``session.controller``): all of them, or
-    none when one is refused (ValueError, e.g. a time earlier than the controller's last event)."""
-    before = controller.state_dict()
-    try:
-        for kind, value, t in events:
-            if kind == "down":
-                controller.key_down(value, t)
-            elif kind == "up":
-                controller.key_up(value, t)
-            else:
-                controller.mouse(value[0], value[1], t)
-    except ValueError:
-        controller.load_state_dict(before)
-        raise
-
-
 class ServedSession:
     """An engine session as a connection sees it: id, mode, output stream, lock and live controls."""
 
@@ -184,7 +168,7 @@ class ServedSession:
         self.inbox = inbox
         self.last_control: dict[str, Any] | None = None  # receipt of the newest control a chunk applied
         self.live_task: asyncio.Task | None = None
-        self.recorder: Any = None
+        self.recorder: Recorder | None = None
         self.closed = False
 
     def info(self) -> dict[str, Any]:
@@ -199,6 +183,11 @@ def _encoder_options(req: dict[str, Any]) -> dict[str, Any]:
     """The encoder settings a request gives (None values: not given)."""
     names = ("jpeg_quality", "h264_crf", "h264_pix_fmt")
     return {name: req[name] for name in names if req.get(name) is not None}
+
+
+def _mapping(engine_session: Any) -> str:
+    """The key mapping of an engine session (its controller's)."""
+    return engine_session.controller.state_dict()["config"]["mapping"]
 
 
 def _frames(frames: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray, frame_indices: np.ndarray) -> Any:
@@ -220,7 +209,7 @@ class Connection:
         self.outbox = Outbox(ws.send, server.encode_pool, live_queue_chunks=cfg.live_queue_chunks,
                              max_queued_messages=cfg.max_queued_messages, on_progress=self._touch)
         self.sessions: dict[int, ServedSession] = {}
-        self.snapshots: dict[int, tuple[Any, int]] = {}  # id -> (engine Snapshot, id of the session it came from)
+        self.snapshots: dict[int, Any] = {}  # id -> engine Snapshot
         self.greeted = False
         self.last_activity = time.monotonic()
         self._session_ids = itertools.count(1)
@@ -482,7 +471,7 @@ class Connection:
             if not ok:
                 return
             snap_id = next(self._snapshot_ids)
-            self.snapshots[snap_id] = (snap, sess.id)
+            self.snapshots[snap_id] = snap
             chunk = sess.engine.chunk_index
             self.server.record(sess, "snapshot", str(snap_id), chunk)
             await self.outbox.put({"type": "snapshot", "id": req["id"], "session": sess.id, "snapshot": snap_id,
@@ -493,13 +482,14 @@ class Connection:
         if req["snapshot"] not in self.snapshots:
             raise ProtocolError("unknown_snapshot", f"no snapshot {req['snapshot']} on this connection",
                                 id=req["id"], session=sess.id)
-        snap, origin = self.snapshots[req["snapshot"]]
+        snap = self.snapshots[req["snapshot"]]
         async with sess.lock:
             chunk_before = sess.engine.chunk_index
             ok, _ = await self._session_call(sess, req, lambda: sess.engine.restore(snap))
             if not ok:
                 return
-            self.server.record_restore(sess, req["snapshot"], origin, chunk_before)
+            # a snapshot its record has not taken (another session's) ends the record: it could not replay
+            self.server.record(sess, "restore", str(req["snapshot"]), chunk_before)
             await self.outbox.put({"type": "restored", "id": req["id"], "snapshot": req["snapshot"], **sess.info()},
                                   sess.stream)
 
@@ -515,16 +505,18 @@ class Connection:
         try:
             async with parent.lock:
                 ok, child = await self._session_call(parent, req, parent.engine.fork)
-                inbox = ControlInbox(last_t=parent.inbox.last_t, t0=parent.inbox.t0)
+                if ok:  # the fork's record copies the parent's, so it is taken before the parent moves on
+                    options = {**parent.stream.encoder_options, **_encoder_options(req)}
+                    inbox = ControlInbox(last_t=parent.inbox.last_t, t0=parent.inbox.t0)
+                    sess = self._add_session(child, req["mode"] or parent.mode,
+                                             req["encoding"] or parent.stream.encoding, options, inbox)
+                    sess.recorder = self.server.fork_recorder(self.number, parent, sess)
         finally:
             if not ok:  # refused, or the parent failed (its error and closed were sent)
                 self._reserved -= 1
                 self.server.release_session()
         if not ok:
             return
-        options = {**parent.stream.encoder_options, **_encoder_options(req)}
-        sess = self._add_session(child, req["mode"] or parent.mode, req["encoding"] or parent.stream.encoding,
-                                 options, inbox)
         await self.outbox.put({"type": "forked", "id": req["id"], "parent": parent.id, **sess.info()}, sess.stream)
         if sess.mode == "live":
             sess.live_task = asyncio.create_task(self._live_loop(sess))
@@ -635,7 +627,9 @@ class WorldServer:
                                             max_path_frames=cfg.max_path_frames, max_step_frames=FRAMES_PER_CHUNK))
         self.worker = GpuWorker()
         self.encode_pool = ThreadPoolExecutor(max_workers=cfg.encode_threads, thread_name_prefix="sana-wm-encode")
-        self.model_info = model_info or {"kind": "unknown", "name": getattr(world, "name", None)}
+        # how to rebuild the world (session records): at the size sessions are served
+        self.model_info = {**(model_info or {"kind": "unknown", "name": getattr(world, "name", None)}),
+                           "height": world.height, "width": world.width}
         self.connections: set[Connection] = set()
         self.sessions_open = 0  # open engine sessions plus starts in progress
         self._numbers = itertools.count(1)
@@ -723,7 +717,7 @@ class WorldServer:
         receipt = None
         if inputs is None:
             events, new = sess.inbox.drain()
-            feed_controller(engine.controller, events)
+            apply_control_events(engine.controller, events)
             if new is not None:
                 sess.last_control = new
             if sess.last_control is not None:
@@ -741,58 +735,54 @@ class WorldServer:
                     return timings
         finally:
             parts.close()
-        if sess.recorder is not None:
-            from engine.world import DEFAULT_MAPPING
-
-            # live chunks and other key mappings are recorded as their poses: replay is exact without the
-            # controller's events or the mapping (the record header has no mapping)
-            poses = np.concatenate([p.poses for p in kept])
-            exact = inputs if inputs is not None and engine.state.setup.mapping == DEFAULT_MAPPING else None
-            self.record(sess, "step", kept[0].index, **(exact or {"poses": poses}),
-                        frames=np.concatenate([p.frames for p in kept]), frame_poses=poses)
+        if sess.recorder is not None:  # as given: a live chunk's control events, a step's actions / keys / poses
+            self.record(sess, "step", kept[0].index, **(inputs or {"events": events}),
+                        frames=np.concatenate([p.frames for p in kept]),
+                        frame_poses=np.concatenate([p.poses for p in kept]))
         return timings
 
     # ------------------------------------------------------------------------------------------ records
-    def open_recorder(self, conn_number: int, sess: ServedSession, req: dict[str, Any]) -> Any:
-        """A ``server.record.Recorder`` for a new session when ``record_dir`` is set (forks are not recorded)."""
+    def _record_path(self, conn_number: int, sid: int) -> Path:
+        return Path(self.config.record_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-c{conn_number}-s{sid}.jsonl"
+
+    def open_recorder(self, conn_number: int, sess: ServedSession, req: dict[str, Any]) -> Recorder | None:
+        """A ``server.record.Recorder`` for a new session when ``record_dir`` is set."""
         if self.config.record_dir is None:
             return None
-        from server.record import Recorder
-
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(self.config.record_dir) / f"{stamp}-c{conn_number}-s{sess.id}.jsonl"
         world = self.world
         try:
-            return Recorder(path, image=req["image"], prompt=req["prompt"], seed=req["seed"], model=self.model_info,
-                            height=sess.engine.height, width=sess.engine.width, intrinsics=req["intrinsics"],
-                            fov_deg=req["fov_deg"], device=str(world.device), dtype=str(world.dtype),
-                            meta={"connection": conn_number, "session": sess.id, "mode": sess.mode,
-                                  "mapping": sess.engine.state.setup.mapping})
+            return Recorder(self._record_path(conn_number, sess.id), image=req["image"], prompt=req["prompt"],
+                            seed=req["seed"], model=self.model_info, height=sess.engine.height,
+                            width=sess.engine.width, intrinsics=req["intrinsics"], fov_deg=req["fov_deg"],
+                            device=str(world.device), dtype=str(world.dtype), mapping=_mapping(sess.engine),
+                            meta={"connection": conn_number, "session": sess.id, "mode": sess.mode})
         except OSError as e:
             logger.warning("session %d is not recorded: %s", sess.id, e)
             return None
 
+    def fork_recorder(self, conn_number: int, parent: ServedSession, child: ServedSession) -> Recorder | None:
+        """The record of a fork (``Recorder.fork``: the parent's record so far, then the fork's own events) when
+        the parent is recorded; call before the parent makes its next chunk."""
+        if parent.recorder is None:
+            return None
+        try:
+            return parent.recorder.fork(self._record_path(conn_number, child.id), child.engine.chunk_index,
+                                        meta={"session": child.id, "mode": child.mode, "parent": parent.id})
+        except (OSError, ValueError) as e:
+            logger.warning("session %d (a fork of %d) is not recorded: %s", child.id, parent.id, e)
+            return None
+
     def record(self, sess: ServedSession, event: str, *args: Any, **kwargs: Any) -> None:
-        """Log ``Recorder.<event>(*args, **kwargs)`` for ``sess`` if it is recorded; a failing record (disk full)
-        stops recording that session, never the session itself."""
+        """Log ``Recorder.<event>(*args, **kwargs)`` for ``sess`` if it is recorded; a failing record (disk full,
+        a restore the record cannot replay) stops recording that session, never the session itself."""
         if sess.recorder is None:
             return
         try:
             getattr(sess.recorder, event)(*args, **kwargs)
         except (OSError, ValueError) as e:
-            self.stop_recording(sess, f"writing failed ({e})")
-
-    def stop_recording(self, sess: ServedSession, why: str) -> None:
-        logger.warning("session %d: record %s ends here: %s", sess.id, sess.recorder.path, why)
-        sess.recorder.close()
-        sess.recorder = None
-
-    def record_restore(self, sess: ServedSession, snapshot: int, origin: int, chunk_before: int) -> None:
-        """Log a restore. A snapshot of another session cannot be replayed from this record, so recording of
-        this session stops there."""
-        if sess.recorder is not None and origin != sess.id:
-            self.stop_recording(sess, f"restored snapshot {snapshot} of session {origin}")
-        self.record(sess, "restore", str(snapshot), chunk_before)
+            logger.warning("session %d: record %s ends here: %s failed (%s)", sess.id, sess.recorder.path, event, e)
+            sess.recorder.close()
+            sess.recorder = None
 
 
 class ServerThread:
@@ -896,7 +886,8 @@ def _config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The world named by ``--demo`` / ``--model`` and a description of it for session records."""
+    """The world named by ``--demo`` / ``--model`` and a description of it for session records (``WorldServer``
+    adds the frame size)."""
     import torch
 
     from engine import World
@@ -907,7 +898,7 @@ def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.demo:
         given = (("height", args.height), ("width", args.width), ("device", args.device), ("dtype", dtype))
         world = World.demo(**{k: v for k, v in given if v is not None})
-        return world, {"kind": "demo", "height": world.height, "width": world.width, "seed": 0}
+        return world, {"kind": "demo", "seed": 0}
     size = {"height": args.height or 704, "width": args.width or 1280}
     world = World.load(args.model, device=args.device, dtype=dtype, **size)
     return world, {"kind": "folder", "path": str(Path(args.model).resolve())}

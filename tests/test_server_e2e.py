@@ -153,22 +153,44 @@ def test_control_receipt_on_first_chunk_that_used_it(client, image):
 
 
 def test_records_replay_exactly(tmp_path, reference, image):
-    """``--record``: a live session and a lockstep session with the v1 key mapping replay bitwise in-process."""
-    from server.record import load_record, replay
+    """``--record``: a live session (its control events), and a lockstep session with the v1 key mapping, a
+    snapshot, a fork and restores, replay bitwise in-process; the fork's record replays alone."""
+    from server.record import load_record, replay_chunks
 
     with ServerThread(World.demo(height=H, width=W), ServerConfig(port=0, record_dir=str(tmp_path))) as srv:
         with Client(srv.url) as c:
             live = c.start(image, PROMPT, seed=5, mode="live")
             live.control(keys={"w"}, mouse=(20.0, 5.0), t=0.0)
-            got_live = np.concatenate([live.next_chunk().frames for _ in range(2)])
+            got_live = [live.next_chunk() for _ in range(2)]
+            live.control(keys={"d"}, t=50.0)
+            got_live += [live.next_chunk() for _ in range(2)]
             live.close()
             lock = c.start(image, PROMPT, seed=6, mapping="sana-wm-v1")
-            got_lock = np.concatenate([lock.step("dw-24").frames, lock.step(keys=[["j"]] * 24).frames])
-            lock.close()
-    live_rec, lock_rec = sorted(tmp_path.glob("*.jsonl"))
-    assert load_record(lock_rec).header["meta"]["mapping"] == "sana-wm-v1"
-    np.testing.assert_array_equal(replay(live_rec, reference)[:48], got_live)
-    np.testing.assert_array_equal(replay(lock_rec, reference), got_lock)
+            got_lock = [lock.step("dw-24")]
+            snap = lock.snapshot()
+            got_lock.append(lock.step(keys=[["j"]] * 24))
+            fork = lock.fork()
+            lock.restore(snap)
+            got_lock.append(lock.step("w-24"))
+            got_fork = got_lock[:2] + [fork.step("a-24")]
+            fork.restore(snap)  # taken by the parent before the fork: in the fork's record too
+            got_fork.append(fork.step(keys=[["l", "w"]] * 24))
+            for s in (lock, fork):
+                s.close()
+    live_rec, lock_rec, fork_rec = sorted(tmp_path.glob("*.jsonl"), key=lambda p: load_record(p).header["created"])
+    head = load_record(lock_rec).header
+    assert head["mapping"] == "sana-wm-v1" and (head["model"]["height"], head["model"]["width"]) == (H, W)
+    assert "events" in load_record(live_rec).steps()[0], "live steps are recorded as their control events"
+    assert load_record(fork_rec).header["forked_from"] == {"record": str(lock_rec), "chunk": 2}
+    # the live session may have made more chunks than were read
+    live_chunks = {c.index: c.frames for c in replay_chunks(load_record(live_rec), reference, verify=True)}
+    for out in got_live:
+        np.testing.assert_array_equal(live_chunks[out.chunk], out.frames)
+    for path, got in ((lock_rec, got_lock), (fork_rec, got_fork)):  # replayed in order, restores included
+        chunks = list(replay_chunks(load_record(path), reference, verify=True))
+        assert [c.index for c in chunks] == [out.chunk for out in got]
+        for chunk, out in zip(chunks, got):
+            np.testing.assert_array_equal(chunk.frames, out.frames)
 
 
 def test_render_image_and_path_match_engine(client, reference, image):
@@ -328,3 +350,4 @@ def test_cli_serve(tmp_path, image):
     (record,) = tmp_path.glob("*.jsonl")
     rec = load_record(record)
     assert rec.header["seed"] == 4 and [e["actions"] for e in rec.steps()] == ["w-24"]
+    assert (rec.header["model"]["kind"], rec.header["model"]["height"], rec.header["model"]["width"]) == ("demo", H, W)
