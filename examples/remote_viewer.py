@@ -30,9 +30,12 @@ def describe(out: Frames) -> str:
     t = out.stats["timings_ms"]
     receipt = "-" if out.control is None else f"event {out.control['event']}{' (new)' if out.control['new'] else ''}"
     size = f"{out.stats['bytes'] / 1024:.0f} KiB {out.stats['encoding']}"
+    mem = out.stats.get("gpu_memory")
+    gpu = "n/a" if mem is None else (f"{mem['allocated_bytes'] / 2**30:.1f} GiB "
+                                     f"(peak {mem['max_allocated_bytes'] / 2**30:.1f})")
     return (f"chunk {out.chunk}: {len(out.frames)} frames, {size}, "
             f"control {receipt}, dropped {out.stats['dropped_chunks']}, engine {t.get('engine_total', 0):.0f} ms, "
-            f"encode {t['encode']:.0f} ms, camera z {out.c2w[-1, 2, 3]:+.3f}")
+            f"encode {t['encode']:.0f} ms, GPU {gpu}, camera z {out.c2w[-1, 2, 3]:+.3f}")
 
 
 def save(out: Frames, folder: Path | None, writer) -> None:

@@ -439,7 +439,7 @@ class Connection:
                 raise ProtocolError("invalid_argument", f"step: {e}", id=rid, session=sess.id) from None
             await self._fail(sess, "chunk", e, rid)
             return
-        self.outbox.finish(item, engine_timings=timings)
+        self.outbox.finish(item, engine_timings=timings, gpu_memory=self.server.gpu_memory())
 
     async def _fail(self, sess: ServedSession, what: str, exc: Exception, rid: Any) -> None:
         logger.error("session %d failed in %s", sess.id, what, exc_info=exc)
@@ -542,7 +542,8 @@ class Connection:
                                         session=session) from None
                 for part in parts:
                     self.outbox.add_part(item, part)
-                self.outbox.finish(item, engine_timings={"total": time.perf_counter() - t0})
+                self.outbox.finish(item, engine_timings={"total": time.perf_counter() - t0},
+                                   gpu_memory=self.server.gpu_memory())
                 await self.outbox.wait_delivered(stream)
             finally:
                 self.outbox.retire(stream)
@@ -674,6 +675,18 @@ class WorldServer:
             logger.exception("connection %d ended with an error", conn.number)
         finally:
             self.connections.discard(conn)
+
+    def gpu_memory(self) -> dict[str, int] | None:
+        """The world's CUDA device memory for ``stats`` (bytes, all sessions): ``allocated_bytes`` now and
+        ``max_allocated_bytes`` since the server started (``torch.cuda.memory_allocated`` /
+        ``max_memory_allocated``); None off CUDA."""
+        import torch
+
+        device = torch.device(self.world.device)
+        if device.type != "cuda":
+            return None
+        return {"allocated_bytes": torch.cuda.memory_allocated(device),
+                "max_allocated_bytes": torch.cuda.max_memory_allocated(device)}
 
     def status(self) -> dict[str, Any]:
         """Counts for tests and logs: connections, open sessions, what each connection has queued."""

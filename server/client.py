@@ -52,7 +52,7 @@ class Frames:
 
     frames (N,H,W,3) uint8; c2w (N,4,4) float64 camera-to-world (OpenCV) relative to the session's frame 0;
     intrinsics (N,4) ``[fx, fy, cx, cy]``; frame_indices (N,) global pixel-frame indices. ``chunk`` is None for
-    renders. ``stats``: the server's ``stats`` message (timings_ms, bytes, dropped_chunks, dropped, ...);
+    renders. ``stats``: the server's ``stats`` message (timings_ms, bytes, dropped_chunks, dropped, gpu_memory, ...);
     ``control``: the receipt of the newest control event this chunk applied (live), e.g.
     ``{"event": 3, "id": ..., "t": ..., "new": True}``.
     """

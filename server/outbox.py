@@ -52,6 +52,7 @@ class ChunkItem:
     nbytes: int = 0
     frames: int = 0
     engine_timings: dict[str, float] = field(default_factory=dict)
+    gpu_memory: dict[str, int] | None = None
 
 
 @dataclass
@@ -185,9 +186,12 @@ class Outbox:
         item.controls.append(control)
         self._wake.set()
 
-    def finish(self, item: ChunkItem, engine_timings: dict[str, float] | None = None) -> None:
-        """No more parts will come for ``item``; ``engine_timings`` (seconds) go into its ``stats``."""
+    def finish(self, item: ChunkItem, engine_timings: dict[str, float] | None = None,
+               gpu_memory: dict[str, int] | None = None) -> None:
+        """No more parts will come for ``item``; ``engine_timings`` (seconds) and ``gpu_memory`` (bytes, None
+        off CUDA) go into its ``stats``."""
         item.done = True
+        item.gpu_memory = gpu_memory
         if engine_timings:
             item.engine_timings = dict(engine_timings)
         self._wake.set()
@@ -291,7 +295,7 @@ class Outbox:
         msg: dict[str, Any] = {
             "type": "stats", "session": item.session, "chunk": item.chunk, "frames": item.frames,
             "bytes": item.nbytes, "encoding": stream.encoding, "timings_ms": timings,
-            "dropped_chunks": stream.dropped_total, "dropped": stream.dropped_recent,
+            "dropped_chunks": stream.dropped_total, "dropped": stream.dropped_recent, "gpu_memory": item.gpu_memory,
         }
         stream.dropped_recent = []
         control = next((c for c in reversed(item.controls) if c is not None), None)

@@ -83,6 +83,7 @@ def test_lockstep_lifecycle_matches_engine(client, reference, image, encoding):
     np.testing.assert_array_equal(out.c2w, want.poses)
     np.testing.assert_array_equal(out.frame_indices, want.frame_indices)
     assert out.chunk == 0 and out.stats["frames"] == 24 and out.stats["timings_ms"]["engine_total"] > 0
+    assert out.stats["gpu_memory"] is None, "a CPU world reports no GPU memory"
 
     snap = s.snapshot()
     ref_snap = ref.snapshot()
@@ -191,6 +192,18 @@ def test_records_replay_exactly(tmp_path, reference, image):
         assert [c.index for c in chunks] == [out.chunk for out in got]
         for chunk, out in zip(chunks, got):
             np.testing.assert_array_equal(chunk.frames, out.frames)
+
+
+@pytest.mark.gpu
+def test_stats_report_gpu_memory(image):
+    import torch
+
+    with ServerThread(World.demo(height=H, width=W, device="cuda"), ServerConfig(port=0)) as srv:
+        with Client(srv.url) as c:
+            s = c.start(image, PROMPT)
+            mem = s.step("w-24").stats["gpu_memory"]
+            s.close()
+    assert 0 < mem["allocated_bytes"] <= mem["max_allocated_bytes"] <= torch.cuda.max_memory_allocated()
 
 
 def test_render_image_and_path_match_engine(client, reference, image):
