@@ -632,15 +632,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _dispatch(name: str, argv: list[str]) -> int:
-    module_name = _DISPATCH[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        print(f"{PROG} {name}: error: {module_name} is not available in this installation", file=sys.stderr)
-        return 2
-    return int(module.main(argv) or 0)
+    return int(importlib.import_module(_DISPATCH[name][0]).main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,12 +163,9 @@ def test_serve_dispatches_to_server_app(capsys):
     assert code == 0 and out.startswith("usage: sana-wm serve") and "--record" in out
 
 
-def test_bench_missing_is_one_line(capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("server.bench") is not None:
-        pytest.skip("server.bench exists")
-    _one_line_error(capsys, ["bench"], "server.bench is not available")
+def test_bench_dispatches_to_server_bench(capsys):
+    code, out, _ = _run(capsys, ["bench", "--help"])
+    assert code == 0 and out.startswith("usage: sana-wm bench")
 
 
 def test_console_entry_subprocess(tmp_path):
