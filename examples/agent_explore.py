@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from examples.common import add_world_arguments, connect  # noqa: E402
 from server.client import Client, Session  # noqa: E402
 
 CANDIDATES = ("w-24", "dw-24", "aw-24", "jw-24", "lw-24", "iw-24", "kw-24", "s-24")
@@ -64,34 +65,12 @@ def explore(client: Client, image, prompt: str, *, rounds: int, seed: int = 0,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--url", help="a running server, e.g. ws://127.0.0.1:8765/")
-    src.add_argument("--demo", action="store_true", help="serve the tiny demo world in this process")
-    p.add_argument("--token", default=None)
-    p.add_argument("--image", type=Path, help="first frame (PNG/JPEG); default: random pixels")
-    p.add_argument("--prompt", default="a quiet harbour at dusk")
+    add_world_arguments(p)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="save the kept last frame of each round as PNG here")
     args = p.parse_args(argv)
-
-    server = None
-    url = args.url
-    if args.demo:
-        from engine import World
-        from server.app import ServerConfig, ServerThread
-
-        server = ServerThread(World.demo(height=64, width=96), ServerConfig(port=0)).start()
-        url = server.url
-    try:
-        with Client(url, token=args.token, client_name="agent_explore") as client:
-            world = client.welcome["world"]
-            image = args.image.read_bytes() if args.image else np.random.default_rng(args.seed).integers(
-                0, 256, (world["height"], world["width"], 3), dtype=np.uint8)
-            explore(client, image, args.prompt, rounds=args.rounds, seed=args.seed, out=args.out)
-    finally:
-        if server is not None:
-            server.stop()
+    with connect(args, "agent_explore") as (client, image):
+        explore(client, image, args.prompt, rounds=args.rounds, seed=args.seed, out=args.out)
     return 0
 
 

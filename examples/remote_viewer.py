@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from server.client import Client, Frames, Session  # noqa: E402
+from examples.common import add_world_arguments, connect  # noqa: E402
+from server.client import Frames, Session  # noqa: E402
 
 WINDOW_KEYS = {"w": "w", "a": "a", "s": "s", "d": "d", "i": "i", "j": "j", "k": "k", "l": "l",
                "up": "i", "down": "k", "left": "j", "right": "l", "left shift": "shift", "right shift": "shift"}
@@ -107,13 +108,7 @@ def window(session: Session, folder: Path | None, writer, scale: int, seconds: f
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--url", help="a running server, e.g. ws://127.0.0.1:8765/")
-    src.add_argument("--demo", action="store_true", help="serve the tiny demo world in this process")
-    p.add_argument("--token", default=None)
-    p.add_argument("--image", type=Path, help="first frame (PNG/JPEG); default: random pixels")
-    p.add_argument("--prompt", default="a quiet harbour at dusk")
-    p.add_argument("--seed", type=int, default=0)
+    add_world_arguments(p)
     p.add_argument("--encoding", default="jpeg", choices=["raw", "jpeg", "h264"])
     p.add_argument("--chunks", type=int, default=4, help="headless: chunks to watch")
     p.add_argument("--save", type=Path, help="save the last frame of every chunk as PNG here")
@@ -123,36 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.0, help="window: close after this long (0: on Esc)")
     args = p.parse_args(argv)
 
-    server = None
-    url = args.url
-    if args.demo:
-        from engine import World
-        from server.app import ServerConfig, ServerThread
-
-        server = ServerThread(World.demo(height=64, width=96), ServerConfig(port=0)).start()
-        url = server.url
     writer = None
-    try:
-        with Client(url, token=args.token, client_name="remote_viewer") as client:
-            world = client.welcome["world"]
-            print(f"connected to {url}: {world['name']} {world['width']}x{world['height']} @ {world['fps']} fps")
-            image = args.image.read_bytes() if args.image else np.random.default_rng(args.seed).integers(
-                0, 256, (world["height"], world["width"], 3), dtype=np.uint8)
+    with connect(args, "remote_viewer") as (client, image):
+        try:
             session = client.start(image, args.prompt, seed=args.seed, mode="live", encoding=args.encoding)
             if args.mp4 is not None:
                 from server.export import VideoWriter
 
-                writer = VideoWriter(args.mp4, fps=world["fps"])
+                writer = VideoWriter(args.mp4, fps=client.welcome["world"]["fps"])
             if args.window:
                 window(session, args.save, writer, args.scale, args.seconds)
             else:
                 headless(session, args.chunks, args.save, writer)
             session.close()
-    finally:
-        if writer is not None:
-            writer.close()
-        if server is not None:
-            server.stop()
+        finally:
+            if writer is not None:
+                writer.close()
     return 0
 
 

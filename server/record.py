@@ -217,11 +217,6 @@ class Recorder:
         self._file.writelines(line + "\n" for line in lines)
         self._file.flush()
 
-    @property
-    def snapshot_names(self) -> frozenset[str]:
-        """Names of the snapshots this record has taken (since its last reset): the ones ``restore`` accepts."""
-        return frozenset(self._names)
-
     def _write(self, obj: dict[str, Any]) -> None:
         if self._file.closed:
             raise ValueError(f"record {self.path} is closed")
