@@ -12,4 +12,6 @@ Websocket serving (protocol: docs/protocol.md)::
 - ``server.protocol``: message schemas and error codes; ``server.codecs``: raw / JPEG / H.264 frame payloads;
   ``server.outbox``: per-connection send queues and the slow-client policy.
 - ``server.client``: ``Client``, ``AsyncClient``, ``Frames``, ``ServerError``.
+- ``server.record``: session records (``Recorder``, ``load_record``, ``replay``), written by ``serve --record``
+  and ``explore --record``, re-rendered by ``sana-wm replay``.
 """

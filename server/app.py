@@ -749,7 +749,7 @@ class WorldServer:
         finally:
             parts.close()
         if sess.recorder is not None:  # as given: a live chunk's control events, a step's actions / keys / poses
-            self.record(sess, "step", kept[0].index, **(inputs or {"events": events}),
+            self.record(sess, "step", kept[0].index, **({"events": events} if inputs is None else inputs),
                         frames=np.concatenate([p.frames for p in kept]),
                         frame_poses=np.concatenate([p.poses for p in kept]))
         return timings
