@@ -57,7 +57,9 @@ if "safetensors" in MISSING:
     stub = types.ModuleType("safetensors")
     stub.SafetensorError = type("SafetensorError", (Exception,), {})
     stub.safe_open = None
-    sys.modules["safetensors"] = stub
+    stub.torch = types.ModuleType("safetensors.torch")
+    stub.torch.load_file = stub.torch.save_file = None
+    sys.modules["safetensors"], sys.modules["safetensors.torch"] = stub, stub.torch
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
