@@ -147,6 +147,11 @@ class Session:
         return self.state.setup.first_frame
 
     @property
+    def mapping(self) -> str:
+        """Key mapping of action strings, keys and live control (``World.start(mapping=...)``)."""
+        return self.state.setup.mapping
+
+    @property
     def pose(self) -> np.ndarray:
         """(4,4) c2w of the last generated frame (identity before the first chunk), relative to frame 0."""
         return self.state.pose

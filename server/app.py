@@ -185,11 +185,6 @@ def _encoder_options(req: dict[str, Any]) -> dict[str, Any]:
     return {name: req[name] for name in names if req.get(name) is not None}
 
 
-def _mapping(engine_session: Any) -> str:
-    """The key mapping of an engine session (its controller's)."""
-    return engine_session.controller.state_dict()["config"]["mapping"]
-
-
 def _frames(frames: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray, frame_indices: np.ndarray) -> Any:
     """Rendered frames as an ``engine.Chunk`` without a chunk index (stills, images, paths)."""
     from engine import Chunk
@@ -767,7 +762,7 @@ class WorldServer:
             return Recorder(self._record_path(conn_number, sess.id), image=req["image"], prompt=req["prompt"],
                             seed=req["seed"], model=self.model_info, height=sess.engine.height,
                             width=sess.engine.width, intrinsics=req["intrinsics"], fov_deg=req["fov_deg"],
-                            device=str(world.device), dtype=str(world.dtype), mapping=_mapping(sess.engine),
+                            device=str(world.device), dtype=str(world.dtype), mapping=sess.engine.mapping,
                             meta={"connection": conn_number, "session": sess.id, "mode": sess.mode})
         except OSError as e:
             logger.warning("session %d is not recorded: %s", sess.id, e)

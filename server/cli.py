@@ -600,6 +600,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         poses = rec_mod.timeline_poses(record)
         c2w = np.concatenate([np.eye(4)[None], poses])
         start = record.start_kwargs()
+        start.pop("mapping", None)  # the timeline is already poses
         frames, k = _render_offline(args, world, record.image, start.pop("prompt"), c2w, fps, **start)
     total = time.perf_counter() - t0
     write_sidecar(

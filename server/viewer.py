@@ -622,7 +622,8 @@ def explore(args: argparse.Namespace) -> int:
             fov_deg=args.fov,
             device=device,
             dtype=dtype,
-            meta={"client": "sana-wm explore", "mapping": args.mapping, "connect": args.connect},
+            mapping=args.mapping,
+            meta={"client": "sana-wm explore", "connect": args.connect},
         )
 
     remote_errors: tuple[type[Exception], ...] = ()
