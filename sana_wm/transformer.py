@@ -32,10 +32,11 @@ from torch import nn
 
 from .cache import StreamingCache
 from .config import SanaWMConfig
-from .ops.gdn import chunk_segments, gdn_cam, gdn_main
-from .ops.rope import apply_rope, rope_frequencies, slice_rope_for_camera
-from .ops.temporal_conv import ffn_temporal_conv, short_conv_k
-from .ops.ucpe import RAYMAP_CHANNELS, downscale_to_reference_rms, invert_se3, ray_matrices, ucpe_transform
+from .ops.gdn import chunk_segments
+from .ops.kernels import gdn_cam, gdn_main, prep_camera, prep_gdn_qk, prep_softmax_qk
+from .ops.rope import rope_frequencies, slice_rope_for_camera
+from .ops.temporal_conv import ffn_temporal_conv, short_conv_k, tap_major
+from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices, ucpe_transform
 
 __all__ = ["SanaWMTransformer"]
 
@@ -183,14 +184,19 @@ class CrossAttention(nn.Module):
         self.q_norm = RMSNorm(hidden_size, eps=1e-6)
         self.k_norm = RMSNorm(hidden_size, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, N, C), y (B, L, C), mask (B, 1, 1, L) bool -> (B, N, C)."""
+    def text_kv(self, y: torch.Tensor) -> torch.Tensor:
+        """Embedded text y (B, L, C) -> stacked keys / values (2, B, H, L, D) (once per chunk, not per pass)."""
+        B, L, C = y.shape
+        k, v = self.kv_linear(y).view(B, L, 2, C).unbind(2)
+        k = self.k_norm(k).view(B, L, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, L, self.heads, C // self.heads).transpose(1, 2)
+        return torch.stack([k, v])
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C), kv (2, B, H, L, D) from :meth:`text_kv`, mask (B, 1, 1, L) bool -> (B, N, C)."""
         B, N, C = x.shape
         q = self.q_norm(self.q_linear(x)).view(B, N, self.heads, -1).transpose(1, 2)
-        k, v = self.kv_linear(y).view(B, y.shape[1], 2, C).unbind(2)
-        k = self.k_norm(k).view(B, -1, self.heads, C // self.heads).transpose(1, 2)
-        v = v.view(B, -1, self.heads, C // self.heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(B, N, C).type_as(q))
 
 
@@ -219,12 +225,15 @@ class FinalLayer(nn.Module):
 @dataclass
 class _Frames:
     """Everything of one forward that does not depend on the latents or the timestep: token geometry, camera
-    encodings, text and Plücker embeddings. Built once per chunk, it can serve all of the chunk's passes.
+    encodings, text and Plücker embeddings and what every block derives from them alone (cross-attention text K/V,
+    Plücker projections). Built once per chunk, it serves all of the chunk's passes.
 
     ``mode``: ``"full"`` (bidirectional), ``"causal"`` (chunk-causal, ``chunk_starts`` set) or ``"stream"`` (one chunk
     against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
     (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``y`` (B, L, C) embedded
-    text with ``y_mask`` (B, 1, 1, L) bool; ``plucker_emb`` (B, N, C).
+    text with ``y_mask`` (B, 1, 1, L) bool; ``text_kv`` (num_layers, 2, B, H, L, D) cross-attention keys / values
+    per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P blocks that have one, row
+    ``plucker_rows[i]`` for block i (None: no projection).
     """
 
     mode: str
@@ -240,7 +249,9 @@ class _Frames:
     window_chunks: int
     y: torch.Tensor
     y_mask: torch.Tensor
-    plucker_emb: torch.Tensor
+    text_kv: torch.Tensor
+    plucker_add: torch.Tensor | None
+    plucker_rows: tuple[int | None, ...]
     cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens
     write_tokens: tuple[int, int] | None = None  # stream + write: token range of this chunk in the K/V buffers
 
@@ -291,12 +302,16 @@ class SanaWMAttention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, H, N, D)."""
         B, N, _ = x.shape
-        return x.view(B, N, self.heads, self.head_dim).transpose(1, 2)
+        return x.reshape(B, N, self.heads, self.head_dim).transpose(1, 2)
 
     def _frames5(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
         """(B, H, N, D) -> (B, H, T, S, D)."""
         B, H, _, D = x.shape
-        return x.view(B, H, frames.T, frames.S, D)
+        return x.reshape(B, H, frames.T, frames.S, D)
+
+    def _key_scale(self, frames: _Frames) -> float:
+        """GDN key scale ``(head_dim * S)^-1/2``."""
+        return self.head_dim**-0.5 * frames.S**-0.5
 
     def _gates(self, x: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
         """beta (B, H, T, S) per token, g (B, H, T) per frame (float32)."""
@@ -319,7 +334,7 @@ class SanaWMAttention(nn.Module):
     ) -> torch.Tensor:
         """Raw K (B, N, C) -> short-conv'd K; updates the cache tail on write."""
         B, N, C = k.shape
-        k4 = k.view(B, frames.T, frames.S, C)
+        k4 = k.reshape(B, frames.T, frames.S, C)
         history = cache[tail_key] if (cache is not None and cross_chunk) else None
         out = short_conv_k(
             k4,
@@ -331,7 +346,7 @@ class SanaWMAttention(nn.Module):
         if write and history is not None:
             keep = history.shape[1]
             history.copy_(torch.cat([history, k4], dim=1)[:, -keep:])
-        return out.view(B, N, C)
+        return out.reshape(B, N, C)
 
     def _sdpa(
         self,
@@ -378,14 +393,13 @@ class SanaWMAttention(nn.Module):
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
         if self.softmax:
-            q = apply_rope(self._split(self.q_norm(q)), frames.rope)
-            k = apply_rope(self._split(self.k_norm(k)), frames.rope)
+            q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads)
             out = self._sdpa(q, k, self._split(v), frames, self.cfg.softmax_scale, cache, "k", "v", write)
             return out.transpose(1, 2).reshape(B, N, C)
         k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
-        q = self._split(F.relu(self.q_norm(q)))
-        k = self._split(F.relu(self.k_norm(k))) * (self.head_dim**-0.5 * frames.S**-0.5)
-        q_rot, k_rot = apply_rope(q, frames.rope), apply_rope(k, frames.rope)
+        q, k, q_rot, k_rot = prep_gdn_qk(
+            q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, key_scale=self._key_scale(frames)
+        )
         out, state_kv, state_z = gdn_main(
             *(self._frames5(t, frames) for t in (q, k, q_rot, k_rot, self._split(v))),
             beta,
@@ -405,24 +419,23 @@ class SanaWMAttention(nn.Module):
         q, k, v = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
         if not self.softmax:
             k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
-        q, k, v = self._split(self.q_norm_cam(q)), self._split(self.k_norm_cam(k)), self._split(v)
-        if not self.softmax:
-            q = F.relu(q)
-            k = F.relu(k) * (self.head_dim**-0.5 * frames.S**-0.5)
-        q_u = ucpe_transform(q, frames.ray_q, frames.rope_cam)
-        k_u = ucpe_transform(k, frames.ray_kv, frames.rope_cam)
-        v_u = ucpe_transform(v, frames.ray_kv, frames.rope_cam)
-        if self.cfg.post_ucpe_rms_downscale:
-            q_u = downscale_to_reference_rms(q, q_u)
-            k_u = downscale_to_reference_rms(k, k_u)
-            v_u = downscale_to_reference_rms(v, v_u)
+        q_u, k_u, v_u, beta = prep_camera(
+            q,
+            k,
+            v,
+            self.q_norm_cam.weight,
+            self.k_norm_cam.weight,
+            frames.ray_q,
+            frames.ray_kv,
+            frames.rope_cam,
+            heads=self.heads,
+            key_scale=None if self.softmax else self._key_scale(frames),
+            beta=beta,
+            rms_downscale=self.cfg.post_ucpe_rms_downscale,
+        )
         if self.softmax:
             out = self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale, cache, "cam_k", "cam_v", write)
         else:
-            pre = torch.linalg.vector_norm(k.float(), dim=-1).clamp_min(1e-6)
-            post = torch.linalg.vector_norm(k_u.float(), dim=-1).clamp_min(1e-6)
-            inflation = (post / pre).square().view(B, self.heads, frames.T, frames.S).mean(dim=-1)
-            beta = beta / inflation.clamp_min(1.0).unsqueeze(-1)
             out5, state = gdn_cam(
                 *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
                 beta,
@@ -471,8 +484,9 @@ class SanaWMBlock(nn.Module):
         frames: _Frames,
         cache: dict | None = None,
         write: bool = False,
+        index: int = 0,
     ) -> torch.Tensor:
-        """x (B, N, C) tokens; t0 (B, T, 6, C) per-frame modulation."""
+        """x (B, N, C) tokens; t0 (B, T, 6, C) per-frame modulation; ``index`` this block's position."""
         B, N, C = x.shape
         T = frames.T
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -481,9 +495,10 @@ class SanaWMBlock(nn.Module):
         h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_msa) + shift_msa
         attn = self.attn(h.view(B, N, C), frames, cache, write)
         x = x + (gate_msa * attn.view(B, T, -1, C)).view(B, N, C)
-        if hasattr(self, "plucker_proj"):
-            x = x + self.plucker_proj(frames.plucker_emb)
-        x = x + self.cross_attn(x, frames.y, frames.y_mask)
+        row = frames.plucker_rows[index]
+        if row is not None:
+            x = x + frames.plucker_add[row]
+        x = x + self.cross_attn(x, frames.text_kv[index], frames.y_mask)
         h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_mlp) + shift_mlp
         mlp = self.mlp(h.view(B, N, C), frames, cache, write)
         return x + (gate_mlp * mlp.view(B, T, -1, C)).view(B, N, C)
@@ -530,7 +545,7 @@ class SanaWMTransformer(nn.Module):
         return timestep
 
     # -- shared pre/post -------------------------------------------------------------------------------------------
-    def _frames(
+    def chunk_inputs(
         self,
         text: torch.Tensor,
         text_mask: torch.Tensor,
@@ -547,6 +562,13 @@ class SanaWMTransformer(nn.Module):
             hd, torch.arange(start_frame, start_frame + T, device=raymap.device), H, W, theta=self.config.rope_theta
         )
         ray = ray_matrices(raymap, H, W)
+        y = self.attention_y_norm(self.y_embedder(text.to(self.x_embedder.proj.weight.dtype)))
+        plucker_emb = self.plucker_embedder(plucker)
+        projections = [b.plucker_proj(plucker_emb) for b in self.blocks if hasattr(b, "plucker_proj")]
+        rows, n = [], 0
+        for b in self.blocks:
+            rows.append(n if hasattr(b, "plucker_proj") else None)
+            n += hasattr(b, "plucker_proj")
         return _Frames(
             mode=mode,
             T=T,
@@ -555,16 +577,18 @@ class SanaWMTransformer(nn.Module):
             chunk_starts=chunk_starts,
             rope=rope,
             rope_cam=slice_rope_for_camera(rope, hd),
-            ray_q=ray.transpose(-1, -2),
-            ray_kv=invert_se3(ray),
+            ray_q=ray.transpose(-1, -2).contiguous(),
+            ray_kv=invert_se3(ray).contiguous(),
             ray_out=ray,
             window_chunks=self.config.window_chunks,
-            y=self.attention_y_norm(self.y_embedder(text.to(self.x_embedder.proj.weight.dtype))),
+            y=y,
             y_mask=text_mask.bool()[:, None, None, :],
-            plucker_emb=self.plucker_embedder(plucker),
+            text_kv=torch.stack([b.cross_attn.text_kv(y) for b in self.blocks]),
+            plucker_add=torch.stack(projections) if projections else None,
+            plucker_rows=tuple(rows),
         )
 
-    def _run(
+    def run_blocks(
         self, latents: torch.Tensor, timestep: torch.Tensor, frames: _Frames, cache: StreamingCache | None, write: bool
     ) -> torch.Tensor:
         dtype = self.x_embedder.proj.weight.dtype
@@ -574,7 +598,7 @@ class SanaWMTransformer(nn.Module):
         t0 = self.t_block(t).view(B, T, 6, -1)
         t = t.view(B, T, -1)
         for i, block in enumerate(self.blocks):
-            x = block(x, t0, frames, None if cache is None else cache.blocks[i], write)
+            x = block(x, t0, frames, None if cache is None else cache.blocks[i], write, i)
         out = self.final_layer(x, t, T)
         return out.view(B, T, H, W, -1).permute(0, 4, 1, 2, 3)
 
@@ -613,8 +637,8 @@ class SanaWMTransformer(nn.Module):
             raise ValueError("chunk_starts needs causal=True (a bidirectional forward has no chunks).")
         if causal and chunk_starts is None:
             chunk_starts = [s for s, _ in self.config.chunk_bounds(T)]
-        frames = self._frames(text, text_mask, raymap, plucker, 0, "causal" if causal else "full", chunk_starts)
-        return self._run(latents, timestep, frames, None, False)
+        frames = self.chunk_inputs(text, text_mask, raymap, plucker, 0, "causal" if causal else "full", chunk_starts)
+        return self.run_blocks(latents, timestep, frames, None, False)
 
     def forward_chunk(
         self,
@@ -643,13 +667,21 @@ class SanaWMTransformer(nn.Module):
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
         B, _, T, H, W = latents.shape
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
-        frames = self._frames(text, text_mask, raymap, plucker, start_frame, "stream", None)
+        frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.key_bias()
         frames.write_tokens = cache.write_token_range() if write_cache else None
-        out = self._run(latents, timestep, frames, cache, write_cache)
+        out = self.run_blocks(latents, timestep, frames, cache, write_cache)
         if write_cache:
             cache.commit_chunk(T)
         return out
+
+    @torch.no_grad()
+    def prepare_inference(self) -> SanaWMTransformer:
+        """Lay weights out for fast inference (values and state-dict names unchanged; idempotent): the FFN
+        temporal-conv weights are stored tap-major (each tap a contiguous GEMM operand). Call after loading."""
+        for block in self.blocks:
+            block.mlp.t_conv.weight.data = tap_major(block.mlp.t_conv.weight.data)
+        return self
 
     def new_cache(
         self,

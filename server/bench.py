@@ -157,12 +157,8 @@ def build_diffusers(cfg, device, dtype: torch.dtype, seed: int = 2) -> nn.Module
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Store the FFN temporal-conv weights tap-major (each tap a contiguous GEMM operand; values unchanged)."""
-    from sana_wm.ops.temporal_conv import tap_major
-
-    for block in model.blocks:
-        block.mlp.t_conv.weight.data = tap_major(block.mlp.t_conv.weight.data)
-    return model
+    """``model.prepare_inference()`` (tap-major FFN temporal-conv weights; values unchanged)."""
+    return model.prepare_inference()
 
 
 @contextmanager
@@ -343,16 +339,16 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
 
 def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start) -> Callable[[], None]:
     """A CUDA graph of one read-only forward (the per-chunk inputs computed once, outside it); returns its replay."""
-    frames = model._frames(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
+    frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
     frames.cache_key_bias = cache.key_bias()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        model._run(latents, timestep, frames, cache, False)
+        model.run_blocks(latents, timestep, frames, cache, False)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        model._run(latents, timestep, frames, cache, False)
+        model.run_blocks(latents, timestep, frames, cache, False)
     return graph.replay
 
 
@@ -363,13 +359,13 @@ def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, s
     try:
         for block in model.blocks:
             block.compile(dynamic=False)
-        frames = model._frames(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
+        frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
         frames.cache_key_bias = cache.key_bias()
         t = time.perf_counter()
-        model._run(latents, timestep, frames, cache, False)
+        model.run_blocks(latents, timestep, frames, cache, False)
         _sync(device)
         out["compile_s"] = round(time.perf_counter() - t, 1)
-        out["compiled"] = time_ms(lambda: model._run(latents, timestep, frames, cache, False), device, reps)
+        out["compiled"] = time_ms(lambda: model.run_blocks(latents, timestep, frames, cache, False), device, reps)
         if device.type == "cuda":
             try:
                 out["compiled_graph"] = time_ms(
