@@ -4,7 +4,7 @@
 chunk (it runs those same methods), but on CUDA, once a chunk's shapes repeat, as **one graph replay**: the
 ``len(steps) - 1`` Euler passes that read the cache and the cache-writing pass at t = 0. What does not depend on
 the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text and Plücker
-embeddings, the cache's key mask) is computed once per chunk, eagerly, by the transformer's ``_frames`` and
+embeddings, the cache's key mask) is computed once per chunk, eagerly, by the transformer's ``chunk_inputs`` and
 copied into the graph's static inputs; nothing inside a chunk synchronises with the host.
 
 A graph binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class _PreparedModel:
     def forward_chunk(
         self, latents, timestep, text, text_mask, raymap, plucker, *, cache, start_frame, write_cache=False
     ):
-        return self.model._run(latents, timestep, self.frames, cache, write_cache)
+        return self.model.run_blocks(latents, timestep, self.frames, cache, write_cache)
 
 
 @dataclass
@@ -91,10 +92,11 @@ class ChunkGraphs:
         self.enabled = enabled and device.type == "cuda"
         self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
         self._graphs: dict[tuple, _Captured] = {}
+        self._watched: set[int] = set()
         self.captures = 0
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
-        frames = self.model._frames(text, text_mask, raymap, plucker, start_frame, "stream", None)
+        frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.key_bias()
         frames.write_tokens = cache.write_token_range()
         return frames
@@ -153,6 +155,9 @@ class ChunkGraphs:
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(noise, frames, cache, start_frame)
+            if id(cache) not in self._watched:  # a collected cache drops its graphs before its id can recur
+                self._watched.add(id(cache))
+                weakref.finalize(cache, self._forget, weakref.ref(self), id(cache))
         else:
             entry.noise.copy_(noise)
             _copy_frames(entry.frames, frames)
@@ -161,9 +166,19 @@ class ChunkGraphs:
         return entry.out
 
     def release(self, cache) -> None:
-        """Drop the graphs bound to ``cache`` (call when its session closes)."""
-        for key in [k for k in self._graphs if k[0] == id(cache)]:
+        """Drop the graphs bound to ``cache`` (call when its session closes; also done when ``cache`` is collected)."""
+        self._drop(id(cache))
+
+    def _drop(self, cache_id: int) -> None:
+        for key in [k for k in self._graphs if k[0] == cache_id]:
             del self._graphs[key]
+
+    @staticmethod
+    def _forget(owner: weakref.ref, cache_id: int) -> None:
+        graphs = owner()
+        if graphs is not None:
+            graphs._watched.discard(cache_id)
+            graphs._drop(cache_id)
 
 
 def frames_uint8(video: torch.Tensor) -> torch.Tensor:

@@ -41,8 +41,9 @@ class Chunk:
 
     frames (N,H,W,3) uint8; poses (N,4,4) float64 c2w (OpenCV) relative to frame 0; intrinsics (4,) float64
     ``[fx, fy, cx, cy]`` in pixels of the frame; index: the chunk index; frame_indices (N,) int64 global pixel-frame
-    indices; timings: seconds (``camera``, ``denoise``, ``cache_write``, ``decode``, ``total``; a streamed part
-    carries ``decode`` so far); latents: the chunk's clean latents (1,C,F,h,w) fp32 on the device (``step`` only;
+    indices; timings: seconds (``camera``, ``denoise``, ``cache_write``, ``decode``, ``total``; the denoise passes
+    and the cache write run as one step (one graph replay on CUDA), so ``denoise`` holds both and ``cache_write`` is
+    ~0; a streamed part carries ``decode`` so far); latents: the chunk's clean latents (1,C,F,h,w) fp32 on the device (``step`` only;
     chunk 0 includes the image latent) and latent_start: their first latent frame index.
     """
 
@@ -267,9 +268,12 @@ class Session:
         clock.mark("camera")
         cond = {"text": setup.text, "text_mask": setup.text_mask, "raymap": raymap, "plucker": plucker,
                 "cache": state.cache, "start_frame": start_frame}
-        latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, **cond)
+        # denoise + cache write: one CUDA-graph replay per chunk on CUDA worlds (engine.graphs), eager otherwise
+        graphs = world.chunk_graphs(setup.steps)
+        latents = graphs.step(noise, pinned=setup.first_latent if c == 0 else None, **cond)
+        if graphs.enabled:
+            latents = latents.clone()  # the graph's output buffer is reused by the next chunk
         clock.mark("denoise")
-        self._sampler.write_cache(latents, **cond)
         clock.mark("cache_write")
         state.chunk_index = c + 1
         if controller_after is not None:
@@ -383,6 +387,9 @@ class Session:
 
     def close(self) -> None:
         """Release the session's caches; later calls raise RuntimeError."""
+        if self._state is not None:
+            for graphs in self._world._chunk_graphs.values():
+                graphs.release(self._state.cache)
         self._state = None
 
     def __enter__(self) -> Session:

@@ -20,6 +20,7 @@ import sana_wm
 from controllers.conventions import check_poses
 from sana_wm.image import default_intrinsics, prepare_image
 
+from .graphs import ChunkGraphs
 from .sampler import (
     DEFAULT_FLOW_SHIFT,
     DEFAULT_STEPS,
@@ -55,8 +56,13 @@ class World:
     spatial_stride = 32
 
     def __init__(self, transformer: torch.nn.Module, vae, prompt_encoder, *, height: int = 704, width: int = 1280,
-                 name: str = "sana-wm") -> None:
-        self.transformer = transformer.eval().requires_grad_(False)
+                 name: str = "sana-wm", compile: bool = False) -> None:
+        self.transformer = transformer.eval().requires_grad_(False).prepare_inference()
+        self.compiled = bool(compile)
+        if self.compiled:  # compiled lazily at the first forward (tens of seconds), then captured in the graphs
+            for block in self.transformer.blocks:
+                block.compile(dynamic=False)
+        self._chunk_graphs: dict[tuple[int, ...], ChunkGraphs] = {}
         self.vae = vae.eval().requires_grad_(False)
         self.prompt_encoder = prompt_encoder
         self.config = transformer.config
@@ -89,10 +95,12 @@ class World:
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-             text_encoder: str | Path | None = None, height: int = 704, width: int = 1280) -> World:
+             text_encoder: str | Path | None = None, height: int = 704, width: int = 1280,
+             compile: bool = False) -> World:
         """Load a downloaded SANA-WM release folder (see the module docstring). Default device: CUDA if present,
         else CPU; default dtype: bf16 on CUDA, fp32 on CPU. A missing part raises FileNotFoundError naming the
-        folder and the part."""
+        folder and the part. ``compile``: ``torch.compile`` the transformer blocks (slower start: the first chunk
+        compiles for tens of seconds; faster chunks after)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"SANA-WM folder {folder} does not exist (or is not a folder)")
@@ -118,9 +126,18 @@ class World:
         transformer = sana_wm.load_transformer(folder / dit, device=device, dtype=dtype, variant=variant)
         vae = sana_wm.load_vae(folder / vae_dir, device=device, dtype=dtype)
         encoder = sana_wm.PromptEncoder.load(text_encoder, device=device, dtype=dtype)
-        return cls(transformer, vae, encoder, height=height, width=width, name=f"{folder.resolve()}:{variant}")
+        return cls(transformer, vae, encoder, height=height, width=width, name=f"{folder.resolve()}:{variant}",
+                   compile=compile)
 
     # ------------------------------------------------------------------ helpers
+    def chunk_graphs(self, steps: Sequence[int]) -> ChunkGraphs:
+        """The world's ``engine.graphs.ChunkGraphs`` for a step list (one per list, shared by all sessions; CUDA
+        graphs on a CUDA world, the eager sampler otherwise)."""
+        steps = tuple(steps)
+        if steps not in self._chunk_graphs:
+            self._chunk_graphs[steps] = ChunkGraphs(self.transformer, steps)
+        return self._chunk_graphs[steps]
+
     def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = getattr(self, "height", None) if height is None else height
         width = getattr(self, "width", None) if width is None else width
