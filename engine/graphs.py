@@ -8,8 +8,9 @@ embeddings, the cache's key mask) is computed once per chunk, eagerly, by the tr
 copied into the graph's static inputs; nothing inside a chunk synchronises with the host.
 
 A graph binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length
-and the cache's write range. Chunk 0 (the image chunk: 4 frames, frame 0 pinned) runs eagerly; with the default
-``window_chunks=1`` every later chunk replays the same graph. Capture warms up on a clone of the cache, so the
+the cache's write range and whether the cache is full (softmax blocks attend unmasked then). Chunk 0 (the image
+chunk: 4 frames, frame 0 pinned) runs eagerly; with the default ``window_chunks=1`` chunk 1 has its own graph and
+every later chunk replays a second one. Capture warms up on a clone of the cache, so the
 cache advances exactly once per chunk. All graphs of a ``ChunkGraphs`` share one memory pool (their outputs are
 copied to buffers outside it), so extra sessions cost their static inputs, not another set of activations.
 
@@ -97,7 +98,7 @@ class ChunkGraphs:
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
         frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
-        frames.cache_key_bias = cache.key_bias()
+        frames.cache_key_bias = cache.attention_bias()
         frames.write_tokens = cache.write_token_range()
         return frames
 
@@ -151,7 +152,7 @@ class ChunkGraphs:
             self.sampler.write_cache(latents, **cond)
             return latents
         frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame)
-        key = (id(cache), tuple(noise.shape), frames.write_tokens)
+        key = (id(cache), tuple(noise.shape), frames.write_tokens, frames.cache_key_bias is None)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(noise, frames, cache, start_frame)

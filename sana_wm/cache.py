@@ -178,6 +178,13 @@ class StreamingCache:
         zero = torch.zeros((), dtype=torch.float32, device=self.device)
         return torch.where(per_token, zero, torch.full_like(zero, float("-inf")))
 
+    def attention_bias(self) -> torch.Tensor | None:
+        """:meth:`key_bias` while some K/V slot is unwritten; None once every slot holds a chunk (from chunk
+        ``1 + window_chunks`` on), so softmax blocks attend unmasked (the fused flash path)."""
+        if self.chunks_written >= 1 + self.config.window_chunks:
+            return None
+        return self.key_bias()
+
     def commit_chunk(self, num_frames: int) -> None:
         """Bookkeeping after a cache-writing forward of ``num_frames`` frames."""
         slot = self._next_slot()

@@ -252,7 +252,8 @@ class _Frames:
     text_kv: torch.Tensor
     plucker_add: torch.Tensor | None
     plucker_rows: tuple[int | None, ...]
-    cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens
+    cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens (None: all
+    # written, no mask)
     write_tokens: tuple[int, int] | None = None  # stream + write: token range of this chunk in the K/V buffers
 
     @property
@@ -380,7 +381,9 @@ class SanaWMAttention(nn.Module):
         cached_k, cached_v = cache[k_key], cache[v_key]
         keys = torch.cat([cached_k, k], dim=2)
         values = torch.cat([cached_v, v], dim=2)
-        bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])]).view(1, 1, 1, -1)
+        bias = None
+        if frames.cache_key_bias is not None:  # some cache slot not written yet
+            bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])]).view(1, 1, 1, -1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
         if write and frames.write_tokens is not None:
             a, b = frames.write_tokens
@@ -668,7 +671,7 @@ class SanaWMTransformer(nn.Module):
         B, _, T, H, W = latents.shape
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
         frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
-        frames.cache_key_bias = cache.key_bias()
+        frames.cache_key_bias = cache.attention_bias()
         frames.write_tokens = cache.write_token_range() if write_cache else None
         out = self.run_blocks(latents, timestep, frames, cache, write_cache)
         if write_cache:

@@ -340,7 +340,7 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
 def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start) -> Callable[[], None]:
     """A CUDA graph of one read-only forward (the per-chunk inputs computed once, outside it); returns its replay."""
     frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
-    frames.cache_key_bias = cache.key_bias()
+    frames.cache_key_bias = cache.attention_bias()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -360,7 +360,7 @@ def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, s
         for block in model.blocks:
             block.compile(dynamic=False)
         frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
-        frames.cache_key_bias = cache.key_bias()
+        frames.cache_key_bias = cache.attention_bias()
         t = time.perf_counter()
         model.run_blocks(latents, timestep, frames, cache, False)
         _sync(device)
