@@ -384,6 +384,36 @@ def _profile(fn) -> dict:
     }
 
 
+def _ops_table(fn, rows: int = 25) -> str:
+    """Per-op (aten level, with input shapes) table of one call, sorted by CUDA time: what the glue is made of."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        fn()
+        torch.cuda.synchronize()
+    key = "device_time_total" if hasattr(prof.key_averages()[0], "device_time_total") else "cuda_time_total"
+    return prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
+def sec_pytest_gpu(timeout_s: float) -> dict:
+    """The repository's CUDA tests (``-m gpu``) of the files that hold them, in a subprocess."""
+    import subprocess
+
+    files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text()]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs", *files]
+    t = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False)
+        rc, text = res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, text = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout)
+    tail = text.strip().splitlines()[-40:]
+    log("  pytest -m gpu: rc " + str(rc) + "\n    " + "\n    ".join(tail[-15:]))
+    return {"files": files, "rc": rc, "seconds": round(time.perf_counter() - t, 1), "tail": tail}
+
+
 def sec_forward(reps: int) -> dict:
     from server import bench as B
 
@@ -400,31 +430,26 @@ def sec_forward(reps: int) -> dict:
         )
 
     out: dict = {}
+    B.prepare_for_inference(model)
     with B.kernels(False, DEV):
-        out["eager_reference_untapped_ms"] = cuda_ms(fwd, reps)
-        B.prepare_for_inference(model)
         out["eager_reference_ms"] = cuda_ms(fwd, reps)
-        log(
-            f"  eager reference: {out['eager_reference_ms']} ms (t_conv weights not tap-major: "
-            f"{out['eager_reference_untapped_ms']} ms)"
-        )
-        out["graph_reference_ms"] = cuda_ms(
-            B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), reps
-        )
-        log(f"  graph reference: {out['graph_reference_ms']} ms")
+        log(f"  eager reference ops: {out['eager_reference_ms']} ms")
     with B.kernels(True, DEV) as active:
         out["triton_active"] = active
         out["eager_kernels_ms"] = cuda_ms(fwd, reps)
-        log(f"  eager + Triton GDN: {out['eager_kernels_ms']} ms")
-        out["graph_kernels_ms"] = cuda_ms(
-            B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), reps
-        )
-        log(f"  graph + Triton GDN: {out['graph_kernels_ms']} ms")
+        log(f"  eager + Triton (GDN + q/k/camera prep): {out['eager_kernels_ms']} ms")
+        replay = B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
+        out["graph_kernels_ms"] = cuda_ms(replay, reps)
+        log(f"  graph + Triton: {out['graph_kernels_ms']} ms")
         out["profile_eager_kernels"] = _profile(fwd)
         log(
             f"  profile by category (ms): {out['profile_eager_kernels']['by_category_ms']}, "
             f"{out['profile_eager_kernels']['kernel_launches']} launches"
         )
+        out["profile_graph"] = _profile(replay)
+        log(f"  graph replay profile by category (ms): {out['profile_graph']['by_category_ms']}")
+        out["ops_top25"] = _ops_table(fwd)
+        log("  top 25 ops by CUDA time (eager forward, Triton on):\n" + out["ops_top25"])
         first = model.forward_chunk(
             latents, timestep, scene.text, scene.text_mask, raymap, plucker, cache=cache, start_frame=start
         )
@@ -772,7 +797,7 @@ def sec_batched(chunks: int) -> dict:
     return {"rows": rows}
 
 
-def sec_compile(reps: int) -> dict:
+def sec_compile(reps: int, chunks: int) -> dict:
     from server import bench as B
 
     model, scene = _build_full()
@@ -781,14 +806,28 @@ def sec_compile(reps: int) -> dict:
     latents = scene.noise(2).to(torch.bfloat16)
     timestep = torch.full((1, 3), 727.0, device=DEV)
     notes: list = []
-    out = {}
-    for label, on in (("reference_ops", False), ("triton_gdn", True)):
-        with B.kernels(on, DEV):
-            res = B._measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, start, reps, notes)
-        out[label] = res
-        log(f"  compile ({label}): {res}")
-        torch._dynamo.reset()
+    out: dict = {}
+    with B.kernels(True, DEV):
+        res = B._measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, start, reps, notes)
+        out["forward"] = res
+        log(f"  compile (Triton on): {res}")
+        STATE["compiled"] = res
+        STATE.pop("cache_full", None)
+        cache = None
+        torch.cuda.empty_cache()
+        try:  # chunks with the compiled blocks inside the chunk graphs (compiled code is cached by now)
+            for block in model.blocks:
+                block.compile(dynamic=False)
+            s = B.measure_stream(model, _vae(), scene, chunks, use_graphs=True)
+            out["stream"] = s
+            out["fps"] = round(24 / (s["wall_ms"] / 1000), 2)
+            log(f"  compiled + graphs: chunk {s['wall_ms']:.1f} ms (transformer {s['transformer_ms']:.1f}) -> {out['fps']} fps")
+        finally:
+            for block in model.blocks:
+                block._compiled_call_impl = None
     out["notes"] = notes
+    STATE["compiled_stream"] = out.get("fps")
+    torch._dynamo.reset()
     return out
 
 
@@ -826,7 +865,12 @@ def bench_report() -> dict:
         else []
     )
     batched += STATE.get("batched", [])
-    best = fwd.get("best_ms")
+    compiled = STATE.get("compiled", {})
+    candidates = [v for v in (fwd.get("best_ms"), compiled.get("compiled_graph")) if isinstance(v, float)]
+    best = min(candidates) if candidates else None
+    diff = dict(diff)
+    if diff.get("forward_ms") and best:
+        diff["ratio"] = round(diff["forward_ms"] / best, 2)
     report = {
         "version": 1,
         "device": "cuda",
@@ -835,7 +879,7 @@ def bench_report() -> dict:
         "triton": RESULTS["env"].get("triton"),
         "model": "streaming-2.6b",
         "dtype": "bf16",
-        "compile": False,
+        "compile": bool(compiled),
         "kernels": bool(fwd.get("triton_active")),
         "graphs": True,
         "height": 704,
@@ -845,9 +889,9 @@ def bench_report() -> dict:
             "eager_reference": fwd.get("eager_reference_ms"),
             "eager_kernels": fwd.get("eager_kernels_ms"),
             "graph": fwd.get("graph_kernels_ms"),
-            "compiled": None,
-            "compiled_graph": None,
-            "compile_s": None,
+            "compiled": STATE.get("compiled", {}).get("compiled"),
+            "compiled_graph": STATE.get("compiled", {}).get("compiled_graph"),
+            "compile_s": STATE.get("compiled", {}).get("compile_s"),
             "best": best,
         },
         "diffusers": diff,
@@ -858,6 +902,7 @@ def bench_report() -> dict:
             "chunks": g.get("chunks"),
         },
         "fps": fps,
+        "fps_compiled": STATE.get("compiled_stream"),
         "realtime_multiple": None if fps is None else round(fps / 16, 2),
         "ttff_ms": stream.get("ttff_ms"),
         "memory_gb": {
@@ -900,10 +945,18 @@ def summary_table() -> str:
     kern32 = RESULTS["sections"].get("kernels_fp32")
     if kern32:
         lines.append(f"fp32 kernels all within 1e-4: {kern32['all_pass']}")
+    pt = RESULTS["sections"].get("pytest_gpu")
+    if pt:
+        lines.append(f"pytest -m gpu: rc {pt['rc']} in {pt['seconds']} s: {pt['tail'][-1] if pt['tail'] else ''}")
     rep = bench_report()
     lines.append(f"forward ms (3 frames, full cache): {rep['forward_ms']}")
+    prof = RESULTS["sections"].get("forward", {}).get("profile_eager_kernels")
+    if prof:
+        lines.append(f"eager forward by category (ms): {prof['by_category_ms']}, {prof['kernel_launches']} launches")
     lines.append(f"diffusers: {rep['diffusers']}")
-    lines.append(f"chunk ms: {rep['chunk_ms']}  fps {rep['fps']}  ttff {rep['ttff_ms']} ms")
+    lines.append(
+        f"chunk ms: {rep['chunk_ms']}  fps {rep['fps']}  fps compiled {rep['fps_compiled']}  ttff {rep['ttff_ms']} ms"
+    )
     lines.append(f"memory GB: {rep['memory_gb']}")
     lines.append(f"batched: {rep['batched']}")
     lines.append(f"targets: {rep['targets']}")
@@ -932,7 +985,8 @@ def _exact(fn):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-s", type=float, default=420.0, help="start no section that would end after this (420)")
+    p.add_argument("--budget-s", type=float, default=360.0, help="start no section that would end after this (360)")
+    p.add_argument("--pytest-timeout-s", type=float, default=90.0, help="limit of the pytest -m gpu section (90)")
     p.add_argument("--skip", default="", help="comma-separated section names to skip")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--chunks", type=int, default=8)
@@ -945,16 +999,17 @@ def main() -> int:
     log(f"writing to {OUT.resolve()}; budget {budget:.0f} s; missing modules: {list(MISSING)}")
     sections = [
         ("env", sec_env, 0),
+        ("pytest_gpu", lambda: sec_pytest_gpu(args.pytest_timeout_s), args.pytest_timeout_s),
         ("kernels_bf16", lambda: sec_kernels((torch.bfloat16,)), 30),
         ("forward", lambda: sec_forward(args.reps), 40),
         ("diffusers", lambda: sec_diffusers(args.reps), 30),
-        ("stream", lambda: sec_stream(args.chunks), 60),
-        ("memory", lambda: sec_memory(200), 30),
-        ("accuracy", sec_accuracy, 40),
-        ("micro", lambda: sec_micro(args.reps), 30),
-        ("batched", lambda: sec_batched(5), 60),
-        ("kernels_fp32", lambda: _exact(lambda: sec_kernels((torch.float32,)))(), 120),
-        ("compile", lambda: sec_compile(args.reps), 200),
+        ("stream", lambda: sec_stream(args.chunks), 40),
+        ("compile", lambda: sec_compile(args.reps, args.chunks), 80),
+        ("memory", lambda: sec_memory(200), 35),
+        ("accuracy", sec_accuracy, 25),
+        ("batched", lambda: sec_batched(5), 30),
+        ("micro", lambda: sec_micro(args.reps), 10),
+        ("kernels_fp32", lambda: _exact(lambda: sec_kernels((torch.float32,)))(), 25),
     ]
     for name, fn, need in sections:
         run_section(name, fn, need, budget, skip)
