@@ -57,6 +57,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dtype == self.weight.dtype:  # one fused kernel; statistics and product in fp32
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         var = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
         x = x * torch.rsqrt(var + self.eps)
         if self.weight.dtype in (torch.float16, torch.bfloat16):
@@ -495,16 +497,16 @@ class SanaWMBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             (self.scale_shift_table[None, None] + t0).unsqueeze(3).unbind(2)
         )  # each (B, T, 1, C)
-        h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_msa) + shift_msa
+        h = torch.addcmul(shift_msa, F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C), 1 + scale_msa)
         attn = self.attn(h.view(B, N, C), frames, cache, write)
-        x = x + (gate_msa * attn.view(B, T, -1, C)).view(B, N, C)
+        x = torch.addcmul(x.view(B, T, -1, C), gate_msa, attn.view(B, T, -1, C)).view(B, N, C)
         row = frames.plucker_rows[index]
         if row is not None:
             x = x + frames.plucker_add[row]
         x = x + self.cross_attn(x, frames.text_kv[index], frames.y_mask)
-        h = F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C) * (1 + scale_mlp) + shift_mlp
+        h = torch.addcmul(shift_mlp, F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C), 1 + scale_mlp)
         mlp = self.mlp(h.view(B, N, C), frames, cache, write)
-        return x + (gate_mlp * mlp.view(B, T, -1, C)).view(B, N, C)
+        return torch.addcmul(x.view(B, T, -1, C), gate_mlp, mlp.view(B, T, -1, C)).view(B, N, C)
 
 
 class SanaWMTransformer(nn.Module):
