@@ -81,7 +81,7 @@ class World:
     # ------------------------------------------------------------------ construction
     @classmethod
     def demo(cls, height: int = 128, width: int = 224, seed: int = 0, *, variant: str = "streaming",
-             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> World:
+             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, compile: bool = False) -> World:
         """Tiny random transformer + tiny random VAE + tiny prompt encoder (smoke runs and tests); the weights are
         a function of ``seed``."""
         cfg = sana_wm.SanaWMConfig.preset("tiny", variant=variant)
@@ -91,7 +91,7 @@ class World:
             vae = sana_wm.LTX2VAE(sana_wm.LTX2VAEConfig.preset("tiny"))
         encoder = sana_wm.PromptEncoder.tiny(hidden_size=cfg.caption_channels, seed=seed, device=device)
         return cls(transformer.to(device, dtype), vae.to(device, dtype), encoder, height=height, width=width,
-                   name=f"demo-{variant}-seed{seed}")
+                   name=f"demo-{variant}-seed{seed}", compile=compile)
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
