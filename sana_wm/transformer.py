@@ -33,10 +33,10 @@ from torch import nn
 from .cache import StreamingCache
 from .config import SanaWMConfig
 from .ops.gdn import chunk_segments
-from .ops.kernels import gdn_cam, gdn_main, prep_camera, prep_gdn_qk, prep_softmax_qk
+from .ops.kernels import gdn_cam, gdn_main, prep_camera, prep_gdn_qk, prep_softmax_qk, ucpe_decode
 from .ops.rope import rope_frequencies, slice_rope_for_camera
 from .ops.temporal_conv import ffn_temporal_conv, short_conv_k, tap_major
-from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices, ucpe_transform
+from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
 __all__ = ["SanaWMTransformer"]
 
@@ -451,8 +451,7 @@ class SanaWMAttention(nn.Module):
             if write:
                 cache["cam_state_kv"].copy_(state)
             out = out5.flatten(2, 3)
-        out = ucpe_transform(out, frames.ray_out, frames.rope_cam, inverse_rope=True)
-        return out.transpose(1, 2).reshape(B, N, C)
+        return ucpe_decode(out, frames.ray_out, frames.rope_cam)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
         """x (B, N, C) modulated tokens -> (B, N, C)."""

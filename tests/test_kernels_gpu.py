@@ -102,7 +102,12 @@ def test_gdn_kernels_match_reference(dtype, B, H, T, h, w, starts):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("downscale", [False, True])
 def test_prep_kernels_match_reference(dtype, downscale):
-    from sana_wm.ops.qk_prep_triton import prep_camera_triton, prep_gdn_qk_triton, prep_softmax_qk_triton
+    from sana_wm.ops.qk_prep_triton import (
+        prep_camera_triton,
+        prep_gdn_qk_triton,
+        prep_softmax_qk_triton,
+        ucpe_decode_triton,
+    )
 
     H, D, h, w = 20, 112, 22, 40
     (q, k, v, wq, wk), rope, rope_cam, ray_q, ray_kv, beta = prep_inputs(1, 3, h, w, H, D, seed=1)
@@ -129,6 +134,10 @@ def test_prep_kernels_match_reference(dtype, downscale):
         (
             prep_camera_triton(*cu, rqc, rkc, rcc, heads=H, rms_downscale=downscale)[:3],
             prep_ref.prep_camera(q, k, v, wq, wk, ray_q, ray_kv, rope_cam, heads=H, rms_downscale=downscale)[:3],
+        ),
+        (
+            (ucpe_decode_triton(cu[2].unflatten(-1, (H, D)).transpose(1, 2), rqc, rcc),),
+            (prep_ref.ucpe_decode(v.unflatten(-1, (H, D)).transpose(1, 2), ray_q, rope_cam),),
         ),
     ]
     for got, want in pairs:
@@ -226,7 +235,8 @@ _INTERPRETED = textwrap.dedent(
     from test_kernels_gpu import gdn_inputs, prep_inputs, rel
     from sana_wm.ops import gdn as gdn_ref, qk_prep as prep_ref
     from sana_wm.ops.gdn_triton import gdn_cam_triton, gdn_main_triton
-    from sana_wm.ops.qk_prep_triton import prep_camera_triton, prep_gdn_qk_triton, prep_softmax_qk_triton
+    from sana_wm.ops.qk_prep_triton import (
+        prep_camera_triton, prep_gdn_qk_triton, prep_softmax_qk_triton, ucpe_decode_triton)
 
     torch.set_num_threads(1)
     worst = 0.0
@@ -259,8 +269,38 @@ _INTERPRETED = textwrap.dedent(
                                            beta=beta, rms_downscale=True)),
                      (prep_camera_triton(q, k, v, wq, wk, ray_q, ray_kv, rope_cam, heads=H)[:3],
                       prep_ref.prep_camera(q, k, v, wq, wk, ray_q, ray_kv, rope_cam, heads=H)[:3])]
+        x = q.unflatten(-1, (H, D)).transpose(1, 2)  # (B, H, N, D), strided
+        pairs.append(((ucpe_decode_triton(x, ray_q, rope_cam),), (prep_ref.ucpe_decode(x, ray_q, rope_cam),)))
         for got, want in pairs:
             worst = max(worst, *(rel(a, b) for a, b in zip(got, want)))
+
+    # the whole tiny transformer, three streamed chunks (reads + cache writes): Triton kernels vs references
+    import sana_wm
+    from sana_wm.ops.kernels import use_triton
+
+    torch.manual_seed(0)
+    cfg = sana_wm.SanaWMConfig.preset("tiny")
+    model = sana_wm.SanaWMTransformer(cfg).eval().prepare_inference()
+    text, mask = torch.randn(1, 7, cfg.caption_channels), torch.arange(7)[None] < 5
+
+    def stream(enabled):
+        cache, start, outs = model.new_cache(1, height=2, width=3), 0, []
+        with use_triton(enabled), torch.no_grad():
+            for c in range(3):
+                T = cache.expected_chunk_frames()
+                gen = torch.Generator().manual_seed(c)
+                lat = torch.randn(1, cfg.in_channels, T, 2, 3, generator=gen)
+                c2w = torch.eye(4).repeat(1, T, 1, 1)
+                c2w[..., :3, 3] = torch.randn(1, T, 3, generator=gen)
+                raymap = torch.cat([c2w.reshape(1, T, 16), torch.tensor([2.0, 2.0, 1.5, 1.0]).expand(1, T, 4)], -1)
+                plucker = torch.randn(1, cfg.chunk_plucker_channels, T, 2, 3, generator=gen)
+                args = (text, mask, raymap, plucker)
+                outs.append(model.forward_chunk(lat, torch.full((1, T), 500.0), *args, cache=cache, start_frame=start))
+                model.forward_chunk(lat, torch.zeros(1, T), *args, cache=cache, start_frame=start, write_cache=True)
+                start += T
+        return outs
+
+    worst = max(worst, *(rel(a, b) for a, b in zip(stream(True), stream(False))))
     print("WORST", worst)
     """
 )
@@ -343,3 +383,5 @@ def test_kernels_compile_for_sm90():
             BLOCK_D=128,
         )
     compile_(Q._beta_discount_kernel, {"beta_ptr": bf, "infl_ptr": f32, "out_ptr": bf}, num_warps=4, BLOCK_S=1024)
+    dec_ptrs = {"x_ptr": bf, "rope_ptr": f32, "mat_ptr": f32, "out_ptr": bf}
+    compile_(Q._ucpe_decode_kernel, dec_ptrs, num_warps=4, BLOCK_N=32, BLOCK_D=128)

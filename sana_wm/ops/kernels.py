@@ -1,7 +1,7 @@
 """One import point for the ops that have a Triton kernel: the Triton version where it can run, else the PyTorch
 reference (same signatures, same results within the kernels' tolerance).
 
-    from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera
+    from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera, ucpe_decode
 
 Triton runs for CUDA tensors when Triton imports (or CPU tensors under ``TRITON_INTERPRET=1``) and kernels are
 enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to
@@ -23,6 +23,7 @@ __all__ = [
     "prep_gdn_qk",
     "prep_softmax_qk",
     "prep_camera",
+    "ucpe_decode",
     "set_triton",
     "use_triton",
     "triton_enabled",
@@ -100,3 +101,12 @@ def prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs):
 
         return prep_camera_triton(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
     return _prep_ref.prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
+
+
+def ucpe_decode(x, ray_out, rope_cam):
+    """:func:`sana_wm.ops.qk_prep.ucpe_decode`, on Triton when possible."""
+    if _triton_for(x):
+        from .qk_prep_triton import ucpe_decode_triton
+
+        return ucpe_decode_triton(x, ray_out, rope_cam)
+    return _prep_ref.ucpe_decode(x, ray_out, rope_cam)

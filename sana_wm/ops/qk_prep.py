@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .rope import apply_rope
 from .ucpe import downscale_to_reference_rms, ucpe_transform
 
-__all__ = ["rms_norm", "prep_gdn_qk", "prep_softmax_qk", "prep_camera", "discount_beta"]
+__all__ = ["rms_norm", "prep_gdn_qk", "prep_softmax_qk", "prep_camera", "discount_beta", "ucpe_decode"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -85,6 +85,14 @@ def discount_beta(beta: torch.Tensor, k: torch.Tensor, k_ucpe: torch.Tensor) -> 
     post = torch.linalg.vector_norm(k_ucpe.float(), dim=-1).clamp_min(1e-6)
     inflation = (post / pre).square().view(B, H, T, S).mean(dim=-1)
     return beta / inflation.clamp_min(1.0).unsqueeze(-1)
+
+
+def ucpe_decode(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor) -> torch.Tensor:
+    """Decode the camera branch's attention output: per head, the 4x4 ``ray_out`` (P) on each channel group of the
+    first half and the conjugate RoPE on the second half. x (B, H, N, D); ray_out (B, N, 4, 4); rope_cam (N, D/4)
+    complex -> (B, N, H*D) token-major, in ``x.dtype``."""
+    B, H, N, D = x.shape
+    return ucpe_transform(x, ray_out, rope_cam, inverse_rope=True).transpose(1, 2).reshape(B, N, H * D)
 
 
 def prep_camera(

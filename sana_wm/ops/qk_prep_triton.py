@@ -14,7 +14,7 @@ import torch
 
 from ._triton import HAS_TRITON, last_dim_contiguous, tl, triton
 
-__all__ = ["prep_gdn_qk_triton", "prep_softmax_qk_triton", "prep_camera_triton"]
+__all__ = ["prep_gdn_qk_triton", "prep_softmax_qk_triton", "prep_camera_triton", "ucpe_decode_triton"]
 
 # kernel modes
 _MAIN, _CAMERA = 0, 1
@@ -235,6 +235,54 @@ if HAS_TRITON:
                 if DOWNSCALE:
                     v_enc = _downscale(v_plain, v_enc, D)
                 tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _ucpe_decode_kernel(
+        x_ptr,
+        x_sb,
+        x_sh,
+        x_sn,
+        rope_ptr,
+        mat_ptr,
+        out_ptr,
+        N,
+        H,
+        D,
+        ROPE_PAIRS,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """One (batch, head, BLOCK_N tokens) tile of x (B, H, N, D): UCPE with ``mat`` (B, N, 4, 4) fp32 and the
+        (already conjugated) RoPE table, written token-major into out (B, N, H*D)."""
+        nblocks = tl.cdiv(N, BLOCK_N)
+        bh = tl.program_id(0) // nblocks
+        b = bh // H
+        h = bh % H
+        rn = (tl.program_id(0) % nblocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = rn < N
+        rd = tl.arange(0, BLOCK_D)
+        mask = mn[:, None] & (rd < D)[None, :]
+        _, enc = _encode(
+            x_ptr + b * x_sb + h * x_sh,
+            x_sn,
+            x_ptr,
+            rn,
+            mn,
+            0,
+            1.0,
+            1.0,
+            rope_ptr,
+            mat_ptr,
+            b * N * 16,
+            D,
+            ROPE_PAIRS,
+            1,
+            False,
+            False,
+            BLOCK_D,
+        )
+        offs = (b * N + rn[:, None]) * (H * D) + h * D + rd[None, :]
+        tl.store(out_ptr + offs, enc.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _beta_discount_kernel(
@@ -471,3 +519,36 @@ def prep_camera_triton(
         BLOCK_S=min(1024, triton.next_power_of_2(S)),
     )
     return q_u, k_u, v_u, out
+
+
+def ucpe_decode_triton(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor) -> torch.Tensor:
+    """Triton :func:`sana_wm.ops.qk_prep.ucpe_decode` (one pass; no fp32 copies, no transpose copy)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, H, N, D), got {tuple(x.shape)}.")
+    B, H, N, D = x.shape
+    if tuple(ray_out.shape) != (B, N, 4, 4):
+        raise ValueError(f"ray_out must have shape {(B, N, 4, 4)}, got {tuple(ray_out.shape)}.")
+    if tuple(rope_cam.shape) != (N, D // 4):
+        raise ValueError(f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}.")
+    x = last_dim_contiguous(x)
+    mat = ray_out.to(torch.float32).contiguous()
+    table = torch.view_as_real(rope_cam.to(torch.complex64).conj().resolve_conj().contiguous())
+    out = torch.empty(B, N, H * D, dtype=x.dtype, device=x.device)
+    block_n = 32
+    _ucpe_decode_kernel[(B * H * triton.cdiv(N, block_n),)](
+        x,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        table,
+        mat,
+        out,
+        N,
+        H,
+        D,
+        table.shape[1],
+        BLOCK_N=block_n,
+        BLOCK_D=max(16, triton.next_power_of_2(D)),
+        num_warps=4,
+    )
+    return out
