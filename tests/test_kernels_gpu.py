@@ -378,9 +378,10 @@ def test_kernels_compile_for_sm90():
             PLAIN=plain,
             DOWNSCALE=False,
             INFLATION=infl,
-            BLOCK_N=16,
+            BLOCK_N=4,
             BLOCK_C=128,
             BLOCK_D=128,
+            num_warps=4,
         )
     compile_(Q._beta_discount_kernel, {"beta_ptr": bf, "infl_ptr": f32, "out_ptr": bf}, num_warps=4, BLOCK_S=1024)
     dec_ptrs = {"x_ptr": bf, "rope_ptr": f32, "mat_ptr": f32, "out_ptr": bf}
