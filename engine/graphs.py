@@ -120,7 +120,7 @@ class ChunkGraphs:
         torch.cuda.current_stream().wait_stream(side)
         del scratch
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may run
             self._body(static_noise, frames, cache, out, start_frame)
         self.captures += 1
         return _Captured(graph, static_noise, frames, out)
