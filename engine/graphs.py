@@ -173,6 +173,10 @@ class ChunkGraphs:
     def _drop(self, cache_id: int) -> None:
         for key in [k for k in self._graphs if k[0] == cache_id]:
             del self._graphs[key]
+        if self.enabled and not self._graphs:
+            # The allocator frees a private pool with its last graph; capturing into that handle again trips
+            # its internal assert, so the next capture gets a new pool.
+            self.pool = torch.cuda.graph_pool_handle()
 
     @staticmethod
     def _forget(owner: weakref.ref, cache_id: int) -> None:
