@@ -191,6 +191,26 @@ def key_set(v: Any, name: str) -> frozenset[str]:
     return frozenset(v)
 
 
+def action_string(max_frames: int) -> Checker:
+    """An action string (``"w-24,none-8"``, grammar of ``controllers.parse_actions``) covering at most
+    ``max_frames`` frames. Durations are summed without expanding them, so ``"w-99999999999"`` is refused here
+    instead of making the engine build billions of frames; the engine checks the rest of the grammar."""
+    text = string(1024, nonempty=True)
+
+    def check(v: Any, name: str) -> str:
+        v = text(v, name)
+        total = 0
+        for segment in "".join(v.replace("\uff0c", ",").split()).split(","):
+            duration = segment.partition("-")[2]
+            if duration.isdecimal():  # what int() reads, Unicode digits included
+                total += int(duration)
+                if total > max_frames:
+                    raise ValueError(f"'{name}' covers more than {max_frames} frames (a chunk is {max_frames}), "
+                                     f"got {v!r:.60}")
+        return v
+    return check
+
+
 def key_frames(max_frames: int) -> Checker:
     def check(v: Any, name: str) -> list[frozenset[str]]:
         if not isinstance(v, list) or not 1 <= len(v) <= max_frames:
@@ -262,7 +282,7 @@ def build_schemas(limits: Limits) -> dict[str, dict[str, tuple[Checker, Any]]]:
         "close": {"session": session},
         "control": {"session": session, "keys": (key_set, REQUIRED), "mouse": (floats(2), None),
                     "t": (number(-1e18, 1e18), None)},
-        "step": {"session": session, "actions": (string(1024, nonempty=True), None),
+        "step": {"session": session, "actions": (action_string(limits.max_step_frames), None),
                  "keys": (key_frames(limits.max_step_frames), None),
                  "poses": (pose_list(limits.max_step_frames), None)},
         "snapshot": {"session": session},
