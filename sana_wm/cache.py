@@ -10,7 +10,7 @@ in place, so the byte size never depends on how many chunks have been streamed.
 - ``k_tail`` (B, K-1, S, C): raw (pre-conv) main K of the last ``conv_kernel_size - 1`` frames;
 - ``cam_k_tail`` (B, K-1, S, C): raw camera K tail (only when ``cfg.cam_conv_cross_chunk``; the streaming variant's
   camera conv has no cross-chunk state);
-- ``ffn_tail`` (B, C, 1, S): last frame of the FFN point-conv output (left context of the temporal conv).
+- ``ffn_tail`` (B, 1, S, C): last frame of the FFN point-conv output (left context of the temporal conv).
 
 Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
 F = ``chunk_size + 1 + window_chunks * chunk_size`` frames laid out ``[sink chunk 0 | window slot 1 | ... | slot w]``
@@ -68,7 +68,7 @@ class StreamingCache:
 
         self.blocks: list[dict[str, torch.Tensor]] = []
         for i in range(cfg.num_layers):
-            entry = {"ffn_tail": zeros(B, C, 1, S)}
+            entry = {"ffn_tail": zeros(B, 1, S, C)}
             if cfg.is_softmax_block(i):
                 for key in ("k", "v", "cam_k", "cam_v"):
                     entry[key] = zeros(B, H, kv_tokens, D)

@@ -35,7 +35,7 @@ from .config import SanaWMConfig
 from .ops.gdn import chunk_segments
 from .ops.kernels import gdn_cam, gdn_main, prep_camera, prep_gdn_qk, prep_softmax_qk, ucpe_decode
 from .ops.rope import rope_frequencies, slice_rope_for_camera
-from .ops.temporal_conv import ffn_temporal_conv, short_conv_k, tap_major
+from .ops.temporal_conv import ffn_temporal_conv_tokens, short_conv_k, tap_major
 from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
 __all__ = ["SanaWMTransformer"]
@@ -150,28 +150,32 @@ class GLUMBConvTemp(nn.Module):
         self.t_conv = nn.Conv2d(hidden_size, hidden_size, kernel_size=(3, 1), padding=(1, 0), bias=False)
 
     def spatial(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
-        """(B, N, C) -> (B, C, T, S) point-conv output."""
-        B, _, C = x.shape
+        """(B, N, C) -> (B, T, S, C) point-conv output, token-major throughout: the 1x1 convs run as linears on
+        their (out, in) weight views (bias fused into the GEMM), the depthwise 3x3 conv on a channels-last view
+        (NHWC kernel, no layout copies), the GLU on the channel halves."""
+        B, N, C = x.shape
         T, H, W = frames.T, frames.H, frames.W
-        h = x.reshape(B * T, H, W, C).permute(0, 3, 1, 2)
-        h = F.silu(self.inverted_conv.conv(h))
-        h = self.depth_conv.conv(h)
-        value, gate = h.chunk(2, dim=1)
-        h = self.point_conv.conv(value * F.silu(gate))
-        return h.reshape(B, T, C, H * W).permute(0, 2, 1, 3)
+        inverted, depth, point = self.inverted_conv.conv, self.depth_conv.conv, self.point_conv.conv
+        h = F.silu(F.linear(x.reshape(B * N, C), inverted.weight.flatten(1), inverted.bias))  # (B*N, 2M)
+        h = h.view(B * T, H, W, -1).permute(0, 3, 1, 2)  # channels-last (B*T, 2M, H, W)
+        h = F.conv2d(h, depth.weight, depth.bias, padding=1, groups=depth.groups)
+        value, gate = h.permute(0, 2, 3, 1).reshape(B * N, -1).chunk(2, dim=-1)
+        h = F.linear(value * F.silu(gate), point.weight.flatten(1))
+        return h.view(B, T, H * W, C)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool) -> torch.Tensor:
+        """x (B, N, C) -> (B, N, C)."""
         B, N, C = x.shape
         h = self.spatial(x, frames)
-        out = ffn_temporal_conv(
+        out = ffn_temporal_conv_tokens(
             h,
             self.t_conv.weight,
             chunk_starts=frames.chunk_starts,
             history=None if cache is None else cache["ffn_tail"],
         )
         if write:
-            cache["ffn_tail"].copy_(h[:, :, -1:])
-        return out.permute(0, 2, 3, 1).reshape(B, N, C)
+            cache["ffn_tail"].copy_(h[:, -1:])
+        return out.view(B, N, C)
 
 
 class CrossAttention(nn.Module):

@@ -3,7 +3,8 @@
 - :func:`short_conv_k`: the depthwise K short conv of GDN blocks (kernel K = 4, weight (C, 1, K) laid out like
   FLA's causal ``ShortConvolution``), run forwards and backwards minus the shared centre tap:
   ``y[t] = w[K-1] x[t] + sum_{d=1}^{K-1} w[K-1-d] (x[t-d] + x[t+d])``.
-- :func:`ffn_temporal_conv`: the FFN's residual temporal conv ``h + Conv2d(C, C, (3, 1))(h)`` (as matrix products).
+- :func:`ffn_temporal_conv_tokens`: the FFN's residual temporal conv ``h + Conv2d(C, C, (3, 1))(h)`` (as matrix
+  products) on token-major (B, T, S, C) activations; :func:`ffn_temporal_conv` the same on channel-first ones.
 
 Both take ``chunk_starts`` (segment starts of a chunk-causal forward; ``None`` = one segment) and history frames
 from before the first frame (the streaming cache tails). Future taps never cross a segment end (they see zeros);
@@ -18,7 +19,7 @@ import torch
 
 from .gdn import chunk_segments
 
-__all__ = ["ffn_temporal_conv", "short_conv_k"]
+__all__ = ["ffn_temporal_conv", "ffn_temporal_conv_tokens", "short_conv_k", "tap_major"]
 
 
 def _future_taps(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -81,6 +82,48 @@ def short_conv_k(
     return out + (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1))
 
 
+def ffn_temporal_conv_tokens(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    chunk_starts: Sequence[int] | None = None,
+    history: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Residual temporal conv ``h + conv(h)`` of the FFN on token-major activations, as matrix products (cuBLAS runs
+    them several times faster than cuDNN's (3, 1) convolution) with no padded copy: the centre tap and the residual
+    are one ``addmm`` over all tokens; the past / future taps accumulate into the frame-shifted rows of each segment.
+
+    Args:
+        h: (B, T, S, C) point-conv output. weight: (C, C, 3, 1) (``mlp.t_conv.weight``); stored tap-major
+            (:func:`tap_major`) each tap is a contiguous matrix.
+        chunk_starts: segment starts; a segment's last frame sees zeros on the right, its first frame sees the
+            previous frame (of the previous segment) on the left.
+        history: (B, 1, S, C) frame preceding ``h`` (streaming FFN tail); zeros if None.
+
+    Returns:
+        (B, T, S, C), contiguous.
+    """
+    B, T, S, C = h.shape
+    if tuple(weight.shape) != (C, C, 3, 1):
+        raise ValueError(f"ffn_temporal_conv expects a ({C}, {C}, 3, 1) weight, got {tuple(weight.shape)}.")
+    if history is not None and tuple(history.shape) != (B, 1, S, C):
+        raise ValueError(f"history must have shape {(B, 1, S, C)}, got {tuple(history.shape)}.")
+    past, centre, future = (weight[:, :, j, 0].to(h.dtype).t() for j in range(3))  # (C_in, C_out) each
+    h = h.contiguous()
+    flat = h.view(B * T * S, C)
+    out = torch.addmm(flat, flat, centre).view(B, T, S, C)
+    for s, e in chunk_segments(T, chunk_starts):
+        for b in range(B):
+            if e - s > 1:
+                out[b, s : e - 1].view(-1, C).addmm_(h[b, s + 1 : e].view(-1, C), future)
+                out[b, s + 1 : e].view(-1, C).addmm_(h[b, s : e - 1].view(-1, C), past)
+            if s > 0:
+                out[b, s].addmm_(h[b, s - 1], past)
+            elif history is not None:
+                out[b, 0].addmm_(history[b, 0].to(h.dtype), past)
+    return out
+
+
 def ffn_temporal_conv(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -88,42 +131,15 @@ def ffn_temporal_conv(
     chunk_starts: Sequence[int] | None = None,
     history: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Residual temporal conv ``h + conv(h)`` of the FFN, as three matrix products per segment (one per tap:
-    ``W_j @ frames shifted by j - 1``), which cuBLAS runs several times faster than cuDNN's (3, 1) convolution.
-
-    Args:
-        h: (B, C, T, S) point-conv output. weight: (C, C, 3, 1) (``mlp.t_conv.weight``); stored tap-major
-            (:func:`tap_major`) each tap is a contiguous matrix, otherwise every call copies the taps.
-        chunk_starts: segment starts; a segment's last frame sees zeros on the right, its first frame sees the
-            previous frame (of the previous segment) on the left.
-        history: (B, C, 1, S) frame preceding ``h`` (streaming FFN tail); zeros if None.
-
-    Returns:
-        (B, C, T, S), stored token-major (``out.permute(0, 2, 3, 1)`` is contiguous).
-    """
-    B, C, T, S = h.shape
-    if tuple(weight.shape) != (C, C, 3, 1):
-        raise ValueError(f"ffn_temporal_conv expects a ({C}, {C}, 3, 1) weight, got {tuple(weight.shape)}.")
-    taps = [weight[:, :, j, 0].to(h.dtype).t() for j in range(3)]  # (C_in, C_out) each
-    # Token-major result (B, T*S, C): the GEMMs write rows of tokens; returned as a (B, C, T, S) view.
-    out = torch.empty(B, T, S, C, dtype=h.dtype, device=h.device)
-    out.copy_(h.permute(0, 2, 3, 1))
-    out = out.view(B, T * S, C)
-    zeros = h.new_zeros(B, C, 1, S)
-    for s, e in chunk_segments(T, chunk_starts):
-        if s > 0:
-            left = h[:, :, s - 1 : s]
-        elif history is not None:
-            left = history.to(h.dtype)
-        else:
-            left = zeros
-        seg = torch.cat([left, h[:, :, s:e], zeros], dim=2)  # (B, C, L + 2, S)
-        L = e - s
-        for b in range(B):
-            dst = out[b, s * S : e * S]
-            for j, w in enumerate(taps):
-                dst.addmm_(seg[b, :, j : j + L].reshape(C, L * S).t(), w)
-    return out.view(B, T, S, C).permute(0, 3, 1, 2)
+    """:func:`ffn_temporal_conv_tokens` on channel-first tensors: h (B, C, T, S), history (B, C, 1, S) ->
+    (B, C, T, S), stored token-major (``out.permute(0, 2, 3, 1)`` is contiguous)."""
+    out = ffn_temporal_conv_tokens(
+        h.permute(0, 2, 3, 1),
+        weight,
+        chunk_starts=chunk_starts,
+        history=None if history is None else history.permute(0, 2, 3, 1),
+    )
+    return out.permute(0, 3, 1, 2)
 
 
 def tap_major(weight: torch.Tensor) -> torch.Tensor:
