@@ -62,13 +62,14 @@ def short_conv_k(
         raise ValueError(f"history must have shape {(B, K - 1, S, C)}, got {tuple(history.shape)}.")
 
     out = x * w[:, K - 1]
-    if len(segments) == 1:  # one segment (a streamed chunk, or bidirectional): 2K - 2 fused taps over a padded copy
-        pad = x.new_zeros(B, K - 1, S, C)
-        left = history.to(x.dtype) if history is not None else pad
-        xx = torch.cat([left, x, pad], dim=1)  # frame t of x is xx[t + K - 1]
+    if len(segments) == 1:  # one segment (a streamed chunk, or bidirectional): in-place taps on shifted views
         for d in range(1, K):
-            out.addcmul_(xx[:, K - 1 - d : K - 1 - d + T], w[:, K - 1 - d])
-            out.addcmul_(xx[:, K - 1 + d : K - 1 + d + T], w[:, K - 1 - d])
+            if d < T:
+                out[:, d:].addcmul_(x[:, : T - d], w[:, K - 1 - d])
+                out[:, : T - d].addcmul_(x[:, d:], w[:, K - 1 - d])
+            if history is not None:  # frames t < d see history frame K - 1 + t - d
+                n = min(d, T)
+                out[:, :n].addcmul_(history[:, K - 1 - d : K - 1 - d + n].to(x.dtype), w[:, K - 1 - d])
         return out
     if cross_chunk:
         if history is None:
