@@ -270,24 +270,21 @@ def _mem(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
+def _write_chunk(model: nn.Module, scene: Scene, cache, chunk: int) -> None:
+    """The cache-writing pass of ``chunk`` on the scene's noise taken as clean latents (t = 0)."""
+    raymap, plucker, start = scene.camera(chunk)
+    latents = scene.noise(chunk).to(scene.dtype)
+    zeros = torch.zeros(scene.batch, latents.shape[2], device=scene.device)
+    model.forward_chunk(
+        latents, zeros, scene.text, scene.text_mask, raymap, plucker, cache=cache, start_frame=start, write_cache=True
+    )
+
+
 def _full_cache(model: nn.Module, scene: Scene):
     """A cache that holds chunks 0 and 1 (its sink and window are full), written with random clean latents."""
     cache = model.new_cache(scene.batch, height=scene.h, width=scene.w)
     for chunk in (0, 1):
-        raymap, plucker, start = scene.camera(chunk)
-        latents = scene.noise(chunk).to(scene.dtype)
-        zeros = torch.zeros(scene.batch, latents.shape[2], device=scene.device)
-        model.forward_chunk(
-            latents,
-            zeros,
-            scene.text,
-            scene.text_mask,
-            raymap,
-            plucker,
-            cache=cache,
-            start_frame=start,
-            write_cache=True,
-        )
+        _write_chunk(model, scene, cache, chunk)
     return cache
 
 
@@ -516,21 +513,7 @@ def measure_memory(model, scene: Scene, early: int, late: int) -> dict:
     cache = model.new_cache(scene.batch, height=scene.h, width=scene.w)
     out = {}
     for c in range(late):
-        raymap, plucker, start = scene.camera(c)
-        latents = scene.noise(c).to(scene.dtype)
-        zeros = torch.zeros(scene.batch, latents.shape[2], device=scene.device)
-        model.forward_chunk(
-            latents,
-            zeros,
-            scene.text,
-            scene.text_mask,
-            raymap,
-            plucker,
-            cache=cache,
-            start_frame=start,
-            write_cache=True,
-        )
-        del raymap, plucker, latents, zeros
+        _write_chunk(model, scene, cache, c)
         if c + 1 in (early, late):
             _sync(scene.device)
             out[c + 1] = _mem(scene.device)
