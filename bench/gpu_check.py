@@ -782,17 +782,7 @@ def sec_batched(chunks: int) -> dict:
         for batch in (2, 4):
             scene = B.Scene(model, 704, 1280, batch, DEV, torch.bfloat16, seed=0)
             s = B.measure_stream(model, vae, scene, chunks, use_graphs=True)
-            fps = batch * 24 / (s["wall_ms"] / 1000)
-            rows.append(
-                {
-                    "batch": batch,
-                    "chunk_ms": round(s["wall_ms"], 2),
-                    "transformer_ms": round(s["transformer_ms"], 2),
-                    "decode_ms": round(s["decode_ms"], 2),
-                    "aggregate_fps": round(fps, 2),
-                    "per_session_fps": round(fps / batch, 2),
-                }
-            )
+            rows.append(B.batched_row(batch, s))
             log(f"  batch {batch}: {rows[-1]}")
             torch.cuda.empty_cache()
     STATE["batched"] = rows
