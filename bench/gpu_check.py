@@ -7,7 +7,7 @@ time budget would be exceeded; ``$OUT/gpu_check.json`` is rewritten after every 
 short still leaves its results. Also writes ``$OUT/bench.json`` (the ``sana-wm bench`` report fields) and
 ``$OUT/bench.png`` (when matplotlib is present) and prints a summary table at the end.
 
-Sections: env, pytest_gpu (the repository's ``-m gpu`` tests), kernels_bf16 (each Triton kernel vs the CPU fp32
+Sections: env, micro_scripts (with ``--micro ffn,prep,...``: ``run()`` of each ``bench/micro_<name>.py``), pytest_gpu (the repository's ``-m gpu`` tests), kernels_bf16 (each Triton kernel vs the CPU fp32
 reference on fresh random inputs), forward (full-size forward over 3 latent frames against a full cache: reference
 ops / Triton kernels / CUDA graph; profiles by kernel category of the eager forward and of the graph replay, and the
 top-25 ops by CUDA time), diffusers (its forward on the same shape, ratio), stream (chunks with the VAE decode
@@ -977,6 +977,21 @@ def summary_table() -> str:
     return "\n".join(lines)
 
 
+def sec_micro_scripts(names: list[str]) -> dict:
+    """``run()`` of every ``bench/micro_<name>.py`` (each kernel's old path vs new path at the real shape)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    out = {}
+    for name in names:
+        t = time.perf_counter()
+        try:
+            out[name] = importlib.import_module(f"micro_{name}").run()
+        except Exception as e:  # noqa: BLE001 - one script's failure must not hide the others
+            out[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        log(f"  micro_{name}: {time.perf_counter() - t:.1f} s")
+        torch.cuda.empty_cache()
+    return out
+
+
 def _exact(fn):
     def run():
         with exact_fp32():
@@ -992,6 +1007,7 @@ def main() -> int:
     p.add_argument("--skip", default="", help="comma-separated section names to skip")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--micro", default="", help="comma-separated bench/micro_<name>.py scripts to run first")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_check: needs a CUDA device")
@@ -999,6 +1015,7 @@ def main() -> int:
     skip = {s for s in args.skip.split(",") if s}
     budget = args.budget_s
     log(f"writing to {OUT.resolve()}; budget {budget:.0f} s; missing modules: {list(MISSING)}")
+    micro = [m for m in args.micro.split(",") if m]
     sections = [
         ("env", sec_env, 0),
         ("pytest_gpu", lambda: sec_pytest_gpu(args.pytest_timeout_s), args.pytest_timeout_s),
@@ -1014,6 +1031,8 @@ def main() -> int:
         ("compile_stream", lambda: sec_compile_stream(args.chunks), 110),
         ("kernels_fp32", lambda: _exact(lambda: sec_kernels((torch.float32,)))(), 25),
     ]
+    if micro:
+        sections.insert(1, ("micro_scripts", lambda: sec_micro_scripts(micro), 0))
     for name, fn, need in sections:
         run_section(name, fn, need, budget, skip)
     report = bench_report()
