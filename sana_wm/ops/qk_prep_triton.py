@@ -1,11 +1,13 @@
 """Triton q / k / v preparation: same contract as :mod:`sana_wm.ops.qk_prep`.
 
-One kernel (``_prep_kernel``) per branch and block type, one program per ``BLOCK_N`` tokens: pass 1 reduces the
-full-channel sums of squares of q and k, pass 2 walks the heads and writes every output once, computing in fp32
-(normalise x weight, ReLU, key scale, RoPE from the complex tables via the partner channel ``d ^ 1``, the UCPE
-4x4 mix from the four channels of each group, the post-UCPE RMS down-scale, the key-norm inflation). A second
-small kernel turns the per-token inflation into the discounted beta (one program per frame and head: a
-deterministic reduction, no atomics). The tensors never take an intermediate trip through memory.
+Per branch and block type two launches: ``_prep_kernel_rms`` reduces the full-channel sums of squares of q and k
+into per-token inverse RMS values (fp32, (2, B, N)); ``_prep_kernel`` then runs one program per (head, block of
+``_BLOCK_N`` tokens, batch entry), loads each input tile once and writes contiguous (BLOCK_N, D) tiles of every
+output, computing in fp32: normalise x weight, ReLU, key scale, RoPE from the complex table (channel pairs split out
+of the tile by a reshape, no second gather), the UCPE 4x4 mix (the four channels of every group split out the same
+way, the token's matrix loaded once), the post-UCPE RMS down-scale and the key-norm inflation. A third small kernel
+turns the per-token inflation into the discounted beta (one program per frame and head: a deterministic reduction,
+no atomics). ``_ucpe_decode_kernel`` decodes the camera branch's attention output with the same tile code.
 """
 
 from __future__ import annotations
@@ -14,87 +16,147 @@ import torch
 
 from ._triton import HAS_TRITON, last_dim_contiguous, tl, triton
 
-__all__ = ["prep_gdn_qk_triton", "prep_softmax_qk_triton", "prep_camera_triton", "ucpe_decode_triton"]
+__all__ = [
+    "prep_camera_triton",
+    "prep_gdn_qk_triton",
+    "prep_softmax_qk_triton",
+    "ucpe_decode_triton",
+]
 
 # kernel modes
 _MAIN, _CAMERA = 0, 1
+# tokens per program: a 704x1280 chunk (2,640 tokens, 20 heads) gives 83 x 20 = 1,660 programs (~12 per H100 SM)
+_BLOCK_N = 32
+# row statistics: 4 tokens x 512 channels per step, 660 programs for 2,640 tokens
+_RMS_BLOCK_N, _RMS_BLOCK_C = 4, 512
+
+
+def _block_d(head_dim: int) -> int:
+    """Channel tile of one head: the next power of two (at least 16; 112 -> 128, masked)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
 
 if HAS_TRITON:
 
     @triton.jit
-    def _sum_squares(x_base, x_sn, rn, mn, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    def _prep_kernel_rms(
+        q_ptr,
+        q_sb,
+        q_sn,
+        k_ptr,
+        k_sb,
+        k_sn,
+        inv_ptr,
+        N,
+        C,
+        eps,
+        BLOCK_N: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        """Row statistics of the full-channel RMSNorm: inv_ptr (2, B, N) fp32 = ``rsqrt(mean_c x^2 + eps)`` of q
+        (row 0) and k (row 1) for BLOCK_N tokens of one batch entry (grid: token blocks x B)."""
+        b = tl.program_id(1)
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = rn < N
+        acc_q = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc_k = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             rc = c0 + tl.arange(0, BLOCK_C)
-            x = tl.load(x_base + rn[:, None] * x_sn + rc[None, :], mask=mn[:, None] & (rc < C)[None, :], other=0.0)
-            x = x.to(tl.float32)
-            acc += tl.sum(x * x, axis=1)
-        return acc
+            mask = mn[:, None] & (rc < C)[None, :]
+            x = tl.load(
+                q_ptr + b * q_sb + rn[:, None] * q_sn + rc[None, :],
+                mask=mask,
+                other=0.0,
+            ).to(tl.float32)
+            acc_q += tl.sum(x * x, axis=1)
+            x = tl.load(
+                k_ptr + b * k_sb + rn[:, None] * k_sn + rc[None, :],
+                mask=mask,
+                other=0.0,
+            ).to(tl.float32)
+            acc_k += tl.sum(x * x, axis=1)
+        B = tl.num_programs(1)
+        tl.store(inv_ptr + b * N + rn, tl.rsqrt(acc_q / C + eps), mask=mn)
+        tl.store(inv_ptr + (B + b) * N + rn, tl.rsqrt(acc_k / C + eps), mask=mn)
 
     @triton.jit
-    def _normed(x_base, x_sn, w_ptr, rn, cols, mask, inv, scale, NORM: tl.constexpr, RELU: tl.constexpr):
-        """Channels ``cols`` (BLOCK_N x BLOCK_D) of tokens ``rn``: x * inv_rms * weight [ReLU] * scale, fp32."""
-        x = tl.load(x_base + rn[:, None] * x_sn + cols, mask=mask, other=0.0).to(tl.float32)
-        if NORM:
-            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            x = x * inv[:, None] * w
-        if RELU:
-            x = tl.maximum(x, 0.0)
-        return x * scale
+    def _load_tile(base, sn, rn, rd, mask):
+        """(BLOCK_N, BLOCK_D) fp32 tile ``base[rn * sn + rd]`` (zeros outside ``mask``)."""
+        return tl.load(base + rn[:, None] * sn + rd[None, :], mask=mask, other=0.0).to(
+            tl.float32
+        )
+
+    @triton.jit
+    def _rope_tables(
+        rope_ptr,
+        rn,
+        mn,
+        first_pair,
+        ROPE_PAIRS,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """(cos, sin), each (BLOCK_N, BLOCK_D / 2): channel pair p of the head takes entry ``p - first_pair`` of the
+        (N, ROPE_PAIRS, 2) table; zeros for pairs outside it."""
+        p = tl.arange(0, BLOCK_D // 2) - first_pair
+        mp = (p >= 0) & (p < ROPE_PAIRS)
+        offs = (rn[:, None, None] * ROPE_PAIRS + p[None, :, None]) * 2 + tl.arange(
+            0, 2
+        )[None, None, :]
+        cs = tl.load(
+            rope_ptr + offs, mask=mn[:, None, None] & mp[None, :, None], other=0.0
+        )
+        return tl.split(cs)
+
+    @triton.jit
+    def _rope(x, cos, sin, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Interleaved channel pairs of x (BLOCK_N, BLOCK_D) times ``cos + i sin``."""
+        xe, xo = tl.split(tl.reshape(x, (BLOCK_N, BLOCK_D // 2, 2)))
+        return tl.reshape(
+            tl.join(xe * cos - xo * sin, xe * sin + xo * cos), (BLOCK_N, BLOCK_D)
+        )
+
+    @triton.jit
+    def _mat_row(m_base, r: tl.constexpr, mn, x0, x1, x2, x3):
+        """Row r of every token's 4x4 matrix applied to the channel groups (x0..x3: channel j of each group)."""
+        out = tl.load(m_base + r * 4, mask=mn, other=0.0)[:, None] * x0
+        out += tl.load(m_base + r * 4 + 1, mask=mn, other=0.0)[:, None] * x1
+        out += tl.load(m_base + r * 4 + 2, mask=mn, other=0.0)[:, None] * x2
+        out += tl.load(m_base + r * 4 + 3, mask=mn, other=0.0)[:, None] * x3
+        return out
 
     @triton.jit
     def _encode(
-        x_base,
-        x_sn,
-        w_ptr,
+        x,
+        cos,
+        sin,
+        mat_ptr,
         rn,
         mn,
-        h,
-        inv,
-        scale,
-        rope_ptr,
-        mat_ptr,
-        mat_base,
+        rd,
         D,
-        ROPE_PAIRS,
         MODE: tl.constexpr,
-        NORM: tl.constexpr,
-        RELU: tl.constexpr,
+        BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """(plain, encoded) values of one head for tokens rn: plain = normalised input; encoded = RoPE over the
-        whole head (MODE 0) or UCPE (MODE 1: 4x4 ``mat`` on each channel group of the first half, RoPE on the
-        second half)."""
-        rd = tl.arange(0, BLOCK_D)
-        md = rd < D
-        mask = mn[:, None] & md[None, :]
-        col = h * D + rd[None, :]
-        plain = _normed(x_base, x_sn, w_ptr, rn, col, mask, inv, scale, NORM, RELU)
-        partner = _normed(x_base, x_sn, w_ptr, rn, h * D + (rd ^ 1)[None, :], mask, inv, scale, NORM, RELU)
-        sign = tl.where(rd % 2 == 0, -1.0, 1.0)
+        """x (BLOCK_N, BLOCK_D) fp32 -> RoPE over the whole head (MODE 0) or UCPE (MODE 1: the tokens' 4x4 ``mat``
+        (N, 4, 4) on each 4-channel group of the first half, RoPE on the second half)."""
+        rotated = _rope(x, cos, sin, BLOCK_N, BLOCK_D)
         if MODE == 0:
-            pair = rd // 2
+            return rotated
         else:
-            half = D // 2
-            pair = (rd - half) // 2
-        rmask = mask & (pair >= 0)[None, :]
-        cos = tl.load(rope_ptr + (rn[:, None] * ROPE_PAIRS + pair[None, :]) * 2, mask=rmask, other=1.0)
-        sin = tl.load(rope_ptr + (rn[:, None] * ROPE_PAIRS + pair[None, :]) * 2 + 1, mask=rmask, other=0.0)
-        rotated = plain * cos + sign[None, :] * partner * sin
-        if MODE == 0:
-            encoded = rotated
-        else:
-            first = rd < D // 2
-            row = rd % 4
-            base = rd - row
-            gmask = mask & first[None, :]
-            mixed = tl.zeros_like(plain)
-            for j in tl.static_range(4):
-                xj = _normed(x_base, x_sn, w_ptr, rn, h * D + (base + j)[None, :], gmask, inv, scale, NORM, RELU)
-                mij = tl.load(mat_ptr + mat_base + rn[:, None] * 16 + (row * 4 + j)[None, :], mask=gmask, other=0.0)
-                mixed += mij * xj
-            encoded = tl.where(first[None, :], mixed, rotated)
-        return plain, encoded
+            even, odd = tl.split(tl.reshape(x, (BLOCK_N, BLOCK_D // 4, 2, 2)))
+            x0, x2 = tl.split(even)
+            x1, x3 = tl.split(odd)
+            m_base = mat_ptr + rn * 16
+            o0 = _mat_row(m_base, 0, mn, x0, x1, x2, x3)
+            o1 = _mat_row(m_base, 1, mn, x0, x1, x2, x3)
+            o2 = _mat_row(m_base, 2, mn, x0, x1, x2, x3)
+            o3 = _mat_row(m_base, 3, mn, x0, x1, x2, x3)
+            mixed = tl.reshape(
+                tl.join(tl.join(o0, o2), tl.join(o1, o3)), (BLOCK_N, BLOCK_D)
+            )
+            return tl.where((rd < D // 2)[None, :], mixed, rotated)
 
     @triton.jit
     def _downscale(ref, x, D):
@@ -116,6 +178,7 @@ if HAS_TRITON:
         v_sn,
         wq_ptr,
         wk_ptr,
+        inv_ptr,
         rope_ptr,
         mq_ptr,
         mkv_ptr,
@@ -126,115 +189,92 @@ if HAS_TRITON:
         k_plain_out,
         infl_out,
         N,
-        C,
         H,
         D,
         ROPE_PAIRS,
         key_scale,
-        eps,
         MODE: tl.constexpr,
         RELU: tl.constexpr,
         PLAIN: tl.constexpr,
         DOWNSCALE: tl.constexpr,
         INFLATION: tl.constexpr,
         BLOCK_N: tl.constexpr,
-        BLOCK_C: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """Outputs (B, H, N, D) contiguous: q_out / k_out encoded q, k; MODE 1 also v_out (UCPE'd raw v);
-        PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE; INFLATION: infl_out (B, H, N) fp32
-        (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
-        nblocks = tl.cdiv(N, BLOCK_N)
-        b = tl.program_id(0) // nblocks
-        rn = (tl.program_id(0) % nblocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        """One (head, BLOCK_N tokens, batch entry) tile (grid: H x token blocks x B), inv-RMS from
+        :func:`_prep_kernel_rms`. Outputs (B, H, N, D) contiguous: q_out / k_out encoded q, k; MODE 1 also v_out
+        (UCPE'd raw v); PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE; INFLATION: infl_out
+        (B, H, N) fp32 (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
+        h = tl.program_id(0)
+        b = tl.program_id(2)
+        B = tl.num_programs(2)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = rn < N
-        q_base = q_ptr + b * q_sb
-        k_base = k_ptr + b * k_sb
-        v_base = v_ptr + b * v_sb
-        inv_q = tl.rsqrt(_sum_squares(q_base, q_sn, rn, mn, C, BLOCK_N, BLOCK_C) / C + eps)
-        inv_k = tl.rsqrt(_sum_squares(k_base, k_sn, rn, mn, C, BLOCK_N, BLOCK_C) / C + eps)
-        rope_base = rope_ptr
-        mat_base = b * N * 16
         rd = tl.arange(0, BLOCK_D)
-        mask = mn[:, None] & (rd < D)[None, :]
-        for h in range(H):
-            out_offs = ((b * H + h) * N + rn[:, None]) * D + rd[None, :]
-            q_plain, q_enc = _encode(
-                q_base,
-                q_sn,
-                wq_ptr,
-                rn,
-                mn,
-                h,
-                inv_q,
-                1.0,
-                rope_base,
-                mq_ptr,
-                mat_base,
-                D,
-                ROPE_PAIRS,
-                MODE,
-                True,
-                RELU,
-                BLOCK_D,
+        md = rd < D
+        mask = mn[:, None] & md[None, :]
+        out_offs = ((b * H + h) * N + rn[:, None]) * D + rd[None, :]
+        if MODE == 0:
+            cos, sin = _rope_tables(rope_ptr, rn, mn, 0, ROPE_PAIRS, BLOCK_N, BLOCK_D)
+        else:
+            cos, sin = _rope_tables(
+                rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D
+            )
+
+        inv = tl.load(inv_ptr + b * N + rn, mask=mn, other=0.0)
+        w = tl.load(wq_ptr + h * D + rd, mask=md, other=0.0).to(tl.float32)
+        q = (
+            _load_tile(q_ptr + b * q_sb + h * D, q_sn, rn, rd, mask)
+            * inv[:, None]
+            * w[None, :]
+        )
+        if RELU:
+            q = tl.maximum(q, 0.0)
+        q_enc = _encode(
+            q, cos, sin, mq_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
+        )
+        if DOWNSCALE:
+            q_enc = _downscale(q, q_enc, D)
+        tl.store(q_out + out_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
+        if PLAIN:
+            tl.store(
+                q_plain_out + out_offs, q.to(q_plain_out.dtype.element_ty), mask=mask
+            )
+
+        inv = tl.load(inv_ptr + (B + b) * N + rn, mask=mn, other=0.0)
+        w = tl.load(wk_ptr + h * D + rd, mask=md, other=0.0).to(tl.float32)
+        k = (
+            _load_tile(k_ptr + b * k_sb + h * D, k_sn, rn, rd, mask)
+            * inv[:, None]
+            * w[None, :]
+        )
+        if RELU:
+            k = tl.maximum(k, 0.0)
+        k = k * key_scale
+        k_enc = _encode(
+            k, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
+        )
+        if DOWNSCALE:
+            k_enc = _downscale(k, k_enc, D)
+        tl.store(k_out + out_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
+        if PLAIN:
+            tl.store(
+                k_plain_out + out_offs, k.to(k_plain_out.dtype.element_ty), mask=mask
+            )
+        if INFLATION:
+            pre = tl.maximum(tl.sqrt(tl.sum(k * k, axis=1)), 1e-6)
+            post = tl.maximum(tl.sqrt(tl.sum(k_enc * k_enc, axis=1)), 1e-6)
+            ratio = post / pre
+            tl.store(infl_out + (b * H + h) * N + rn, ratio * ratio, mask=mn)
+
+        if MODE == 1:
+            v = _load_tile(v_ptr + b * v_sb + h * D, v_sn, rn, rd, mask)
+            v_enc = _encode(
+                v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
             )
             if DOWNSCALE:
-                q_enc = _downscale(q_plain, q_enc, D)
-            tl.store(q_out + out_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
-            if PLAIN:
-                tl.store(q_plain_out + out_offs, q_plain.to(q_plain_out.dtype.element_ty), mask=mask)
-            k_plain, k_enc = _encode(
-                k_base,
-                k_sn,
-                wk_ptr,
-                rn,
-                mn,
-                h,
-                inv_k,
-                key_scale,
-                rope_base,
-                mkv_ptr,
-                mat_base,
-                D,
-                ROPE_PAIRS,
-                MODE,
-                True,
-                RELU,
-                BLOCK_D,
-            )
-            if DOWNSCALE:
-                k_enc = _downscale(k_plain, k_enc, D)
-            tl.store(k_out + out_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
-            if PLAIN:
-                tl.store(k_plain_out + out_offs, k_plain.to(k_plain_out.dtype.element_ty), mask=mask)
-            if INFLATION:
-                pre = tl.maximum(tl.sqrt(tl.sum(k_plain * k_plain, axis=1)), 1e-6)
-                post = tl.maximum(tl.sqrt(tl.sum(k_enc * k_enc, axis=1)), 1e-6)
-                ratio = post / pre
-                tl.store(infl_out + (b * H + h) * N + rn, ratio * ratio, mask=mn)
-            if MODE == 1:
-                v_plain, v_enc = _encode(
-                    v_base,
-                    v_sn,
-                    wq_ptr,
-                    rn,
-                    mn,
-                    h,
-                    inv_q,
-                    1.0,
-                    rope_base,
-                    mkv_ptr,
-                    mat_base,
-                    D,
-                    ROPE_PAIRS,
-                    MODE,
-                    False,
-                    False,
-                    BLOCK_D,
-                )
-                if DOWNSCALE:
-                    v_enc = _downscale(v_plain, v_enc, D)
-                tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
+                v_enc = _downscale(v, v_enc, D)
+            tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _ucpe_decode_kernel(
@@ -252,34 +292,19 @@ if HAS_TRITON:
         BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """One (batch, head, BLOCK_N tokens) tile of x (B, H, N, D): UCPE with ``mat`` (B, N, 4, 4) fp32 and the
-        (already conjugated) RoPE table, written token-major into out (B, N, H*D)."""
-        nblocks = tl.cdiv(N, BLOCK_N)
-        bh = tl.program_id(0) // nblocks
-        b = bh // H
-        h = bh % H
-        rn = (tl.program_id(0) % nblocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        """One (head, BLOCK_N tokens, batch entry) tile of x (B, H, N, D) (grid: H x token blocks x B): UCPE with
+        ``mat`` (B, N, 4, 4) fp32 and the (already conjugated) RoPE table, written token-major into out (B, N, H*D)
+        (programs next in launch order write the neighbouring heads of the same rows)."""
+        h = tl.program_id(0)
+        b = tl.program_id(2)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = rn < N
         rd = tl.arange(0, BLOCK_D)
         mask = mn[:, None] & (rd < D)[None, :]
-        _, enc = _encode(
-            x_ptr + b * x_sb + h * x_sh,
-            x_sn,
-            x_ptr,
-            rn,
-            mn,
-            0,
-            1.0,
-            1.0,
-            rope_ptr,
-            mat_ptr,
-            b * N * 16,
-            D,
-            ROPE_PAIRS,
-            1,
-            False,
-            False,
-            BLOCK_D,
+        cos, sin = _rope_tables(rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D)
+        x = _load_tile(x_ptr + b * x_sb + h * x_sh, x_sn, rn, rd, mask)
+        enc = _encode(
+            x, cos, sin, mat_ptr + b * N * 16, rn, mn, rd, D, 1, BLOCK_N, BLOCK_D
         )
         offs = (b * N + rn[:, None]) * (H * D) + h * D + rd[None, :]
         tl.store(out_ptr + offs, enc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -312,8 +337,16 @@ if HAS_TRITON:
         for s0 in range(0, S, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
             ms = rs < S
-            beta = tl.load(beta_ptr + b * be_sb + h * be_sh + t * be_st + rs * be_ss, mask=ms, other=0.0)
-            tl.store(out_ptr + pid * S + rs, (beta.to(tl.float32) / discount).to(out_ptr.dtype.element_ty), mask=ms)
+            beta = tl.load(
+                beta_ptr + b * be_sb + h * be_sh + t * be_st + rs * be_ss,
+                mask=ms,
+                other=0.0,
+            )
+            tl.store(
+                out_ptr + pid * S + rs,
+                (beta.to(tl.float32) / discount).to(out_ptr.dtype.element_ty),
+                mask=ms,
+            )
 
 
 def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -325,25 +358,60 @@ def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(
-    mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_scale, relu, plain, downscale, inflation, eps
+    mode,
+    q,
+    k,
+    v,
+    q_weight,
+    k_weight,
+    table,
+    mat_q,
+    mat_kv,
+    heads,
+    key_scale,
+    relu,
+    plain,
+    downscale,
+    inflation,
+    eps,
 ):
     B, N, C = q.shape
     if C % heads:
         raise ValueError(f"channels ({C}) must be a multiple of heads ({heads}).")
     D = C // heads
     if tuple(table.shape[:1]) != (N,):
-        raise ValueError(f"RoPE table must have {N} rows (one per token), got shape {tuple(table.shape)}.")
+        raise ValueError(
+            f"RoPE table must have {N} rows (one per token), got shape {tuple(table.shape)}."
+        )
     count = 2 + (mode == _CAMERA) + 2 * plain  # encoded q, k [, v] [, plain q, k]
-    outs = [torch.empty(B, heads, N, D, dtype=q.dtype, device=q.device) for _ in range(count)]
-    infl = torch.empty(B, heads, N, dtype=torch.float32, device=q.device) if inflation else outs[0]
+    outs = [
+        torch.empty(B, heads, N, D, dtype=q.dtype, device=q.device)
+        for _ in range(count)
+    ]
+    infl = (
+        torch.empty(B, heads, N, dtype=torch.float32, device=q.device)
+        if inflation
+        else outs[0]
+    )
     v_out = outs[2] if mode == _CAMERA else outs[0]
     q_plain, k_plain = (outs[-2], outs[-1]) if plain else (outs[0], outs[0])
-    # large inputs: 4 tokens per program (a 704x1280 chunk, 2,640 tokens: 660 programs, ~5 per H100 SM) to hide
-    # the latency of the serial walk over the heads; 16 tokens gave 165 programs and ran at ~5 % of the memory
-    # bandwidth. Small inputs (tests, the interpreter) keep 16.
-    block_n = 4 if B * N >= 2048 else 16
-    block_d = max(16, triton.next_power_of_2(D))
-    _prep_kernel[(B * triton.cdiv(N, block_n),)](
+    inv = torch.empty(2, B, N, dtype=torch.float32, device=q.device)
+    _prep_kernel_rms[(triton.cdiv(N, _RMS_BLOCK_N), B)](
+        q,
+        q.stride(0),
+        q.stride(1),
+        k,
+        k.stride(0),
+        k.stride(1),
+        inv,
+        N,
+        C,
+        float(eps),
+        BLOCK_N=_RMS_BLOCK_N,
+        BLOCK_C=_RMS_BLOCK_C,
+        num_warps=4,
+    )
+    _prep_kernel[(heads, triton.cdiv(N, _BLOCK_N), B)](
         q,
         q.stride(0),
         q.stride(1),
@@ -355,6 +423,7 @@ def _launch(
         v.stride(1),
         q_weight,
         k_weight,
+        inv,
         table,
         mat_q,
         mat_kv,
@@ -365,20 +434,17 @@ def _launch(
         k_plain,
         infl,
         N,
-        C,
         heads,
         D,
         table.shape[1],
         float(key_scale),
-        float(eps),
         MODE=mode,
         RELU=relu,
         PLAIN=plain,
         DOWNSCALE=downscale,
         INFLATION=inflation,
-        BLOCK_N=block_n,
-        BLOCK_C=128,
-        BLOCK_D=block_d,
+        BLOCK_N=_BLOCK_N,
+        BLOCK_D=_block_d(D),
         num_warps=4,
     )
     return outs, infl
@@ -481,10 +547,14 @@ def prep_camera_triton(
     B, N, _ = q.shape
     for name, mat in (("ray_q", ray_q), ("ray_kv", ray_kv)):
         if tuple(mat.shape) != (B, N, 4, 4):
-            raise ValueError(f"{name} must have shape {(B, N, 4, 4)}, got {tuple(mat.shape)}.")
+            raise ValueError(
+                f"{name} must have shape {(B, N, 4, 4)}, got {tuple(mat.shape)}."
+            )
     gdn = key_scale is not None
     if gdn != (beta is not None):
-        raise ValueError("prep_camera: give key_scale and beta together (GDN block) or neither (softmax block).")
+        raise ValueError(
+            "prep_camera: give key_scale and beta together (GDN block) or neither (softmax block)."
+        )
     mat_q = ray_q.to(torch.float32).contiguous()
     mat_kv = ray_kv.to(torch.float32).contiguous()
     (q_u, k_u, v_u), infl = _launch(
@@ -509,7 +579,9 @@ def prep_camera_triton(
         return q_u, k_u, v_u, None
     Bb, H, T, S = beta.shape
     if (Bb, H, T * S) != (B, heads, N):
-        raise ValueError(f"beta must have shape (B, H, T, S) with T*S = {N}, got {tuple(beta.shape)}.")
+        raise ValueError(
+            f"beta must have shape (B, H, T, S) with T*S = {N}, got {tuple(beta.shape)}."
+        )
     out = torch.empty(B, H, T, S, dtype=beta.dtype, device=beta.device)
     _beta_discount_kernel[(B * H * T,)](
         beta,
@@ -524,21 +596,28 @@ def prep_camera_triton(
     return q_u, k_u, v_u, out
 
 
-def ucpe_decode_triton(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor) -> torch.Tensor:
+def ucpe_decode_triton(
+    x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor
+) -> torch.Tensor:
     """Triton :func:`sana_wm.ops.qk_prep.ucpe_decode` (one pass; no fp32 copies, no transpose copy)."""
     if x.ndim != 4:
         raise ValueError(f"x must have shape (B, H, N, D), got {tuple(x.shape)}.")
     B, H, N, D = x.shape
     if tuple(ray_out.shape) != (B, N, 4, 4):
-        raise ValueError(f"ray_out must have shape {(B, N, 4, 4)}, got {tuple(ray_out.shape)}.")
+        raise ValueError(
+            f"ray_out must have shape {(B, N, 4, 4)}, got {tuple(ray_out.shape)}."
+        )
     if tuple(rope_cam.shape) != (N, D // 4):
-        raise ValueError(f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}.")
+        raise ValueError(
+            f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}."
+        )
     x = last_dim_contiguous(x)
     mat = ray_out.to(torch.float32).contiguous()
-    table = torch.view_as_real(rope_cam.to(torch.complex64).conj().resolve_conj().contiguous())
+    table = torch.view_as_real(
+        rope_cam.to(torch.complex64).conj().resolve_conj().contiguous()
+    )
     out = torch.empty(B, N, H * D, dtype=x.dtype, device=x.device)
-    block_n = 32
-    _ucpe_decode_kernel[(B * H * triton.cdiv(N, block_n),)](
+    _ucpe_decode_kernel[(H, triton.cdiv(N, _BLOCK_N), B)](
         x,
         x.stride(0),
         x.stride(1),
@@ -550,8 +629,8 @@ def ucpe_decode_triton(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.T
         H,
         D,
         table.shape[1],
-        BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_N=_BLOCK_N,
+        BLOCK_D=_block_d(D),
         num_warps=4,
     )
     return out
