@@ -227,7 +227,7 @@ class LTX2VAEConfig:
 class _StreamState:
     """Temporal state of one streaming decoder pass: for every causal conv, the last ``k_t - 1`` frames of its
     (padded) input, keyed by the conv's module name; ``started`` is False until the first latent frame passed.
-    The tails are allocated on the first call and updated in place afterwards (fixed size)."""
+    The tails are allocated on the first call and updated in place afterwards (fixed size and address)."""
 
     def __init__(self) -> None:
         self.started = False
@@ -235,17 +235,15 @@ class _StreamState:
 
     def pad(self, key: str, x: torch.Tensor, n: int) -> torch.Tensor:
         """Left-pad ``x`` (B,C,T,H,W) with ``n`` frames of history (or copies of its first frame at the start)
-        and remember the last ``n`` padded frames for the next call."""
+        and remember the last ``n`` padded frames for the next call. The result keeps ``x``'s memory format."""
         if self.started:
-            tail = self.tails[key]
-            padded = torch.cat([tail, x], dim=2)
-        else:
-            padded = torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
-            tail = self.tails.get(key)
-            want = padded[:, :, -n:]
-            if tail is None or tail.shape != want.shape or tail.dtype != want.dtype or tail.device != want.device:
-                tail = self.tails[key] = torch.empty_like(want)
-        tail.copy_(padded[:, :, -n:])
+            return _cat_frames([self.tails[key], x], like=x, tail=self.tails[key])
+        padded = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x)
+        want = padded[:, :, -n:]
+        tail = self.tails.get(key)
+        if tail is None or tail.shape != want.shape or tail.dtype != want.dtype or tail.device != want.device:
+            tail = self.tails[key] = torch.empty_like(want)
+        tail.copy_(want)
         return padded
 
 
@@ -254,8 +252,36 @@ class _StreamState:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 5-D tensor stored as (B,T,H,W,C) (``torch.channels_last_3d``) and not also NCDHW-contiguous."""
+    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+
+
+def _cat_frames(parts: list[torch.Tensor], like: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate (B,C,t_i,H,W) ``parts`` along time into a new tensor in ``like``'s memory format (``torch.cat``
+    falls back to NCDHW for the expanded first-frame copies). With ``tail`` (one of ``parts``, the carried
+    history), the last ``tail.shape[2]`` frames of the result are copied into it afterwards, in place."""
+    b, c, _, h, w = like.shape
+    frames = sum(p.shape[2] for p in parts)
+    out = torch.empty((b, c, frames, h, w), dtype=like.dtype, device=like.device, memory_format=_memory_format(like))
+    start = 0
+    for p in parts:
+        out[:, :, start : start + p.shape[2]].copy_(p)
+        start += p.shape[2]
+    if tail is not None:
+        tail.copy_(out[:, :, frames - tail.shape[2] :])
+    return out
+
+
 def _rms_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-location RMS norm over channels (dim 1), no weights (diffusers ``PerChannelRMSNorm``)."""
+    """Per-location RMS norm over channels (dim 1), no weights (diffusers ``PerChannelRMSNorm``). A channels-last
+    input goes through the fused ``F.rms_norm`` on its (B,T,H,W,C) view (one pass; the output stays channels-last)."""
+    if _is_channels_last(x):
+        return F.rms_norm(x.permute(0, 2, 3, 4, 1), (x.shape[1],), eps=eps).permute(0, 4, 1, 2, 3)
     return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + eps)
 
 
@@ -286,10 +312,10 @@ class LTX2VideoCausalConv3d(nn.Module):
         if n and state is not None:
             x = state.pad(self.stream_key, x, n)
         elif n and causal:
-            x = torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+            x = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x)
         elif n:
             h = n // 2
-            x = torch.cat([x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)], dim=2)
+            x = _cat_frames([x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)], like=x)
         return self.conv(x)
 
 
@@ -392,11 +418,17 @@ def _space_to_depth(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tens
 
 
 def _depth_to_space(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
-    """(B, C*st*sh*sw, T, H, W) -> (B, C, T*st, H*sh, W*sw), channel order (c, st, sh, sw)."""
+    """(B, C*st*sh*sw, T, H, W) -> (B, C, T*st, H*sh, W*sw), channel order (c, st, sh, sw); one copy, the output in
+    ``x``'s memory format."""
     st, sh, sw = stride
-    b, _, t, h, w = x.shape
-    x = x.reshape(b, -1, st, sh, sw, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    b, c, t, h, w = x.shape
+    out = torch.empty(
+        (b, c // (st * sh * sw), t * st, h * sh, w * sw), dtype=x.dtype, device=x.device,
+        memory_format=_memory_format(x),
+    )
+    src = x.unflatten(1, (-1, st, sh, sw)).permute(0, 1, 5, 2, 6, 3, 7, 4)  # (b, c, t, st, h, sh, w, sw)
+    out.unflatten(4, (w, sw)).unflatten(3, (h, sh)).unflatten(2, (t, st)).copy_(src)
+    return out
 
 
 class LTX2VideoDownsampler3d(nn.Module):
@@ -438,8 +470,9 @@ class LTX2VideoUpsampler3d(nn.Module):
         drop = 0 if state is not None and state.started else self.stride[0] - 1
         h = _depth_to_space(self.conv(x, causal, state), self.stride)[:, :, drop:]
         if self.residual:
+            # The shuffled input repeated over channel groups, added group by group (no repeated copy).
             repeats = math.prod(self.stride) // self.upscale_factor
-            h.add_(_depth_to_space(x, self.stride).repeat(1, repeats, 1, 1, 1)[:, :, drop:])
+            h.unflatten(1, (repeats, -1)).add_(_depth_to_space(x, self.stride)[:, :, drop:].unsqueeze(1))
         return h
 
 
@@ -641,10 +674,13 @@ class LTX2VideoDecoder3d(nn.Module):
             x = x * (1 + scale) + shift
         x = F.silu(x, inplace=True)
         x = self.conv_out(x, causal, state)
+        # Unpatchify: channel (c, p_w, p_h) -> pixel (h * p + p_h, w * p + p_w); one copy in x's memory format.
         p = self.patch_size
         b, _, t, h, w = x.shape
-        x = x.reshape(b, -1, 1, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        out = torch.empty((b, x.shape[1] // p**2, t, h * p, w * p), dtype=x.dtype, device=x.device,
+                          memory_format=_memory_format(x))
+        out.unflatten(4, (w, p)).unflatten(3, (h, p)).copy_(x.unflatten(1, (-1, p, p)).permute(0, 1, 4, 5, 3, 6, 2))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
