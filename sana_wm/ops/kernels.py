@@ -2,6 +2,7 @@
 reference (same signatures, same results within the kernels' tolerance).
 
     from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera, ucpe_decode
+    from sana_wm.ops.kernels import glu_dwconv
 
 Triton runs for CUDA tensors when Triton imports (or CPU tensors under ``TRITON_INTERPRET=1``) and kernels are
 enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import ffn as _ffn_ref
 from . import gdn as _gdn_ref
 from . import qk_prep as _prep_ref
 from ._triton import HAS_TRITON, runnable_on
@@ -24,6 +26,7 @@ __all__ = [
     "prep_softmax_qk",
     "prep_camera",
     "ucpe_decode",
+    "glu_dwconv",
     "set_triton",
     "use_triton",
     "triton_enabled",
@@ -110,3 +113,12 @@ def ucpe_decode(x, ray_out, rope_cam):
 
         return ucpe_decode_triton(x, ray_out, rope_cam)
     return _prep_ref.ucpe_decode(x, ray_out, rope_cam)
+
+
+def glu_dwconv(h, weight, bias, *, height, width):
+    """:func:`sana_wm.ops.ffn.glu_dwconv`, on Triton when possible."""
+    if _triton_for(h):
+        from .ffn_triton import glu_dwconv_triton
+
+        return glu_dwconv_triton(h, weight, bias, height=height, width=width)
+    return _ffn_ref.glu_dwconv(h, weight, bias, height=height, width=width)
