@@ -24,42 +24,59 @@ import torch
 from ._triton import HAS_TRITON, dot_in_f32, last_dim_contiguous, tl, triton
 from .gdn import chunk_segments
 
-__all__ = ["gdn_main_triton", "gdn_cam_triton"]
+__all__ = ["gdn_cam_triton", "gdn_main_triton"]
 
 if HAS_TRITON:
 
     @triton.jit
-    def _frame_gram(
+    def _tile_gram(
         x_base,
         x_ss,
         y_base,
         y_ss,
         be_base,
         be_ss,
+        r0,
+        c0,
         S,
         D,
         BLOCK_S: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BT: tl.constexpr,
         DOT_F32: tl.constexpr,
+        WITH_SUM: tl.constexpr,
     ):
-        """sum over the frame's tokens of x_s^T beta_s y_s (D x D) and of x_s beta_s (D,), fp32."""
-        rd = tl.arange(0, BLOCK_D)
-        md = rd < D
-        acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        colsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        """Tile [r0, r0+BT) x [c0, c0+BT) of sum_s x_s^T beta_s y_s over the frame's tokens (fp32), and (WITH_SUM)
+        sum_s beta_s x_s on the rows [r0, r0+BT). beta scales the y operand, so x feeds the dot straight from
+        memory (transposed)."""
+        rr = r0 + tl.arange(0, BT)
+        rc = c0 + tl.arange(0, BT)
+        mr = rr < D
+        mc = rc < D
+        acc = tl.zeros((BT, BT), dtype=tl.float32)
+        colsum = tl.zeros((BT,), dtype=tl.float32)
         for s0 in range(0, S, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
             ms = rs < S
-            m2 = ms[:, None] & md[None, :]
-            x = tl.load(x_base + rs[:, None] * x_ss + rd[None, :], mask=m2, other=0.0)
-            y = tl.load(y_base + rs[:, None] * y_ss + rd[None, :], mask=m2, other=0.0)
+            x = tl.load(
+                x_base + rs[:, None] * x_ss + rr[None, :],
+                mask=ms[:, None] & mr[None, :],
+                other=0.0,
+            )
+            y = tl.load(
+                y_base + rs[:, None] * y_ss + rc[None, :],
+                mask=ms[:, None] & mc[None, :],
+                other=0.0,
+            )
             beta = tl.load(be_base + rs * be_ss, mask=ms, other=0.0).to(tl.float32)
-            xb = x.to(tl.float32) * beta[:, None]
-            colsum += tl.sum(xb, axis=0)
+            yb = y.to(tl.float32) * beta[:, None]
+            if WITH_SUM:
+                colsum += tl.sum(x.to(tl.float32) * beta[:, None], axis=0)
             if DOT_F32:
-                acc = tl.dot(tl.trans(xb), y.to(tl.float32), acc, input_precision="tf32x3")
+                acc = tl.dot(
+                    tl.trans(x.to(tl.float32)), yb, acc, input_precision="tf32x3"
+                )
             else:
-                acc = tl.dot(tl.trans(xb.to(y.dtype)), y, acc)
+                acc = tl.dot(tl.trans(x), yb.to(x.dtype), acc)
         return acc, colsum
 
     @triton.jit
@@ -95,28 +112,83 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         DOT_F32: tl.constexpr,
     ):
-        """gram (B*H*T, NJOBS, D, D) fp32: job 0 P, job 1 A, job 2 P^z; bsum (B*H*T, D) = b^z (job 2)."""
-        pid = tl.program_id(0)
-        job = tl.program_id(1)
+        """gram (B*H*T, NJOBS, D, D) fp32: job 0 P, job 1 A, job 2 P^z; bsum (B*H*T, D) = b^z (job 2).
+
+        Grid (NJOBS * NT * NT, frames): one program per frame, product and BT x BT output tile (BT <= 64), so a
+        frame's programs are adjacent (its keys are read from L2 after the first) and a 112-wide head gives 4 tiles
+        per product. Every output element is one program's sum over the frame's tokens: no atomics, deterministic."""
+        NT: tl.constexpr = (BLOCK_D + 63) // 64
+        BT: tl.constexpr = BLOCK_D // NT
+        part = tl.program_id(0)
+        pid = tl.program_id(1)
+        job = part // (NT * NT)
+        r0 = ((part // NT) % NT) * BT
+        c0 = (part % NT) * BT
         t = pid % T
         h = (pid // T) % H
         b = pid // (T * H)
         be_base = be_ptr + b * be_sb + h * be_sh + t * be_st
         ka_base = ka_ptr + b * ka_sb + h * ka_sh + t * ka_st
         if job == 0:
-            acc, colsum = _frame_gram(ka_base, ka_ss, ka_base, ka_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
+            acc, colsum = _tile_gram(
+                ka_base,
+                ka_ss,
+                ka_base,
+                ka_ss,
+                be_base,
+                be_ss,
+                r0,
+                c0,
+                S,
+                D,
+                BLOCK_S,
+                BT,
+                DOT_F32,
+                False,
+            )
         elif job == 1:
             v_base = v_ptr + b * v_sb + h * v_sh + t * v_st
-            acc, colsum = _frame_gram(ka_base, ka_ss, v_base, v_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
+            acc, colsum = _tile_gram(
+                ka_base,
+                ka_ss,
+                v_base,
+                v_ss,
+                be_base,
+                be_ss,
+                r0,
+                c0,
+                S,
+                D,
+                BLOCK_S,
+                BT,
+                DOT_F32,
+                False,
+            )
         else:
             kz_base = kz_ptr + b * kz_sb + h * kz_sh + t * kz_st
-            acc, colsum = _frame_gram(kz_base, kz_ss, kz_base, kz_ss, be_base, be_ss, S, D, BLOCK_S, BLOCK_D, DOT_F32)
-        rd = tl.arange(0, BLOCK_D)
-        md = rd < D
-        out = gram_ptr + (pid * NJOBS + job) * D * D + rd[:, None] * D + rd[None, :]
-        tl.store(out, acc, mask=md[:, None] & md[None, :])
-        if job == 2:
-            tl.store(bsum_ptr + pid * D + rd, colsum, mask=md)
+            acc, colsum = _tile_gram(
+                kz_base,
+                kz_ss,
+                kz_base,
+                kz_ss,
+                be_base,
+                be_ss,
+                r0,
+                c0,
+                S,
+                D,
+                BLOCK_S,
+                BT,
+                DOT_F32,
+                True,
+            )
+        rr = r0 + tl.arange(0, BT)
+        rc = c0 + tl.arange(0, BT)
+        mr = rr < D
+        out = gram_ptr + (pid * NJOBS + job) * D * D + rr[:, None] * D + rc[None, :]
+        tl.store(out, acc, mask=mr[:, None] & (rc < D)[None, :])
+        if job == 2 and c0 == 0:
+            tl.store(bsum_ptr + pid * D + rr, colsum, mask=mr)
 
     @triton.jit
     def _state_step(
@@ -124,15 +196,14 @@ if HAS_TRITON:
         a_base,
         prev_base,
         g,
-        keep,
         cols,
         D,
         BLOCK_D: tl.constexpr,
         BLOCK_V: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        """g (X - P X) + A for X = keep * (prev state) on value columns ``cols``; P's K dim in BLOCK_K slices
-        against the previous state read back from memory (no D x D tile lives in registers)."""
+        """g (X - P X) + A on value columns ``cols`` for X = the state at ``prev_base``; P's K dim in BLOCK_K slices
+        against X read back from memory (no D x D tile lives in registers)."""
         rk = tl.arange(0, BLOCK_D)
         mk = rk < D
         mc = cols < D
@@ -140,29 +211,43 @@ if HAS_TRITON:
         for k0 in range(0, BLOCK_D, BLOCK_K):
             rc = k0 + tl.arange(0, BLOCK_K)
             mrc = rc < D
-            p = tl.load(p_base + rk[:, None] * D + rc[None, :], mask=mk[:, None] & mrc[None, :], other=0.0)
-            x = tl.load(prev_base + rc[:, None] * D + cols[None, :], mask=mrc[:, None] & mc[None, :], other=0.0)
+            p = tl.load(
+                p_base + rk[:, None] * D + rc[None, :],
+                mask=mk[:, None] & mrc[None, :],
+                other=0.0,
+            )
+            x = tl.load(
+                prev_base + rc[:, None] * D + cols[None, :],
+                mask=mrc[:, None] & mc[None, :],
+                other=0.0,
+            )
             acc = tl.dot(p, x, acc, input_precision="tf32x3")
         m2 = mk[:, None] & mc[None, :]
         prev = tl.load(prev_base + rk[:, None] * D + cols[None, :], mask=m2, other=0.0)
         a = tl.load(a_base + rk[:, None] * D + cols[None, :], mask=m2, other=0.0)
-        return tl.where(keep > 0, g * (prev - acc), 0.0) + a, tl.where(keep > 0, prev, 0.0)
+        return g * (prev - acc) + a
 
     @triton.jit
-    def _norm_step(pz_base, bz_base, prev_base, g, keep, D, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
-        """The normaliser vector's step g (z - P^z z) + b^z for z = keep * prev (BLOCK_K column slices of P^z)."""
+    def _norm_step(
+        pz_base, bz_base, prev_base, g, D, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr
+    ):
+        """The normaliser vector's step g (z - P^z z) + b^z for z at ``prev_base`` (BLOCK_K column slices of P^z)."""
         rk = tl.arange(0, BLOCK_D)
         mk = rk < D
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for k0 in range(0, BLOCK_D, BLOCK_K):
             rc = k0 + tl.arange(0, BLOCK_K)
             mrc = rc < D
-            p = tl.load(pz_base + rk[:, None] * D + rc[None, :], mask=mk[:, None] & mrc[None, :], other=0.0)
+            p = tl.load(
+                pz_base + rk[:, None] * D + rc[None, :],
+                mask=mk[:, None] & mrc[None, :],
+                other=0.0,
+            )
             x = tl.load(prev_base + rc, mask=mrc, other=0.0)
             acc += tl.sum(p * x[None, :], axis=1)
         prev = tl.load(prev_base + rk, mask=mk, other=0.0)
         bz = tl.load(bz_base + rk, mask=mk, other=0.0)
-        return tl.where(keep > 0, g * (prev - acc), 0.0) + bz, tl.where(keep > 0, prev, 0.0)
+        return g * (prev - acc) + bz
 
     @triton.jit
     def _gdn_scan_kernel(
@@ -177,8 +262,6 @@ if HAS_TRITON:
         init_z_ptr,
         work_ptr,
         work_z_ptr,
-        rev_ptr,
-        rev_z_ptr,
         H,
         T,
         D,
@@ -188,96 +271,122 @@ if HAS_TRITON:
         BLOCK_V: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        """Scan of one (b, h) on value columns [j*BLOCK_V, (j+1)*BLOCK_V) (column tile 0 also scans the normaliser).
+        """One (b, h), one direction, one value-column tile [j*BLOCK_V, (j+1)*BLOCK_V) (j == cdiv(D, BLOCK_V): the
+        normaliser vector instead). Grid (B*H, cdiv(D, BLOCK_V) + HAS_Z, 2).
 
-        work (B*H, T+1, D, D): slot 0 <- the seed, slot t+1 <- M_t (forward, inclusive), then += R_t (reverse,
-        exclusive inside each segment; ``seg_last`` marks segment ends). rev (B*H, 2, D, D) ping-pongs R.
-        Each program only touches its own columns, so a barrier between steps orders its reads and writes."""
+        work (B*H, 2T+1, D, D): slot 0 <- the seed, slot t+1 <- M_t (direction 0: forward, inclusive), slot T+1+t
+        <- R_t (direction 1: reverse, exclusive inside each segment, 0 where ``seg_last`` marks a segment end);
+        work_z (B*H, 2T+1, D) likewise. The two directions are independent programs (the output kernel adds
+        M_t + R_t); each program only touches its own columns, so a barrier between steps orders its reads and
+        writes."""
         bh = tl.program_id(0)
         j = tl.program_id(1)
+        rev = tl.program_id(2)
         b = bh // H
         h = bh % H
         rk = tl.arange(0, BLOCK_D)
         mk = rk < D
-        cols = j * BLOCK_V + tl.arange(0, BLOCK_V)
-        m2 = mk[:, None] & (cols < D)[None, :]
-        tile = rk[:, None] * D + cols[None, :]
-        with_z = HAS_Z and j == 0
-        work = work_ptr + bh * (T + 1) * D * D
-        work_z = work_z_ptr + bh * (T + 1) * D
-
-        tl.store(work + tile, tl.load(init_kv_ptr + bh * D * D + tile, mask=m2, other=0.0), mask=m2)
-        if with_z:
-            tl.store(work_z + rk, tl.load(init_z_ptr + bh * D + rk, mask=mk, other=0.0), mask=mk)
-        tl.debug_barrier()
-        for t in range(T):
-            frame = bh * T + t
-            g = tl.load(g_ptr + b * g_sb + h * g_sh + t * g_st).to(tl.float32)
-            state, seed_unused = _state_step(
-                gram_ptr + frame * NJOBS * D * D,
-                gram_ptr + (frame * NJOBS + 1) * D * D,
-                work + t * D * D,
-                g,
-                1.0,
-                cols,
-                D,
-                BLOCK_D,
-                BLOCK_V,
-                BLOCK_K,
-            )
-            tl.store(work + (t + 1) * D * D + tile, state, mask=m2)
-            if with_z:
-                z, zseed_unused = _norm_step(
-                    gram_ptr + (frame * NJOBS + 2) * D * D,
-                    bsum_ptr + frame * D,
-                    work_z + t * D,
-                    g,
-                    1.0,
-                    D,
-                    BLOCK_D,
-                    BLOCK_K,
+        g_base = g_ptr + b * g_sb + h * g_sh
+        frames = gram_ptr + bh * T * NJOBS * D * D
+        if HAS_Z and j == tl.cdiv(D, BLOCK_V):
+            work_z = work_z_ptr + bh * (2 * T + 1) * D
+            if rev == 0:
+                tl.store(
+                    work_z + rk,
+                    tl.load(init_z_ptr + bh * D + rk, mask=mk, other=0.0),
+                    mask=mk,
                 )
-                tl.store(work_z + (t + 1) * D + rk, z, mask=mk)
-            tl.debug_barrier()
-
-        rev = rev_ptr + bh * 2 * D * D
-        rev_z = rev_z_ptr + bh * 2 * D
-        for i in range(T):
-            t = T - 1 - i
-            frame = bh * T + t
-            cur = i % 2
-            keep = 1 - tl.load(seg_last_ptr + t)
-            g = tl.load(g_ptr + b * g_sb + h * g_sh + t * g_st).to(tl.float32)
-            nxt, r = _state_step(
-                gram_ptr + frame * NJOBS * D * D,
-                gram_ptr + (frame * NJOBS + 1) * D * D,
-                rev + cur * D * D,
-                g,
-                keep,
-                cols,
-                D,
-                BLOCK_D,
-                BLOCK_V,
-                BLOCK_K,
-            )
-            out = work + (t + 1) * D * D + tile
-            tl.store(out, tl.load(out, mask=m2, other=0.0) + r, mask=m2)
-            tl.store(rev + (1 - cur) * D * D + tile, nxt, mask=m2)
-            if with_z:
-                nz, rz = _norm_step(
-                    gram_ptr + (frame * NJOBS + 2) * D * D,
-                    bsum_ptr + frame * D,
-                    rev_z + cur * D,
-                    g,
-                    keep,
-                    D,
-                    BLOCK_D,
-                    BLOCK_K,
+                tl.debug_barrier()
+                for t in range(T):
+                    g = tl.load(g_base + t * g_st).to(tl.float32)
+                    z = _norm_step(
+                        frames + (t * NJOBS + 2) * D * D,
+                        bsum_ptr + (bh * T + t) * D,
+                        work_z + t * D,
+                        g,
+                        D,
+                        BLOCK_D,
+                        BLOCK_K,
+                    )
+                    tl.store(work_z + (t + 1) * D + rk, z, mask=mk)
+                    tl.debug_barrier()
+            else:
+                rev_z = work_z + (T + 1) * D
+                tl.store(
+                    rev_z + (T - 1) * D + rk,
+                    tl.zeros((BLOCK_D,), dtype=tl.float32),
+                    mask=mk,
                 )
-                out_z = work_z + (t + 1) * D + rk
-                tl.store(out_z, tl.load(out_z, mask=mk, other=0.0) + rz, mask=mk)
-                tl.store(rev_z + (1 - cur) * D + rk, nz, mask=mk)
-            tl.debug_barrier()
+                tl.debug_barrier()
+                for i in range(1, T):
+                    t = T - 1 - i
+                    g = tl.load(g_base + (t + 1) * g_st).to(tl.float32)
+                    z = _norm_step(
+                        frames + ((t + 1) * NJOBS + 2) * D * D,
+                        bsum_ptr + (bh * T + t + 1) * D,
+                        rev_z + (t + 1) * D,
+                        g,
+                        D,
+                        BLOCK_D,
+                        BLOCK_K,
+                    )
+                    keep = tl.load(seg_last_ptr + t) == 0
+                    tl.store(rev_z + t * D + rk, tl.where(keep, z, 0.0), mask=mk)
+                    tl.debug_barrier()
+        else:
+            cols = j * BLOCK_V + tl.arange(0, BLOCK_V)
+            m2 = mk[:, None] & (cols < D)[None, :]
+            tile = rk[:, None] * D + cols[None, :]
+            work = work_ptr + bh * (2 * T + 1) * D * D
+            if rev == 0:
+                tl.store(
+                    work + tile,
+                    tl.load(init_kv_ptr + bh * D * D + tile, mask=m2, other=0.0),
+                    mask=m2,
+                )
+                tl.debug_barrier()
+                for t in range(T):
+                    g = tl.load(g_base + t * g_st).to(tl.float32)
+                    state = _state_step(
+                        frames + t * NJOBS * D * D,
+                        frames + (t * NJOBS + 1) * D * D,
+                        work + t * D * D,
+                        g,
+                        cols,
+                        D,
+                        BLOCK_D,
+                        BLOCK_V,
+                        BLOCK_K,
+                    )
+                    tl.store(work + (t + 1) * D * D + tile, state, mask=m2)
+                    tl.debug_barrier()
+            else:
+                rev_kv = work + (T + 1) * D * D
+                tl.store(
+                    rev_kv + (T - 1) * D * D + tile,
+                    tl.zeros((BLOCK_D, BLOCK_V), dtype=tl.float32),
+                    mask=m2,
+                )
+                tl.debug_barrier()
+                for i in range(1, T):
+                    t = T - 1 - i
+                    g = tl.load(g_base + (t + 1) * g_st).to(tl.float32)
+                    state = _state_step(
+                        frames + (t + 1) * NJOBS * D * D,
+                        frames + ((t + 1) * NJOBS + 1) * D * D,
+                        rev_kv + (t + 1) * D * D,
+                        g,
+                        cols,
+                        D,
+                        BLOCK_D,
+                        BLOCK_V,
+                        BLOCK_K,
+                    )
+                    keep = tl.load(seg_last_ptr + t) == 0
+                    tl.store(
+                        rev_kv + t * D * D + tile, tl.where(keep, state, 0.0), mask=m2
+                    )
+                    tl.debug_barrier()
 
     @triton.jit
     def _gdn_out_kernel(
@@ -294,17 +403,23 @@ if HAS_TRITON:
         work_ptr,
         work_z_ptr,
         out_ptr,
+        o_sb,
+        o_sh,
+        o_st,
+        o_ss,  # output strides: (B, H, T, S, D) contiguous, or token-major (B, T, S, H, D)
         H,
         T,
         S,
         D,
+        blocks_per_program,
         eps,
         HAS_Z: tl.constexpr,
         BLOCK_S: tl.constexpr,
         BLOCK_D: tl.constexpr,
         DOT_F32: tl.constexpr,
     ):
-        """out (B, H, T, S, D) contiguous = Q_hat (M + R) [/ (Q (z + r) + eps)] for one frame and token block."""
+        """out = Q_hat (M + R) [/ (Q (z + r) + eps)] for one frame and ``blocks_per_program`` token blocks: the
+        frame's state M_t + R_t is read and summed once per program."""
         frame = tl.program_id(0)
         sblk = tl.program_id(1)
         t = frame % T
@@ -312,28 +427,51 @@ if HAS_TRITON:
         b = frame // (T * H)
         rd = tl.arange(0, BLOCK_D)
         md = rd < D
-        rs = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
-        ms = rs < S
-        m2 = ms[:, None] & md[None, :]
-        qr = tl.load(qr_ptr + b * qr_sb + h * qr_sh + t * qr_st + rs[:, None] * qr_ss + rd[None, :], mask=m2, other=0.0)
-        slot = frame + frame // T + 1  # work slot t+1 of (b, h): (b*H + h) * (T+1) + t + 1
-        m = tl.load(work_ptr + slot * D * D + rd[:, None] * D + rd[None, :], mask=md[:, None] & md[None, :], other=0.0)
-        if DOT_F32:
-            num = tl.dot(qr.to(tl.float32), m, input_precision="tf32x3")
-        else:
-            num = tl.dot(qr, m.to(qr.dtype))
+        fwd = (
+            (frame // T) * (2 * T + 1) + t + 1
+        )  # work slot t+1 of (b, h); its R_t sits T slots further
+        tile = rd[:, None] * D + rd[None, :]
+        m2d = md[:, None] & md[None, :]
+        m = tl.load(work_ptr + fwd * D * D + tile, mask=m2d, other=0.0)
+        m += tl.load(work_ptr + (fwd + T) * D * D + tile, mask=m2d, other=0.0)
+        if not DOT_F32:
+            m = m.to(qr_ptr.dtype.element_ty)
         if HAS_Z:
-            q = tl.load(q_ptr + b * q_sb + h * q_sh + t * q_st + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0)
-            z = tl.load(work_z_ptr + slot * D + rd, mask=md, other=0.0)
-            den = tl.sum(q.to(tl.float32) * z[None, :], axis=1)
-            num = num / (den + eps)[:, None]
-        tl.store(out_ptr + frame * S * D + rs[:, None] * D + rd[None, :], num.to(out_ptr.dtype.element_ty), mask=m2)
+            z = tl.load(work_z_ptr + fwd * D + rd, mask=md, other=0.0)
+            z += tl.load(work_z_ptr + (fwd + T) * D + rd, mask=md, other=0.0)
+        qr_base = qr_ptr + b * qr_sb + h * qr_sh + t * qr_st
+        q_base = q_ptr + b * q_sb + h * q_sh + t * q_st
+        o_base = out_ptr + b * o_sb + h * o_sh + t * o_st
+        for i in range(blocks_per_program):
+            rs = (sblk * blocks_per_program + i) * BLOCK_S + tl.arange(0, BLOCK_S)
+            ms = rs < S
+            m2 = ms[:, None] & md[None, :]
+            qr = tl.load(
+                qr_base + rs[:, None] * qr_ss + rd[None, :], mask=m2, other=0.0
+            )
+            if DOT_F32:
+                num = tl.dot(qr.to(tl.float32), m, input_precision="tf32x3")
+            else:
+                num = tl.dot(qr, m)
+            if HAS_Z:
+                q = tl.load(
+                    q_base + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0
+                )
+                den = tl.sum(q.to(tl.float32) * z[None, :], axis=1)
+                num = num / (den + eps)[:, None]
+            tl.store(
+                o_base + rs[:, None] * o_ss + rd[None, :],
+                num.to(out_ptr.dtype.element_ty),
+                mask=m2,
+            )
 
 
 _SEG_TABLES: dict[tuple, torch.Tensor] = {}
 
 
-def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: torch.device) -> torch.Tensor:
+def _segment_ends(
+    num_frames: int, chunk_starts: Sequence[int] | None, device: torch.device
+) -> torch.Tensor:
     """(T,) int32 with 1 at the last frame of every reverse segment. Cached per layout and device, so repeated
     calls (and CUDA-graph captures after a warm-up call) do no host-to-device copy."""
     segments = chunk_segments(num_frames, chunk_starts)
@@ -351,19 +489,29 @@ def _strides4(x: torch.Tensor) -> tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _check_shapes(B, H, T, S, D, named: dict[str, torch.Tensor], beta: torch.Tensor, g: torch.Tensor) -> None:
+def _check_shapes(
+    B, H, T, S, D, named: dict[str, torch.Tensor], beta: torch.Tensor, g: torch.Tensor
+) -> None:
     for name, x in named.items():
         if tuple(x.shape) != (B, H, T, S, D):
-            raise ValueError(f"{name} must have shape {(B, H, T, S, D)}, got {tuple(x.shape)}.")
+            raise ValueError(
+                f"{name} must have shape {(B, H, T, S, D)}, got {tuple(x.shape)}."
+            )
         if x.dtype != named["v"].dtype:
-            raise ValueError(f"{name} must have the dtype of v ({named['v'].dtype}), got {x.dtype}.")
+            raise ValueError(
+                f"{name} must have the dtype of v ({named['v'].dtype}), got {x.dtype}."
+            )
     if tuple(beta.shape) != (B, H, T, S):
-        raise ValueError(f"beta must have shape {(B, H, T, S)}, got {tuple(beta.shape)}.")
+        raise ValueError(
+            f"beta must have shape {(B, H, T, S)}, got {tuple(beta.shape)}."
+        )
     if tuple(g.shape) != (B, H, T):
         raise ValueError(f"g must have shape {(B, H, T)}, got {tuple(g.shape)}.")
 
 
-def _seed(state: torch.Tensor | None, shape: tuple[int, ...], name: str, like: torch.Tensor) -> torch.Tensor:
+def _seed(
+    state: torch.Tensor | None, shape: tuple[int, ...], name: str, like: torch.Tensor
+) -> torch.Tensor:
     if state is None:
         return torch.zeros(shape, dtype=torch.float32, device=like.device)
     if tuple(state.shape) != shape:
@@ -383,12 +531,16 @@ def _run(
     state_kv: torch.Tensor,
     state_z: torch.Tensor | None,
     eps: float,
+    token_major: bool,
 ):
     B, H, T, S, D = values.shape
     device = values.device
     has_z = keys_z is not None
     njobs = 3 if has_z else 2
     block_d = max(16, triton.next_power_of_2(D))
+    tiles = (
+        block_d + 63
+    ) // 64  # output tiles per side of a gram product (BLOCK_D // tiles <= 64 wide)
     block_v = min(32, block_d)
     dot_f32 = dot_in_f32(values.dtype)
     f32 = torch.float32
@@ -396,7 +548,7 @@ def _run(
     gram = torch.empty(frames, njobs, D, D, dtype=f32, device=device)
     bsum = torch.empty(frames, D, dtype=f32, device=device) if has_z else gram
     kz = keys_z if has_z else keys
-    _gdn_gram_kernel[(frames, njobs)](
+    _gdn_gram_kernel[(njobs * tiles * tiles, frames)](
         keys,
         *_strides4(keys),
         kz,
@@ -415,13 +567,13 @@ def _run(
         BLOCK_S=64,
         BLOCK_D=block_d,
         DOT_F32=dot_f32,
-        num_warps=8 if block_d >= 128 else 4,
+        num_warps=4,
     )
-    work = torch.empty(B * H, T + 1, D, D, dtype=f32, device=device)
-    rev = torch.empty(B * H, 2, D, D, dtype=f32, device=device)
-    work_z = torch.empty(B * H, T + 1, D, dtype=f32, device=device) if has_z else work
-    rev_z = torch.empty(B * H, 2, D, dtype=f32, device=device) if has_z else rev
-    _gdn_scan_kernel[(B * H, triton.cdiv(D, block_v))](
+    work = torch.empty(B * H, 2 * T + 1, D, D, dtype=f32, device=device)
+    work_z = (
+        torch.empty(B * H, 2 * T + 1, D, dtype=f32, device=device) if has_z else work
+    )
+    _gdn_scan_kernel[(B * H, triton.cdiv(D, block_v) + int(has_z), 2)](
         gram,
         bsum,
         g,
@@ -433,8 +585,6 @@ def _run(
         state_z if has_z else state_kv,
         work,
         work_z,
-        rev,
-        rev_z,
         H,
         T,
         D,
@@ -445,10 +595,18 @@ def _run(
         BLOCK_K=min(32, block_d),
         num_warps=8 if block_d >= 128 else 4,
     )
-    out = torch.empty(B, H, T, S, D, dtype=values.dtype, device=device)
+    if token_major:
+        out = torch.empty(B, T, S, H, D, dtype=values.dtype, device=device)
+        o_strides = (out.stride(0), out.stride(3), out.stride(1), out.stride(2))
+    else:
+        out = torch.empty(B, H, T, S, D, dtype=values.dtype, device=device)
+        o_strides = _strides4(out)
     qz = queries_z if has_z else queries
     block_s = 64
-    _gdn_out_kernel[(frames, triton.cdiv(S, block_s))](
+    per_program = min(
+        4, triton.cdiv(S, block_s)
+    )  # token blocks per program: the D x D state is read once for all
+    _gdn_out_kernel[(frames, triton.cdiv(S, block_s * per_program))](
         queries,
         *_strides4(queries),
         qz,
@@ -456,10 +614,12 @@ def _run(
         work,
         work_z,
         out,
+        *o_strides,
         H,
         T,
         S,
         D,
+        per_program,
         eps,
         HAS_Z=has_z,
         BLOCK_S=block_s,
@@ -467,6 +627,8 @@ def _run(
         DOT_F32=dot_f32,
         num_warps=8 if block_d >= 128 else 4,
     )
+    if token_major:
+        out = out.view(B, T * S, H * D)
     final_kv = work[:, T].view(B, H, D, D)
     return out, final_kv, (work_z[:, T].view(B, H, D) if has_z else None)
 
@@ -484,16 +646,20 @@ def gdn_main_triton(
     state_kv: torch.Tensor | None = None,
     state_z: torch.Tensor | None = None,
     eps: float = 1e-8,
+    token_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton :func:`sana_wm.ops.gdn.gdn_main` (same arguments and returns; CUDA tensors, or CPU tensors under
-    ``TRITON_INTERPRET=1``)."""
+    ``TRITON_INTERPRET=1``). ``token_major=True`` writes the output as (B, T*S, H*D) (token n = t*S + s, channel
+    h*D + d), i.e. ``out.permute(0, 2, 3, 1, 4).reshape(B, T*S, H*D)`` of the default layout, without the copy."""
     B, H, T, S, D = v.shape
     named = {"q": q, "k": k, "q_rot": q_rot, "k_rot": k_rot, "v": v}
     _check_shapes(B, H, T, S, D, named, beta, g)
     q, k, q_rot, k_rot, v = (last_dim_contiguous(x) for x in (q, k, q_rot, k_rot, v))
     seed_kv = _seed(state_kv, (B, H, D, D), "state_kv", v)
     seed_z = _seed(state_z, (B, H, D), "state_z", v)
-    out, final_kv, final_z = _run(k_rot, k, v, q_rot, q, beta, g, chunk_starts, seed_kv, seed_z, eps)
+    out, final_kv, final_z = _run(
+        k_rot, k, v, q_rot, q, beta, g, chunk_starts, seed_kv, seed_z, eps, token_major
+    )
     return out, final_kv, final_z
 
 
@@ -512,5 +678,7 @@ def gdn_cam_triton(
     _check_shapes(B, H, T, S, D, {"q": q, "k": k, "v": v}, beta, g)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     seed_kv = _seed(state_kv, (B, H, D, D), "state_kv", v)
-    out, final_kv, _ = _run(k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0)
+    out, final_kv, _ = _run(
+        k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0, False
+    )
     return out, final_kv
