@@ -1,31 +1,34 @@
 """CUDA graphs of the streaming chunk step, and decoding on a side stream with pinned copy-out.
 
-``ChunkGraphs.step`` does exactly what ``StreamingSampler.denoise`` + ``StreamingSampler.write_cache`` do for one
-chunk (it runs those same methods), but on CUDA, once a chunk's shapes repeat, as **one graph replay**: the
-``len(steps) - 1`` Euler passes that read the cache and the cache-writing pass at t = 0. What does not depend on
-the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text and Plücker
-embeddings, the cache's key mask) is computed once per chunk, eagerly, by the transformer's ``chunk_inputs`` and
-copied into the graph's static inputs; nothing inside a chunk synchronises with the host.
+``ChunkGraphs.denoise`` + ``ChunkGraphs.write_cache`` do exactly what ``StreamingSampler.denoise`` +
+``StreamingSampler.write_cache`` do for one chunk (they run those same methods), but on CUDA, once a chunk's shapes
+repeat, as **two graph replays**: the ``len(steps) - 1`` Euler passes that read the cache, then the cache-writing
+pass at t = 0 (split so that the caller can queue the decode of the clean latents in between, on a side stream).
+What does not depend on the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text
+and Plücker embeddings, the cache's key mask) is computed once per chunk, eagerly, by the transformer's
+``chunk_inputs`` and copied into the graphs' static inputs; nothing inside a chunk synchronises with the host.
 
-A graph binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length
+A graph pair binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length,
 the cache's write range and whether the cache is full (softmax blocks attend unmasked then). Chunk 0 (the image
-chunk: 4 frames, frame 0 pinned) runs eagerly; with the default ``window_chunks=1`` chunk 1 has its own graph and
-every later chunk replays a second one. Capture warms up on a clone of the cache, so the
-cache advances exactly once per chunk. All graphs of a ``ChunkGraphs`` share one memory pool (their outputs are
-copied to buffers outside it), so extra sessions cost their static inputs, not another set of activations.
+chunk: 4 frames, frame 0 pinned) runs eagerly; with the default ``window_chunks=1`` chunk 1 has its own graphs and
+every later chunk replays a second pair. Capture warms up on a clone of the cache, so the cache advances exactly
+once per chunk. All graphs of a ``ChunkGraphs`` share one memory pool (their outputs are copied to buffers outside
+it; a pair is always replayed in capture order on one stream), so extra sessions cost their static inputs, not
+another set of activations.
 
-``FramePipe`` decodes a chunk's clean latents on a side stream, converts them to uint8 on the device and copies
-them into pinned host buffers, so the transformer work of chunk N+1 (main stream) overlaps the decode of chunk N.
+``FramePipe`` decodes clean latents on a side stream, converts them to uint8 on the device and copies them into
+pinned host buffers, so the transformer work queued after it on the main stream (the chunk's cache-writing pass,
+chunk N+1) overlaps the decode of chunk N.
 
-How ``engine.session.Session._run`` uses them (CUDA worlds; CPU stays as it is)::
+How ``engine.session.Session`` uses them (``_launch`` / ``_collect``)::
 
-    graphs = world.chunk_graphs                      # one ChunkGraphs(world.transformer, steps) per world
-    latents = graphs.step(noise, pinned=pinned, text=setup.text, text_mask=setup.text_mask, raymap=raymap,
-                          plucker=plucker, cache=state.cache, start_frame=start_frame)   # replaces denoise+write
-    latents = latents.clone()                        # the returned buffer is reused by the next step
-    ticket = pipe.submit(state.decoder, latents, drop_first=(c == 0))   # decode on the side stream
-    ...                                              # return to the caller / start the next chunk
-    frames = pipe.frames(ticket)                     # (N, H, W, 3) uint8 once the side stream is done
+    out = graphs.denoise(noise, pinned=..., text=..., text_mask=..., raymap=..., plucker=..., cache=cache,
+                         start_frame=start_frame)
+    latents = out.clone()                            # out is rewritten by the next chunk's denoise
+    tickets = [pipe.submit(decoder, latents[:, :, lo:hi], drop_first=...) for lo, hi, ... in parts]   # side stream
+    graphs.write_cache(out, cache)                   # main stream, concurrently with the decode
+    ...                                              # (Session.pipeline: queue chunk N+1 here)
+    frames = pipe.frames(tickets[0])                 # (1, 8, H, W, 3) uint8 once its copy is done
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ class _PreparedModel:
 
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph
+    denoise: torch.cuda.CUDAGraph  # the Euler passes: noise -> out
+    write: torch.cuda.CUDAGraph  # the cache-writing pass on out
     noise: torch.Tensor  # static input (B, C, T, h, w) fp32
     frames: object  # static per-chunk inputs (the transformer's _Frames)
     out: torch.Tensor  # static output: clean latents (B, C, T, h, w) fp32
@@ -94,6 +98,7 @@ class ChunkGraphs:
         self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
         self._graphs: dict[tuple, _Captured] = {}
         self._watched: set[int] = set()
+        self._pending: dict[int, tuple[_Captured | None, dict]] = {}  # cache id -> denoised chunk awaiting its write
         self.captures = 0
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
@@ -102,12 +107,15 @@ class ChunkGraphs:
         frames.write_tokens = cache.write_token_range()
         return frames
 
-    def _body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
+    def _denoise_body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
         sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
         cond = dict(text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache, start_frame=start_frame)
-        latents = sampler.denoise(noise, pinned=None, **cond)
-        sampler.write_cache(latents, **cond)
-        out.copy_(latents)
+        out.copy_(sampler.denoise(noise, pinned=None, **cond))
+
+    def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:
+        sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
+        sampler.write_cache(latents, text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache,
+                            start_frame=start_frame)
 
     def _capture(self, noise: torch.Tensor, frames, cache, start_frame: int) -> _Captured:
         static_noise = noise.to(torch.float32).clone()
@@ -116,17 +124,23 @@ class ChunkGraphs:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._body(static_noise, frames, scratch, out, start_frame)
+            self._denoise_body(static_noise, frames, scratch, out, start_frame)
+            self._write_body(out, frames, scratch, start_frame)
         torch.cuda.current_stream().wait_stream(side)
         del scratch
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may run
-            self._body(static_noise, frames, cache, out, start_frame)
+        # Both graphs share the pool: they are always replayed in capture order (denoise, then write) on one stream.
+        graphs = []
+        for body, args in ((self._denoise_body, (static_noise, frames, cache, out, start_frame)),
+                           (self._write_body, (out, frames, cache, start_frame))):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may run
+                body(*args)
+            graphs.append(graph)
         self.captures += 1
-        return _Captured(graph, static_noise, frames, out)
+        return _Captured(graphs[0], graphs[1], static_noise, frames, out)
 
     @torch.no_grad()
-    def step(
+    def denoise(
         self,
         noise: torch.Tensor,
         *,
@@ -138,18 +152,21 @@ class ChunkGraphs:
         cache,
         start_frame: int,
     ) -> torch.Tensor:
-        """Denoise one chunk and write it into ``cache`` (``StreamingSampler.denoise`` + ``write_cache``).
+        """The denoise passes of one chunk (``StreamingSampler.denoise``); ``write_cache`` must follow, with the
+        same cache, before anything else uses it.
 
         Arguments as ``StreamingSampler.denoise``. Returns the clean latents (B, C, T, h, w) fp32; on the graph path
-        this is a buffer that the next ``step`` of the same shape overwrites (clone it to keep it)."""
+        this is the graph's output buffer, which the next ``denoise`` of the same shape overwrites (clone it to
+        read it later or on another stream)."""
         B, _, T, h, w = noise.shape
         cache.check_chunk(batch_size=B, height=h, width=w, start_frame=start_frame, num_frames=T)
+        if id(cache) in self._pending:
+            raise RuntimeError("ChunkGraphs.denoise: the previous chunk of this cache was not written (write_cache)")
+        cond = {"text": text, "text_mask": text_mask, "raymap": raymap, "plucker": plucker, "cache": cache,
+                "start_frame": start_frame}
         if not self.enabled or pinned is not None:
-            cond = dict(
-                text=text, text_mask=text_mask, raymap=raymap, plucker=plucker, cache=cache, start_frame=start_frame
-            )
             latents = self.sampler.denoise(noise, pinned=pinned, **cond)
-            self.sampler.write_cache(latents, **cond)
+            self._pending[id(cache)] = (None, cond)
             return latents
         frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame)
         key = (id(cache), tuple(noise.shape), frames.write_tokens, frames.cache_key_bias is None)
@@ -162,9 +179,32 @@ class ChunkGraphs:
         else:
             entry.noise.copy_(noise)
             _copy_frames(entry.frames, frames)
-        entry.graph.replay()
-        cache.commit_chunk(T)
+        entry.denoise.replay()
+        self._pending[id(cache)] = (entry, cond)
         return entry.out
+
+    @torch.no_grad()
+    def write_cache(self, latents: torch.Tensor, cache) -> None:
+        """The cache-writing pass of the chunk that ``denoise`` just made for ``cache``
+        (``StreamingSampler.write_cache``; one graph replay on the graph path). ``latents``: what ``denoise``
+        returned, or a copy of it."""
+        pending = self._pending.pop(id(cache), None)
+        if pending is None:
+            raise RuntimeError("ChunkGraphs.write_cache: no denoised chunk of this cache to write (call denoise)")
+        entry, cond = pending
+        if entry is None:
+            self.sampler.write_cache(latents, **cond)
+            return
+        if latents is not entry.out:
+            entry.out.copy_(latents)
+        entry.write.replay()
+        cache.commit_chunk(entry.noise.shape[2])
+
+    def step(self, noise: torch.Tensor, **cond) -> torch.Tensor:
+        """``denoise`` + ``write_cache`` of one chunk (arguments as ``denoise``); returns ``denoise``'s latents."""
+        latents = self.denoise(noise, **cond)
+        self.write_cache(latents, cond["cache"])
+        return latents
 
     def release(self, cache) -> None:
         """Drop the graphs bound to ``cache`` (call when its session closes; also done when ``cache`` is collected)."""
@@ -173,6 +213,7 @@ class ChunkGraphs:
     def _drop(self, cache_id: int) -> None:
         for key in [k for k in self._graphs if k[0] == cache_id]:
             del self._graphs[key]
+        self._pending.pop(cache_id, None)
         if self.enabled and not self._graphs:
             # The allocator frees a private pool with its last graph; capturing into that handle again trips
             # its internal assert, so the next capture gets a new pool.
@@ -207,24 +248,35 @@ class _Ticket:
 
 
 class FramePipe:
-    """Decode on a side stream into pinned host buffers (``slots`` chunks in flight).
+    """Decode on a side stream into pinned host buffers (``slots`` submits in flight).
 
-    ``decode(decoder, latents) -> (B, 3, N, H, W)`` is the world's decoder step (e.g. ``World.vae_decoder_step``).
-    On a CPU device everything runs inline. ``frames(ticket)`` returns a numpy view of the pinned buffer, valid
-    until ``slots`` further submits.
+    ``decode(decoder, latents) -> (B, 3, N, H, W)`` is the world's decoder step (``World.vae_decoder_step``).
+    On a CPU device, or with ``overlap=False``, everything runs inline on the current stream (in order with the
+    transformer's work). ``frames(ticket)`` returns a numpy view of the pinned buffer, valid until ``slots``
+    further submits.
     """
 
     def __init__(
-        self, decode: Callable[[object, torch.Tensor], torch.Tensor], device: torch.device | str, slots: int = 3
+        self,
+        decode: Callable[[object, torch.Tensor], torch.Tensor],
+        device: torch.device | str,
+        slots: int = 3,
+        *,
+        overlap: bool = True,
     ) -> None:
         self.decode = decode
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.side = torch.cuda.Stream(self.device) if self.cuda else None
+        self.side = torch.cuda.Stream(self.device) if self.cuda and overlap else None
         self.slots = slots
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._next = 0
         self._tickets: list[_Ticket | None] = [None] * slots
+
+    @property
+    def overlapped(self) -> bool:
+        """True when decodes run on the side stream, concurrently with later work on the current stream."""
+        return self.side is not None
 
     def _buffer(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
         i = self._next
@@ -239,16 +291,19 @@ class FramePipe:
 
     def submit(self, decoder, latents: torch.Tensor, drop_first: bool = False) -> _Ticket:
         """Queue the decode of ``latents`` (B, C, n, h, w) after the work already queued on the current stream.
-        ``drop_first``: drop the first decoded pixel frame (the conditioning image of a session's chunk 0)."""
+        ``drop_first``: drop the first decoded pixel frame (the conditioning image of a session's chunk 0).
+        With overlap, ``latents`` must not be written on the current stream until the ticket is done (the memory
+        itself stays reserved for the side stream: ``record_stream``)."""
         if not self.cuda:
             start = time.perf_counter()
             video = self.decode(decoder, latents)
             frames = frames_uint8(video[:, :, 1:] if drop_first else video)
             return _Ticket(start, time.perf_counter(), frames, ())
         main = torch.cuda.current_stream(self.device)
+        stream = main if self.side is None else self.side
         ready = main.record_event()
-        with torch.cuda.stream(self.side):
-            self.side.wait_event(ready)
+        with torch.cuda.stream(stream):
+            stream.wait_event(ready)
             start = torch.cuda.Event(enable_timing=True)
             start.record()
             video = self.decode(decoder, latents)
@@ -257,9 +312,16 @@ class FramePipe:
             host.copy_(frames, non_blocking=True)
             done = torch.cuda.Event(enable_timing=True)
             done.record()
-        latents.record_stream(self.side)
+        if stream is not main:
+            latents.record_stream(stream)
         ticket = self._tickets[i] = _Ticket(start, done, host, (latents, frames))
         return ticket
+
+    def join(self) -> None:
+        """Later work on the current stream waits for every decode submitted so far (e.g. before the decoder state
+        is read or written on the current stream while decodes may still run)."""
+        if self.side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
 
     def frames(self, ticket: _Ticket) -> np.ndarray:
         """(B, N, H, W, 3) uint8 of a submitted chunk (waits for its copy)."""

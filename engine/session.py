@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ import torch
 import controllers
 from controllers.conventions import check_poses
 
+from .graphs import FramePipe
 from .sampler import StreamingSampler, chunk_noise, host_to_device
 from .state import SessionState, Snapshot
 
@@ -41,10 +42,18 @@ class Chunk:
 
     frames (N,H,W,3) uint8; poses (N,4,4) float64 c2w (OpenCV) relative to frame 0; intrinsics (4,) float64
     ``[fx, fy, cx, cy]`` in pixels of the frame; index: the chunk index; frame_indices (N,) int64 global pixel-frame
-    indices; timings: seconds (``camera``, ``denoise``, ``cache_write``, ``decode``, ``total``; the denoise passes
-    and the cache write run as one step (one graph replay on CUDA), so ``denoise`` holds both and ``cache_write`` is
-    ~0; a streamed part carries ``decode`` so far); latents: the chunk's clean latents (1,C,F,h,w) fp32 on the device (``step`` only;
-    chunk 0 includes the image latent) and latent_start: their first latent frame index.
+    indices; latents: the chunk's clean latents (1,C,F,h,w) fp32 on the device (``step`` only; chunk 0 includes the
+    image latent) and latent_start: their first latent frame index.
+
+    timings, seconds, from the chunk's start (its camera conditioning); on CUDA they are device times between events,
+    on the CPU wall clock:
+    ``camera`` (conditioning to the device), ``denoise`` (the Euler passes), ``cache_write`` (the cache-writing pass;
+    with the decode overlap it runs on the main stream while the first parts decode on a side stream, so
+    ``denoise + cache_write + decode`` can exceed ``total``; a streamed part of an overlapped chunk leaves it out,
+    since the pass may still run), ``decode`` (decode + uint8 conversion + copy to the host of the parts delivered
+    so far, summed), ``first_part`` (start to the first 8 frames on the host: the key-to-frame latency of the
+    chunk's first frames) and ``total`` (start to the last stage delivered so far: the frames of this part, or for a
+    whole chunk its last frames and the cache write; on the CPU it includes time a stream's consumer held a part).
     """
 
     frames: np.ndarray
@@ -58,29 +67,70 @@ class Chunk:
 
 
 class _Clock:
-    """Marks between the stages of a chunk: CUDA events on a GPU (read once the frames reached the host, so no
-    extra synchronisation), ``time.perf_counter`` on the CPU."""
+    """Stage marks of one chunk: CUDA events on the current (main) stream, ``time.perf_counter`` on the CPU. Read
+    once the frames are on the host, so reading them adds no synchronisation."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.marks: list[tuple[str, object]] = []
+        self.marks: dict[str, object] = {}
         self.mark("start")
 
     def mark(self, name: str) -> None:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            self.marks.append((name, event))
+            self.marks[name] = event
         else:
-            self.marks.append((name, time.perf_counter()))
+            self.marks[name] = time.perf_counter()
 
-    def timings(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
-            dt = a.elapsed_time(b) / 1000 if self.cuda else b - a
-            out[name] = out.get(name, 0.0) + dt
-        out["total"] = sum(out.values())
+    def _span(self, a, b) -> float:
+        return a.elapsed_time(b) / 1000 if self.cuda else b - a
+
+    def timings(self, tickets: Sequence, written: bool) -> dict[str, float]:
+        """Timings (see ``Chunk``) given the decode tickets delivered so far; ``written``: the cache write is done
+        (its event may be read)."""
+        m = self.marks
+        out = {"camera": self._span(m["start"], m["camera"]), "denoise": self._span(m["camera"], m["denoise"])}
+        ends = [self._span(m["start"], m["denoise"])]
+        if written:
+            out["cache_write"] = self._span(m["denoise"], m["cache_write"])
+            ends.append(self._span(m["start"], m["cache_write"]))
+        out["decode"] = sum(t.decode_time_ms() for t in tickets) / 1000
+        if tickets:
+            out["first_part"] = self._span(m["start"], tickets[0].done)
+            ends.append(self._span(m["start"], tickets[-1].done))
+        out["total"] = max(ends)
         return out
+
+
+@dataclass
+class _Launched:
+    """A chunk whose transformer work is queued (``Session._launch``) and whose frames are still to be collected:
+    ``parts`` are its decode calls ``(first latent, end latent, drop_first)``, ``tickets`` those submitted so far."""
+
+    index: int
+    new_poses: np.ndarray
+    latents: torch.Tensor
+    start_frame: int
+    parts: list[tuple[int, int, bool]]
+    tickets: list
+    clock: _Clock
+    written: bool = False
+
+
+LATENTS_PER_PART = 1
+"""Latent frames per decoder call, i.e. per streamed part (8 pixel frames each): the first frames of a chunk leave
+as soon as its first latent frame is decoded. A decoder that is faster on several frames per call can raise it."""
+
+
+def decode_parts(chunk_index: int, n_latents: int, per_part: int = LATENTS_PER_PART) -> list[tuple[int, int, bool]]:
+    """The decoder calls of a chunk's ``n_latents`` latent frames: ``(first, end, drop_first)`` slices of its
+    latents. Chunk 0's first call also decodes the image latent (one pixel frame, primes the decoder; dropped)."""
+    lo = 1 if chunk_index == 0 else 0
+    parts = [(lo + i, min(lo + i + per_part, n_latents), False) for i in range(0, n_latents - lo, per_part)]
+    if chunk_index == 0:
+        parts[0] = (0, parts[0][1], True)
+    return parts
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -112,6 +162,7 @@ class Session:
         self._state: SessionState | None = state
         self._sampler = StreamingSampler(world.transformer, state.setup.steps)
         self._busy = False
+        self._pipe: FramePipe | None = None
         self.on_chunk = on_chunk
 
     # ------------------------------------------------------------------ properties
@@ -242,22 +293,37 @@ class Session:
         return self._run(self.state.chunk_index, new_poses, after)
 
     def _run(self, chunk_index: int, new_poses: np.ndarray, controller_after: dict | None) -> Iterator[Chunk]:
-        """Generate chunk ``chunk_index``; yields a part per decoded latent frame, returns the whole ``Chunk``."""
+        """Generate chunk ``chunk_index``; yields a part per decoder call, returns the whole ``Chunk``."""
         if self._busy:
             raise RuntimeError("this session is already generating a chunk (finish or close the running stream)")
-        state = self.state
-        if state.chunk_index != chunk_index:
+        if self.state.chunk_index != chunk_index:
             raise RuntimeError(f"this stream was made for chunk {chunk_index} but the session is at chunk "
-                               f"{state.chunk_index}; call stream() again")
+                               f"{self.state.chunk_index}; call stream() again")
         self._busy = True
         try:
-            return (yield from self._generate(state, new_poses, controller_after))
+            return (yield from self._collect(self._launch(new_poses, controller_after)))
         finally:
             self._busy = False
 
-    def _generate(self, state: SessionState, new_poses: np.ndarray, controller_after: dict | None) -> Iterator[Chunk]:
+    def _frame_pipe(self) -> FramePipe:
+        """The session's decoder pipe (made at the first chunk): a side stream and pinned buffers for two chunks'
+        parts on CUDA when ``World.overlap_decode``; inline otherwise."""
+        if self._pipe is None:
+            world = self._world
+            slots = 2 * len(decode_parts(1, world.config.chunk_size))
+            self._pipe = FramePipe(world.vae_decoder_step, world.device, slots, overlap=world.overlap_decode)
+        return self._pipe
+
+    def _launch(self, new_poses: np.ndarray, controller_after: dict | None) -> _Launched:
+        """Queue the next chunk's work and advance the session to the following chunk.
+
+        Denoise passes, then (overlapped decode) every decode part on the side stream, reading a copy of the clean
+        latents that the main stream no longer touches, then the cache-writing pass on the main stream. Without
+        overlap the parts are run by ``_collect``, after the cache write (the order of a plain sequential chunk)."""
+        state = self.state
         setup = state.setup
         world = self._world
+        pipe = self._frame_pipe()
         c = state.chunk_index
         clock = _Clock(world.device)
         window, lat0, lat1, start_frame = self._chunk_window(c, new_poses)
@@ -266,47 +332,106 @@ class Session:
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
         noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], n_lat, h, w), world.device)
         clock.mark("camera")
-        cond = {"text": setup.text, "text_mask": setup.text_mask, "raymap": raymap, "plucker": plucker,
-                "cache": state.cache, "start_frame": start_frame}
-        # denoise + cache write: one CUDA-graph replay per chunk on CUDA worlds (engine.graphs), eager otherwise
+        # one CUDA-graph replay each for the denoise passes and the cache write on CUDA worlds (engine.graphs)
         graphs = world.chunk_graphs(setup.steps)
-        latents = graphs.step(noise, pinned=setup.first_latent if c == 0 else None, **cond)
-        if graphs.enabled:
-            latents = latents.clone()  # the graph's output buffer is reused by the next chunk
+        out = graphs.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
+                             text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
+                             start_frame=start_frame)
+        # the graph's output buffer is rewritten by the next chunk's denoise; the side stream reads a copy
+        latents = out.clone() if graphs.enabled or pipe.overlapped else out
         clock.mark("denoise")
+        launched = _Launched(c, new_poses, latents, start_frame, decode_parts(c, n_lat), [], clock)
+        if pipe.overlapped:
+            for lo, hi, drop in launched.parts:
+                launched.tickets.append(pipe.submit(state.decoder, latents[:, :, lo:hi], drop_first=drop))
+        graphs.write_cache(out, state.cache)
         clock.mark("cache_write")
         state.chunk_index = c + 1
         if controller_after is not None:
             state.controller.load_state_dict(controller_after)
+        return launched
 
+    def _collect(self, launched: _Launched) -> Iterator[Chunk]:
+        """Yield the parts of a launched chunk as their frames reach the host; return the whole ``Chunk``."""
+        setup = self.state.setup
+        pipe = self._frame_pipe()
+        c, start_frame, clock = launched.index, launched.start_frame, launched.clock
         first_px = self.frames_per_chunk * c + 1  # global index of new_poses[0]
         parts: list[np.ndarray] = []
-        i = 0
         try:
-            while i < n_lat:
-                video = world.vae_decoder_step(state.decoder, latents[:, :, i : i + 1])
-                i += 1
-                latent = start_frame + i - 1
-                if latent == 0:
-                    continue  # the conditioning frame: decoded (primes the decoder cache), not emitted
-                frames = to_uint8(video)
-                clock.mark("decode")
+            for k, (lo, hi, drop) in enumerate(launched.parts):
+                if k == len(launched.tickets):
+                    launched.tickets.append(pipe.submit(self.state.decoder, launched.latents[:, :, lo:hi], drop))
+                frames = pipe.frames(launched.tickets[k])[0].copy()  # the pinned slot is reused later
                 parts.append(frames)
-                idx = np.arange(LATENT_STRIDE * latent - (LATENT_STRIDE - 1), LATENT_STRIDE * latent + 1)
-                yield Chunk(frames=frames, poses=new_poses[idx - first_px], intrinsics=setup.intrinsics.copy(),
-                            index=c, frame_indices=idx, timings=clock.timings(), latent_start=latent)
+                first = LATENT_STRIDE * (start_frame + lo + drop) - (LATENT_STRIDE - 1)
+                idx = np.arange(first, first + len(frames))
+                yield Chunk(frames=frames, poses=launched.new_poses[idx - first_px],
+                            intrinsics=setup.intrinsics.copy(), index=c, frame_indices=idx,
+                            timings=clock.timings(launched.tickets[: k + 1], not pipe.overlapped),
+                            latent_start=start_frame + lo + drop)
         except GeneratorExit:
-            for j in range(i, n_lat):  # keep the decoder cache consistent when a stream is abandoned
-                world.vae_decoder_step(state.decoder, latents[:, :, j : j + 1])
+            self._finish(launched)
             raise
+        if pipe.overlapped:
+            clock.marks["cache_write"].synchronize()  # long done in practice: the parts were queued behind it
         frames = np.concatenate(parts)
-        chunk = Chunk(frames=frames, poses=new_poses, intrinsics=setup.intrinsics.copy(), index=c,
-                      frame_indices=np.arange(first_px, first_px + len(frames)), timings=clock.timings(),
-                      latents=latents, latent_start=start_frame)
+        chunk = Chunk(frames=frames, poses=launched.new_poses, intrinsics=setup.intrinsics.copy(), index=c,
+                      frame_indices=np.arange(first_px, first_px + len(frames)),
+                      timings=clock.timings(launched.tickets, True), latents=launched.latents,
+                      latent_start=start_frame)
         logger.debug("session chunk %d: %s", c, {k: round(v, 4) for k, v in chunk.timings.items()})
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         return chunk
+
+    def _finish(self, launched: _Launched) -> None:
+        """Run the decode calls of an abandoned chunk that were not submitted (the decoder state must see every
+        latent frame in order) and order later main-stream work after the side stream's."""
+        pipe = self._frame_pipe()
+        for lo, hi, drop in launched.parts[len(launched.tickets) :]:
+            launched.tickets.append(pipe.submit(self.state.decoder, launched.latents[:, :, lo:hi], drop))
+        pipe.join()
+
+    def pipeline(self, inputs: Iterable) -> Iterator[Chunk]:
+        """Generate one chunk per item of ``inputs`` (camera inputs known in advance, e.g. a whole path) and yield
+        each ``Chunk`` (as ``step`` returns it). With the decode overlap (CUDA), chunk N+1's transformer work is
+        queued before chunk N's frames are waited for, so it runs while chunk N decodes on the side stream; the next
+        item is taken from ``inputs`` before chunk N is yielded. An item is an action string, a (24,4,4) poses
+        array, or a dict of ``step``'s keywords (``actions`` / ``keys`` / ``poses``). Frames equal ``step``'s.
+        Closing the iterator early finishes the decoding of the chunks already launched."""
+        if self._busy:
+            raise RuntimeError("this session is already generating a chunk (finish or close the running stream)")
+        self._busy = True
+        queue: list[_Launched] = []  # launched, not yet yielded
+        try:
+            for item in inputs:
+                if isinstance(item, str):
+                    item = {"actions": item}
+                elif not isinstance(item, Mapping):
+                    item = {"poses": item}
+                queue.append(self._launch(*self._next_poses(item.get("actions"), item.get("keys"), item.get("poses"))))
+                ahead = 1 if self._frame_pipe().overlapped else 0  # nothing to overlap: collect each chunk at once
+                while len(queue) > ahead:
+                    chunk = self._drain(queue[0])
+                    queue.pop(0)
+                    yield chunk
+            while queue:
+                chunk = self._drain(queue[0])
+                queue.pop(0)
+                yield chunk
+        finally:
+            for launched in queue:
+                self._finish(launched)
+            self._busy = False
+
+    def _drain(self, launched: _Launched) -> Chunk:
+        gen = self._collect(launched)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
 
     def step(self, actions: str | None = None, *, keys: Sequence[Sequence[str]] | None = None,
              poses: np.ndarray | None = None) -> Chunk:
@@ -391,6 +516,7 @@ class Session:
             for graphs in self._world._chunk_graphs.values():
                 graphs.release(self._state.cache)
         self._state = None
+        self._pipe = None
 
     def __enter__(self) -> Session:
         return self

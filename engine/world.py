@@ -63,6 +63,10 @@ class World:
             for block in self.transformer.blocks:
                 block.compile(dynamic=False)
         self._chunk_graphs: dict[tuple[int, ...], ChunkGraphs] = {}
+        self.overlap_decode = True
+        """CUDA worlds: sessions decode on a side stream while the main stream runs the cache-writing pass and the
+        next chunk (``Session.pipeline``); False decodes inline after each chunk's transformer work (same frames;
+        read when a session makes its first chunk). No effect on the CPU, where everything is sequential."""
         self.vae = vae.eval().requires_grad_(False)
         self.prompt_encoder = prompt_encoder
         self.config = transformer.config
@@ -272,11 +276,12 @@ class World:
         n_chunks = -(-n_out // per)
         padded = np.concatenate([poses[1:], np.broadcast_to(poses[-1], (n_chunks * per - n_out, 4, 4))])
         frames = np.empty((n_out, session.height, session.width, 3), np.uint8)
-        with session:
-            for c in tqdm(range(n_chunks), desc="render", unit="chunk", disable=not progress):
-                chunk = session.step(poses=padded[c * per : (c + 1) * per])
+        with session, tqdm(total=n_chunks, desc="render", unit="chunk", disable=not progress) as bar:
+            inputs = (padded[c * per : (c + 1) * per] for c in range(n_chunks))
+            for c, chunk in enumerate(session.pipeline(inputs)):  # chunk c decodes while chunk c + 1 denoises
                 keep = min(per, n_out - c * per)
                 frames[c * per : c * per + keep] = chunk.frames[:keep]
+                bar.update(1)
         return frames
 
     def _render_bidirectional(self, image, prompt, poses, n_out, seed, intrinsics, fov_deg, height, width,
