@@ -3,6 +3,8 @@ reference (same signatures, same results within the kernels' tolerance).
 
     from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera, ucpe_decode
     from sana_wm.ops.kernels import glu_dwconv
+    from sana_wm.ops.kernels import layernorm_modulate, residual_layernorm_modulate, gated_residual, gated_output
+    from sana_wm.ops.kernels import short_conv_k
 
 Triton runs for CUDA tensors when Triton imports (or CPU tensors under ``TRITON_INTERPRET=1``) and kernels are
 enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to
@@ -16,7 +18,9 @@ from contextlib import contextmanager
 
 from . import ffn as _ffn_ref
 from . import gdn as _gdn_ref
+from . import modulation as _mod_ref
 from . import qk_prep as _prep_ref
+from . import temporal_conv as _conv_ref
 from ._triton import HAS_TRITON, runnable_on
 
 __all__ = [
@@ -27,6 +31,11 @@ __all__ = [
     "prep_camera",
     "ucpe_decode",
     "glu_dwconv",
+    "layernorm_modulate",
+    "residual_layernorm_modulate",
+    "gated_residual",
+    "gated_output",
+    "short_conv_k",
     "set_triton",
     "use_triton",
     "triton_enabled",
@@ -113,6 +122,54 @@ def ucpe_decode(x, ray_out, rope_cam):
 
         return ucpe_decode_triton(x, ray_out, rope_cam)
     return _prep_ref.ucpe_decode(x, ray_out, rope_cam)
+
+
+def layernorm_modulate(x, shift, scale):
+    """:func:`sana_wm.ops.modulation.layernorm_modulate`, on Triton when possible."""
+    if _triton_for(x):
+        from .modulation_triton import layernorm_modulate_triton
+
+        return layernorm_modulate_triton(x, shift, scale)
+    return _mod_ref.layernorm_modulate(x, shift, scale)
+
+
+def residual_layernorm_modulate(x, y, shift, scale):
+    """:func:`sana_wm.ops.modulation.residual_layernorm_modulate`, on Triton when possible."""
+    if _triton_for(x):
+        from .modulation_triton import residual_layernorm_modulate_triton
+
+        return residual_layernorm_modulate_triton(x, y, shift, scale)
+    return _mod_ref.residual_layernorm_modulate(x, y, shift, scale)
+
+
+def gated_residual(x, gate, y, extra=None):
+    """:func:`sana_wm.ops.modulation.gated_residual`, on Triton when possible and ``extra`` is given (without it the
+    reference is already one ``addcmul`` pass)."""
+    if extra is not None and _triton_for(x):
+        from .modulation_triton import gated_residual_triton
+
+        return gated_residual_triton(x, gate, y, extra)
+    return _mod_ref.gated_residual(x, gate, y, extra)
+
+
+def gated_output(main, cam, gate):
+    """:func:`sana_wm.ops.modulation.gated_output`, on Triton when possible."""
+    if _triton_for(main):
+        from .modulation_triton import gated_output_triton
+
+        return gated_output_triton(main, cam, gate)
+    return _mod_ref.gated_output(main, cam, gate)
+
+
+def short_conv_k(x, weight, *, chunk_starts=None, history=None, cross_chunk=True):
+    """:func:`sana_wm.ops.temporal_conv.short_conv_k`, on Triton when possible for one segment (streamed chunks,
+    bidirectional clips); several segments (chunk-causal oracle) always take the reference."""
+    one_segment = len(_gdn_ref.chunk_segments(x.shape[1], chunk_starts)) == 1
+    if one_segment and (cross_chunk or history is None) and _triton_for(x):
+        from .short_conv_triton import short_conv_k_triton
+
+        return short_conv_k_triton(x, weight, history=history)
+    return _conv_ref.short_conv_k(x, weight, chunk_starts=chunk_starts, history=history, cross_chunk=cross_chunk)
 
 
 def glu_dwconv(h, weight, bias, *, height, width):
