@@ -33,9 +33,21 @@ from torch import nn
 from .cache import StreamingCache
 from .config import SanaWMConfig
 from .ops.gdn import chunk_segments
-from .ops.kernels import gdn_cam, gdn_main, prep_camera, prep_gdn_qk, prep_softmax_qk, ucpe_decode
+from .ops.kernels import (
+    gated_output,
+    gated_residual,
+    gdn_cam,
+    gdn_main,
+    layernorm_modulate,
+    prep_camera,
+    prep_gdn_qk,
+    prep_softmax_qk,
+    residual_layernorm_modulate,
+    short_conv_k,
+    ucpe_decode,
+)
 from .ops.rope import rope_frequencies, slice_rope_for_camera
-from .ops.temporal_conv import ffn_temporal_conv_tokens, short_conv_k, tap_major
+from .ops.temporal_conv import ffn_temporal_conv_tokens, tap_major
 from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
 __all__ = ["SanaWMTransformer"]
@@ -462,9 +474,7 @@ class SanaWMAttention(nn.Module):
         beta, g = (None, None) if self.softmax else self._gates(x, frames)
         main = self._main(x, frames, beta, g, cache, write)
         cam = self._camera(x, frames, beta, g, cache, write)
-        combined = main + self.out_proj_cam(cam)
-        combined = combined * F.silu(self.output_gate(x).to(torch.float32))
-        return self.proj(combined.to(x.dtype))
+        return self.proj(gated_output(main, self.out_proj_cam(cam), self.output_gate(x)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -495,21 +505,15 @@ class SanaWMBlock(nn.Module):
         index: int = 0,
     ) -> torch.Tensor:
         """x (B, N, C) tokens; t0 (B, T, 6, C) per-frame modulation; ``index`` this block's position."""
-        B, N, C = x.shape
-        T = frames.T
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             (self.scale_shift_table[None, None] + t0).unsqueeze(3).unbind(2)
         )  # each (B, T, 1, C)
-        h = torch.addcmul(shift_msa, F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C), 1 + scale_msa)
-        attn = self.attn(h.view(B, N, C), frames, cache, write)
-        x = torch.addcmul(x.view(B, T, -1, C), gate_msa, attn.view(B, T, -1, C)).view(B, N, C)
+        attn = self.attn(layernorm_modulate(x, shift_msa, scale_msa), frames, cache, write)
         row = frames.plucker_rows[index]
-        if row is not None:
-            x = x + frames.plucker_add[row]
-        x = x + self.cross_attn(x, frames.text_kv[index], frames.y_mask)
-        h = torch.addcmul(shift_mlp, F.layer_norm(x, (C,), eps=1e-6).view(B, T, -1, C), 1 + scale_mlp)
-        mlp = self.mlp(h.view(B, N, C), frames, cache, write)
-        return torch.addcmul(x.view(B, T, -1, C), gate_mlp, mlp.view(B, T, -1, C)).view(B, N, C)
+        x = gated_residual(x, gate_msa, attn, None if row is None else frames.plucker_add[row])
+        cross = self.cross_attn(x, frames.text_kv[index], frames.y_mask)
+        x, h = residual_layernorm_modulate(x, cross, shift_mlp, scale_mlp)
+        return gated_residual(x, gate_mlp, self.mlp(h, frames, cache, write))
 
 
 class SanaWMTransformer(nn.Module):
