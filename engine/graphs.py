@@ -104,13 +104,13 @@ class ChunkGraphs:
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
         frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.attention_bias()
+        frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range()
         return frames
 
     def _denoise_body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
         sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
-        cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
-                "start_frame": start_frame}
+        cond = dict(text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache, start_frame=start_frame)
         out.copy_(sampler.denoise(noise, pinned=None, **cond))
 
     def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:

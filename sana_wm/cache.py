@@ -13,11 +13,22 @@ in place, so the byte size never depends on how many chunks have been streamed.
 - ``ffn_tail`` (B, 1, S, C): last frame of the FFN point-conv output (left context of the temporal conv).
 
 Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
-F = ``chunk_size + 1 + window_chunks * chunk_size`` frames laid out ``[sink chunk 0 | window slot 1 | ... | slot w]``
-(the window is a ring buffer: chunk c >= 1 goes to slot ``1 + (c - 1) % w``), plus ``ffn_tail``.
+F = ``(chunk_size + 1) + window_chunks * chunk_size + chunk_size`` frames laid out
+``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``:
 
-``kv_valid`` (1 + w,) bool marks the written slots (unwritten slots are masked out of the softmax). Host-side ints
-``frames_written`` / ``chunks_written`` record how many latent frames / chunks the cache holds.
+- the window is a ring buffer: chunk c >= 1 is committed to slot ``1 + (c - 1) % w`` (keys stay in slot order, not
+  by age; softmax does not care);
+- ``current`` (``chunk_size`` frames, scratch) holds the K/V of the chunk in flight: every pass of a chunk c >= 1
+  copies its T frames' K/V there and attends the buffer prefix ``[0, kv_offset() + T*S)`` = committed sink + ring
+  + this pass (one contiguous view: SDPA's flash / cuDNN path, no concatenation); the cache-writing pass then
+  copies ``current`` into its ring slot;
+- chunk 0 (``chunk_size + 1`` frames, longer than ``current``) writes straight into the sink, which is not committed
+  before chunk 0's write pass, and attends ``[0, T*S)``.
+
+Read-only passes therefore only touch scratch (``current``, or the uncommitted sink during chunk 0): committed data
+is never modified. ``kv_valid`` (1 + w,) bool marks the committed slots; :meth:`attention_bias` masks the unwritten
+ones while some are (chunks 1 .. w). Host-side ints ``frames_written`` / ``chunks_written`` record how many latent
+frames / chunks the cache holds.
 """
 
 from __future__ import annotations
@@ -61,7 +72,8 @@ class StreamingCache:
         sink_frames = cfg.first_chunk_size
         self.sink_tokens = sink_frames * S
         self.slot_tokens = cfg.chunk_size * S
-        kv_tokens = self.sink_tokens + cfg.window_chunks * self.slot_tokens
+        self.current_offset = self.sink_tokens + cfg.window_chunks * self.slot_tokens  # token offset of ``current``
+        kv_tokens = self.current_offset + self.slot_tokens
 
         def zeros(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=self.device)
@@ -158,30 +170,36 @@ class StreamingCache:
         return None if w == 0 else 1 + (self.chunks_written - 1) % w
 
     def write_token_range(self) -> tuple[int, int] | None:
-        """Token range ``[a, b)`` of the K/V buffers the next chunk is written to (None: not kept, window 0)."""
+        """Ring range ``[a, b)`` of the K/V buffers that the cache-writing pass of the next chunk copies ``current``
+        into (None: nothing to copy: chunk 0 is written into the sink in place; window 0 keeps no later chunk)."""
         slot = self._next_slot()
-        if slot is None:
+        if not slot:
             return None
-        if slot == 0:
-            return 0, self.sink_tokens
         a = self.sink_tokens + (slot - 1) * self.slot_tokens
         return a, a + self.slot_tokens
 
+    def kv_offset(self) -> int:
+        """Token offset in the K/V buffers where the next chunk's passes put their K/V (0: the sink, for chunk 0;
+        else ``current``); a pass of T frames attends the prefix ``[0, kv_offset() + T*S)``."""
+        return 0 if self.chunks_written == 0 else self.current_offset
+
     def key_bias(self) -> torch.Tensor:
-        """(F*S,) float32 additive softmax bias of the cached K/V tokens: 0 where written, -inf elsewhere."""
+        """(F*S,) float32 additive softmax bias over the whole K/V buffer: 0 on committed slots and on ``current``,
+        -inf on uncommitted sink / ring slots."""
         per_token = torch.cat(
             [
                 self.kv_valid[:1].expand(self.sink_tokens),
                 self.kv_valid[1:].repeat_interleave(self.slot_tokens),
+                self.kv_valid.new_ones(self.slot_tokens),
             ]
         )
         zero = torch.zeros((), dtype=torch.float32, device=self.device)
         return torch.where(per_token, zero, torch.full_like(zero, float("-inf")))
 
     def attention_bias(self) -> torch.Tensor | None:
-        """:meth:`key_bias` while some K/V slot is unwritten; None once every slot holds a chunk (from chunk
-        ``1 + window_chunks`` on), so softmax blocks attend unmasked (the fused flash path)."""
-        if self.chunks_written >= 1 + self.config.window_chunks:
+        """:meth:`key_bias` while some ring slot is unwritten (chunks 1 .. ``window_chunks``); None for chunk 0 (it
+        attends only itself) and once every slot holds a chunk, so softmax blocks attend unmasked (flash path)."""
+        if self.chunks_written == 0 or self.chunks_written >= 1 + self.config.window_chunks:
             return None
         return self.key_bias()
 

@@ -38,7 +38,6 @@ from .ops.kernels import (
     gated_residual,
     gdn_cam,
     gdn_main,
-    glu_dwconv,
     layernorm_modulate,
     prep_camera,
     prep_gdn_qk,
@@ -164,14 +163,17 @@ class GLUMBConvTemp(nn.Module):
 
     def spatial(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
         """(B, N, C) -> (B, T, S, C) point-conv output, token-major throughout: the 1x1 convs run as linears on
-        their (out, in) weight views (bias fused into the GEMM); SiLU, depthwise 3x3 + bias and GLU in between are
-        one :func:`~sana_wm.ops.kernels.glu_dwconv` pass (Triton on CUDA)."""
+        their (out, in) weight views (bias fused into the GEMM), the depthwise 3x3 conv on a channels-last view
+        (NHWC kernel, no layout copies), the GLU on the channel halves."""
         B, N, C = x.shape
+        T, H, W = frames.T, frames.H, frames.W
         inverted, depth, point = self.inverted_conv.conv, self.depth_conv.conv, self.point_conv.conv
-        h = F.linear(x.reshape(B * N, C), inverted.weight.flatten(1), inverted.bias)  # (B*N, 2M), before SiLU
-        h = glu_dwconv(h, depth.weight, depth.bias, height=frames.H, width=frames.W)  # (B*N, M)
-        h = F.linear(h, point.weight.flatten(1))
-        return h.view(B, frames.T, frames.H * frames.W, C)
+        h = F.silu(F.linear(x.reshape(B * N, C), inverted.weight.flatten(1), inverted.bias))  # (B*N, 2M)
+        h = h.view(B * T, H, W, -1).permute(0, 3, 1, 2)  # channels-last (B*T, 2M, H, W)
+        h = F.conv2d(h, depth.weight, depth.bias, padding=1, groups=depth.groups)
+        value, gate = h.permute(0, 2, 3, 1).reshape(B * N, -1).chunk(2, dim=-1)
+        h = F.linear(value * F.silu(gate), point.weight.flatten(1))
+        return h.view(B, T, H * W, C)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool) -> torch.Tensor:
         """x (B, N, C) -> (B, N, C)."""
@@ -268,9 +270,10 @@ class _Frames:
     text_kv: torch.Tensor
     plucker_add: torch.Tensor | None
     plucker_rows: tuple[int | None, ...]
-    cache_key_bias: torch.Tensor | None = None  # stream: (N_cache,) additive bias of the cached K/V tokens (None: all
-    # written, no mask)
-    write_tokens: tuple[int, int] | None = None  # stream + write: token range of this chunk in the K/V buffers
+    cache_key_bias: torch.Tensor | None = None  # stream: (N_kv,) additive bias over the whole K/V buffer (cache.py),
+    # sliced to the attended prefix (None: unmasked)
+    kv_offset: int | None = None  # stream: token offset of this pass's K/V in the buffer (cache.kv_offset())
+    write_tokens: tuple[int, int] | None = None  # stream + write: ring range the chunk is committed to (None: none)
 
     @property
     def S(self) -> int:
@@ -393,18 +396,22 @@ class SanaWMAttention(nn.Module):
                     )
                 )
             return torch.cat(outs, dim=2)
-        # stream: cached sink + window K/V (masked where not yet written) followed by this chunk's K/V
+        # stream: this pass's K/V go into the preallocated buffer at kv_offset (chunk 0: the sink; later: the scratch
+        # slot after the ring), then one SDPA over the contiguous prefix [sink | ring | this pass] (no concatenation;
+        # masked only while some ring slot is unwritten)
+        if frames.kv_offset is None:
+            raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
         cached_k, cached_v = cache[k_key], cache[v_key]
-        keys = torch.cat([cached_k, k], dim=2)
-        values = torch.cat([cached_v, v], dim=2)
-        bias = None
-        if frames.cache_key_bias is not None:  # some cache slot not written yet
-            bias = torch.cat([frames.cache_key_bias.to(q.dtype), q.new_zeros(k.shape[2])]).view(1, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
-        if write and frames.write_tokens is not None:
-            a, b = frames.write_tokens
-            cached_k[:, :, a:b].copy_(k)
-            cached_v[:, :, a:b].copy_(v)
+        a = frames.kv_offset
+        end = a + k.shape[2]
+        cached_k[:, :, a:end].copy_(k)
+        cached_v[:, :, a:end].copy_(v)
+        bias = None if frames.cache_key_bias is None else frames.cache_key_bias[:end].to(q.dtype).view(1, 1, 1, -1)
+        out = F.scaled_dot_product_attention(q, cached_k[:, :, :end], cached_v[:, :, :end], attn_mask=bias, scale=scale)
+        if write and frames.write_tokens is not None:  # commit the chunk to its ring slot
+            lo, hi = frames.write_tokens
+            cached_k[:, :, lo:hi].copy_(cached_k[:, :, a:end])
+            cached_v[:, :, lo:hi].copy_(cached_v[:, :, a:end])
         return out
 
     # -- branches --------------------------------------------------------------------------------------------------
@@ -679,6 +686,7 @@ class SanaWMTransformer(nn.Module):
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
         frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.attention_bias()
+        frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range() if write_cache else None
         out = self.run_blocks(latents, timestep, frames, cache, write_cache)
         if write_cache:

@@ -1,0 +1,151 @@
+"""The softmax blocks' K/V buffer ``[sink | ring slots | current]`` (sana_wm/cache.py): layout and mask bookkeeping,
+no concatenation in the streamed attention, read-only passes that never touch committed data, constant size.
+Streaming == chunk-causal numerics are in test_transformer_streaming.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_transformer_streaming import B, H, W, _chunk, _inputs, _model, _noisy, _write
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sana_wm.transformer import SanaWMAttention
+
+SOFTMAX_KEYS = ("k", "v", "cam_k", "cam_v")
+
+
+class _CountCats(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cats = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.cats += func.overloadpacket is torch.ops.aten.cat
+        return func(*args, **(kwargs or {}))
+
+
+def _committed(cache) -> list[torch.Tensor]:
+    """Every cache tensor, the softmax K/V without the scratch ``current`` slot (cloned)."""
+    out = []
+    for entry in cache.blocks:
+        for key, t in entry.items():
+            out.append((t[:, :, : cache.current_offset] if key in SOFTMAX_KEYS else t).clone())
+    return out + [cache.kv_valid.clone()]
+
+
+def test_layout_offsets_and_mask_per_chunk():
+    model = _model(0, window_chunks=2)
+    cfg = model.config
+    cache = model.new_cache(B, height=H, width=W)
+    S = H * W
+    sink, slot = cfg.first_chunk_size * S, cfg.chunk_size * S
+    assert (cache.sink_tokens, cache.slot_tokens, cache.current_offset) == (sink, slot, sink + 2 * slot)
+    k = cache.blocks[next(i for i in range(cfg.num_layers) if cfg.is_softmax_block(i))]["k"]
+    assert k.shape[2] == sink + 3 * slot  # sink | 2 ring slots | current
+
+    clean, _, text, mask, raymap, plucker = _inputs(cfg, 5)
+    expected = [  # (kv_offset, write range, masked tokens or None = unmasked) before each chunk
+        (0, None, None),
+        (sink + 2 * slot, (sink, sink + slot), (sink, sink + 2 * slot)),
+        (sink + 2 * slot, (sink + slot, sink + 2 * slot), (sink + slot, sink + 2 * slot)),
+        (sink + 2 * slot, (sink, sink + slot), None),
+        (sink + 2 * slot, (sink + slot, sink + 2 * slot), None),
+    ]
+    with torch.no_grad():
+        for (s, e), (offset, write_range, masked) in zip(cfg.chunk_bounds(clean.shape[2]), expected, strict=True):
+            assert cache.kv_offset() == offset and cache.write_token_range() == write_range
+            bias = cache.attention_bias()
+            if masked is None:
+                assert bias is None
+            else:
+                want = torch.zeros(k.shape[2])
+                want[masked[0] : masked[1]] = float("-inf")
+                assert torch.equal(bias, want)
+            _write(model, cache, clean, (text, mask, raymap, plucker), s, e)
+
+
+def test_window_zero_keeps_only_the_sink():
+    model = _model(0, window_chunks=0)
+    cache = model.new_cache(B, height=H, width=W)
+    cache.commit_chunk(cache.expected_chunk_frames())
+    assert cache.kv_offset() == cache.current_offset == cache.sink_tokens
+    assert cache.write_token_range() is None and cache.attention_bias() is None
+
+
+def test_stream_softmax_attention_does_not_concatenate(monkeypatch):
+    model = _model(3)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=3)
+    cond = (text, mask, raymap, plucker)
+    counter, calls = _CountCats(), []
+    sdpa = SanaWMAttention._sdpa
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[3].mode)
+        with counter:
+            return sdpa(self, *args, **kwargs)
+
+    monkeypatch.setattr(SanaWMAttention, "_sdpa", counted)
+    cache = model.new_cache(B, height=H, width=W)
+    with torch.no_grad():
+        for s, e in cfg.chunk_bounds(clean.shape[2]):
+            _chunk(model, cache, *_noisy(clean, noise, s, e, 889), cond, s, e)
+            _write(model, cache, clean, cond, s, e)
+    softmax_blocks = sum(cfg.is_softmax_block(i) for i in range(cfg.num_layers))
+    assert calls == ["stream"] * (2 * softmax_blocks * 2 * 3)  # main + camera, read + write pass, 3 chunks
+    assert counter.cats == 0
+
+
+@pytest.mark.parametrize("window_chunks", [1, 2])
+def test_read_only_passes_leave_committed_data_bitwise_unchanged(window_chunks):
+    model = _model(4, window_chunks=window_chunks)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 4, seed=4)
+    cond = (text, mask, raymap, plucker)
+    cache = model.new_cache(B, height=H, width=W)
+    nbytes = cache.nbytes()
+    with torch.no_grad():
+        for c, (s, e) in enumerate(cfg.chunk_bounds(clean.shape[2])):
+            if c > 0:  # chunk 0 attends from the uncommitted sink: nothing is committed yet
+                before = _committed(cache)
+                x, t = _noisy(clean, noise, s, e, 960)
+                full = _chunk(model, cache, x, t, cond, s, e)
+                _chunk(model, cache, x, t, cond, s, s + 1)  # a short read-only pass
+                assert all(torch.equal(a, b) for a, b in zip(before, _committed(cache), strict=True))
+                assert torch.equal(_chunk(model, cache, x, t, cond, s, e), full)
+            _write(model, cache, clean, cond, s, e)
+            assert cache.nbytes() == nbytes
+
+
+def test_clone_copy_and_reset_keep_the_layout():
+    model = _model(5)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=5)
+    cond = (text, mask, raymap, plucker)
+    cache = model.new_cache(B, height=H, width=W)
+    nbytes = cache.nbytes()
+    with torch.no_grad():
+        bounds = cfg.chunk_bounds(clean.shape[2])
+        for s, e in bounds[:2]:
+            _write(model, cache, clean, cond, s, e)
+        snap = cache.clone()
+        s, e = bounds[2]
+        v = _chunk(model, cache, *_noisy(clean, noise, s, e, 727), cond, s, e)
+        _write(model, cache, clean, cond, s, e)
+        cache.copy_(snap)
+        assert torch.equal(_chunk(model, cache, *_noisy(clean, noise, s, e, 727), cond, s, e), v)
+        assert (snap.nbytes(), cache.nbytes(), cache.reset().nbytes()) == (nbytes,) * 3
+        assert cache.kv_offset() == 0
+
+
+@pytest.mark.gpu
+def test_micro_kv_buffer_matches_concatenation_and_takes_the_flash_path():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import micro_kv
+
+    result = micro_kv.run("cuda", reps=3)
+    assert result["max_abs_diff"] == 0 and result["masked_max_abs_diff"] == 0
+    assert "new_flash_only_ms" in result, result.get("new_flash_only_error")
