@@ -110,7 +110,8 @@ class ChunkGraphs:
 
     def _denoise_body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
         sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
-        cond = dict(text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache, start_frame=start_frame)
+        cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
+                "start_frame": start_frame}
         out.copy_(sampler.denoise(noise, pinned=None, **cond))
 
     def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:

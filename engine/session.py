@@ -446,8 +446,10 @@ class Session:
     def stream(self, actions: str | None = None, *, keys: Sequence[Sequence[str]] | None = None,
                poses: np.ndarray | None = None) -> Iterator[Chunk]:
         """Like ``step`` but yield each latent frame's 8 pixel frames as soon as they are decoded (3 parts per
-        chunk). Inputs are checked at the call; the chunk is generated when the first part is requested. Closing
-        the iterator early still finishes the chunk's decoding (the state stays consistent)."""
+        chunk; ``LATENTS_PER_PART``). On CUDA the parts decode on a side stream while the chunk's cache-writing pass
+        runs, so the first 8 frames do not wait for it. Inputs are checked at the call; the chunk is generated when
+        the first part is requested. Closing the iterator early still finishes the chunk's decoding (the state stays
+        consistent)."""
         return self._begin(actions, keys, poses)
 
     # ------------------------------------------------------------------ stills

@@ -54,6 +54,10 @@ class World:
     """
 
     spatial_stride = 32
+    overlap_decode: bool = True
+    """CUDA worlds: sessions decode on a side stream while the main stream runs the cache-writing pass and (in
+    ``Session.pipeline`` / ``render_path``) the next chunk; False decodes inline after each chunk's transformer work
+    (the same frames). Read when a session makes its first chunk. No effect on the CPU (always sequential)."""
 
     def __init__(self, transformer: torch.nn.Module, vae, prompt_encoder, *, height: int = 704, width: int = 1280,
                  name: str = "sana-wm", compile: bool = False) -> None:
@@ -63,10 +67,6 @@ class World:
             for block in self.transformer.blocks:
                 block.compile(dynamic=False)
         self._chunk_graphs: dict[tuple[int, ...], ChunkGraphs] = {}
-        self.overlap_decode = True
-        """CUDA worlds: sessions decode on a side stream while the main stream runs the cache-writing pass and the
-        next chunk (``Session.pipeline``); False decodes inline after each chunk's transformer work (same frames;
-        read when a session makes its first chunk). No effect on the CPU, where everything is sequential."""
         self.vae = vae.eval().requires_grad_(False)
         self.prompt_encoder = prompt_encoder
         self.config = transformer.config

@@ -38,6 +38,7 @@ from .ops.kernels import (
     gated_residual,
     gdn_cam,
     gdn_main,
+    glu_dwconv,
     layernorm_modulate,
     prep_camera,
     prep_gdn_qk,
@@ -163,17 +164,14 @@ class GLUMBConvTemp(nn.Module):
 
     def spatial(self, x: torch.Tensor, frames: _Frames) -> torch.Tensor:
         """(B, N, C) -> (B, T, S, C) point-conv output, token-major throughout: the 1x1 convs run as linears on
-        their (out, in) weight views (bias fused into the GEMM), the depthwise 3x3 conv on a channels-last view
-        (NHWC kernel, no layout copies), the GLU on the channel halves."""
+        their (out, in) weight views (bias fused into the GEMM); SiLU, depthwise 3x3 + bias and GLU in between are
+        one :func:`~sana_wm.ops.kernels.glu_dwconv` pass (Triton on CUDA)."""
         B, N, C = x.shape
-        T, H, W = frames.T, frames.H, frames.W
         inverted, depth, point = self.inverted_conv.conv, self.depth_conv.conv, self.point_conv.conv
-        h = F.silu(F.linear(x.reshape(B * N, C), inverted.weight.flatten(1), inverted.bias))  # (B*N, 2M)
-        h = h.view(B * T, H, W, -1).permute(0, 3, 1, 2)  # channels-last (B*T, 2M, H, W)
-        h = F.conv2d(h, depth.weight, depth.bias, padding=1, groups=depth.groups)
-        value, gate = h.permute(0, 2, 3, 1).reshape(B * N, -1).chunk(2, dim=-1)
-        h = F.linear(value * F.silu(gate), point.weight.flatten(1))
-        return h.view(B, T, H * W, C)
+        h = F.linear(x.reshape(B * N, C), inverted.weight.flatten(1), inverted.bias)  # (B*N, 2M), before SiLU
+        h = glu_dwconv(h, depth.weight, depth.bias, height=frames.H, width=frames.W)  # (B*N, M)
+        h = F.linear(h, point.weight.flatten(1))
+        return h.view(B, frames.T, frames.H * frames.W, C)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool) -> torch.Tensor:
         """x (B, N, C) -> (B, N, C)."""
