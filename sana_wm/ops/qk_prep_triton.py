@@ -25,8 +25,10 @@ __all__ = [
 
 # kernel modes
 _MAIN, _CAMERA = 0, 1
-# tokens per program: a 704x1280 chunk (2,640 tokens, 20 heads) gives 83 x 20 = 1,660 programs (~12 per H100 SM)
-_BLOCK_N = 32
+# tokens per program: a 704x1280 chunk (2,640 tokens, 20 heads) gives 165 x 20 = 3,300 programs of 4 warps. sm_90a
+# registers per thread: 93 (main branch), 168 (camera branch: q, k, v tiles in flight), 93 (decode), no spills; 32
+# tokens needed 224-255 with spills in the camera branch.
+_BLOCK_N = 16
 # row statistics: 4 tokens x 512 channels per step, 660 programs for 2,640 tokens
 _RMS_BLOCK_N, _RMS_BLOCK_C = 4, 512
 
