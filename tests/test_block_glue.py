@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -172,6 +173,45 @@ def test_glue_kernels_in_triton_interpreter():
     f32, bf16 = (float(v) for v in proc.stdout.split("WORST")[-1].split())
     assert f32 < 1e-6  # fp32: the kernels reproduce the references to rounding
     assert bf16 < 6e-3  # bf16 in / out: one output rounding (2^-9 relative) over the fp32 reference
+
+
+@pytest.mark.slow
+def test_glue_kernels_compile_for_sm90_without_spills():
+    """The launched variants compile to sm_90a cubins (no GPU needed) with no local-memory spills."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sana_wm.ops import modulation_triton as M
+    from sana_wm.ops import short_conv_triton as SC
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+    def spills(fn, ptrs, num_warps, **constexprs) -> int:
+        sig = {n: "constexpr" if n in constexprs else ("*bf16" if n in ptrs else "i32") for n in fn.arg_names}
+        sig |= {"eps": "fp32"} if "eps" in sig else {}
+        kernel = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": num_warps},
+        )
+        if not cuobjdump.exists():
+            return 0
+        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"glue_{os.getpid()}_{fn.__name__}.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], check=True, capture_output=True, text=True)
+        cubin.unlink()
+        return sum(int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", usage.stdout))
+
+    ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "sum_ptr", "h_ptr")
+    for has_y in (False, True):
+        assert spills(M._ln_modulate_kernel, ln, 8, HAS_Y=has_y, BLOCK_C=4096) == 0
+    res = ("x_ptr", "y_ptr", "e_ptr", "g_ptr", "out_ptr")
+    assert spills(M._gated_residual_kernel, res, 4, HAS_EXTRA=True, BLOCK_C=1024) == 0
+    assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, BLOCK=2048) == 0
+    conv = ("x_ptr", "hist_ptr", "w_ptr", "out_ptr")
+    for has_hist in (False, True):
+        assert spills(SC._short_conv_kernel, conv, 4, HAS_HIST=has_hist, K=4, BLOCK_S=8, BLOCK_C=128) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
