@@ -104,7 +104,6 @@ class ChunkGraphs:
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
         frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
         frames.cache_key_bias = cache.attention_bias()
-        frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range()
         return frames
 
@@ -269,7 +268,8 @@ class FramePipe:
         self.decode = decode
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.side = torch.cuda.Stream(self.device) if self.cuda and overlap else None
+        # high priority: a part's decode gets SMs ahead of the transformer work queued beside it (frame latency)
+        self.side = torch.cuda.Stream(self.device, priority=-1) if self.cuda and overlap else None
         self.slots = slots
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._next = 0
