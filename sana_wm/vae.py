@@ -30,7 +30,7 @@ from torch import nn
 
 from .weights import load_into, read_state_dict
 
-__all__ = ["LTX2VAE", "LTX2StreamingDecoder", "LTX2VAEConfig", "load_vae"]
+__all__ = ["LTX2VAE", "STREAMING_DEFAULTS", "LTX2StreamingDecoder", "LTX2VAEConfig", "load_vae"]
 
 DIFFUSERS_CLASS_NAMES = ("AutoencoderKLLTX2Video", "AutoencoderKLCausalLTX2Video")
 _DOWN_STRIDES = {"conv": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1), "spatiotemporal": (2, 2, 2)}
@@ -233,18 +233,17 @@ class _StreamState:
         self.started = False
         self.tails: dict[str, torch.Tensor] = {}
 
-    def pad(self, key: str, x: torch.Tensor, n: int) -> torch.Tensor:
+    def pad(self, key: str, x: torch.Tensor, n: int, border: tuple[int, int] = (0, 0), mode: str = "zeros"):
         """Left-pad ``x`` (B,C,T,H,W) with ``n`` frames of history (or copies of its first frame at the start)
-        and remember the last ``n`` padded frames for the next call. The result keeps ``x``'s memory format."""
-        if self.started:
-            return _cat_frames([self.tails[key], x], like=x, tail=self.tails[key])
-        padded = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x)
-        want = padded[:, :, -n:]
+        and remember the last ``n`` frames for the next call; ``border``/``mode``: spatial padding done in the
+        same buffer (see :func:`_cat_frames`). The result keeps ``x``'s memory format."""
         tail = self.tails.get(key)
-        if tail is None or tail.shape != want.shape or tail.dtype != want.dtype or tail.device != want.device:
-            tail = self.tails[key] = torch.empty_like(want)
-        tail.copy_(want)
-        return padded
+        if self.started:
+            return _cat_frames([tail, x], like=x, tail=tail, border=border, mode=mode)
+        want = (*x.shape[:2], n, *x.shape[3:])
+        if tail is None or tail.shape != want or tail.dtype != x.dtype or tail.device != x.device:
+            tail = self.tails[key] = torch.empty(want, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        return _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x, tail=tail, border=border, mode=mode)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,19 +260,39 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
 
 
-def _cat_frames(parts: list[torch.Tensor], like: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
-    """Concatenate (B,C,t_i,H,W) ``parts`` along time into a new tensor in ``like``'s memory format (``torch.cat``
-    falls back to NCDHW for the expanded first-frame copies). With ``tail`` (one of ``parts``, the carried
-    history), the last ``tail.shape[2]`` frames of the result are copied into it afterwards, in place."""
+def _cat_frames(
+    parts: list[torch.Tensor], like: torch.Tensor, tail: torch.Tensor | None = None,
+    border: tuple[int, int] = (0, 0), mode: str = "zeros",
+) -> torch.Tensor:
+    """Concatenate (B,C,t_i,H,W) ``parts`` along time into one new buffer in ``like``'s memory format (``torch.cat``
+    and ``F.pad`` fall back to NCDHW), with ``border`` = (ph, pw) rows/cols of spatial padding filled in ``mode``
+    (reflect / replicate / circular, as ``F.pad``) in the same buffer. With ``tail`` (n frames, unpadded), the
+    last n frames are copied into it afterwards, in place (``tail`` may be one of ``parts``)."""
     b, c, _, h, w = like.shape
+    ph, pw = border
     frames = sum(p.shape[2] for p in parts)
-    out = torch.empty((b, c, frames, h, w), dtype=like.dtype, device=like.device, memory_format=_memory_format(like))
+    out = torch.empty(
+        (b, c, frames, h + 2 * ph, w + 2 * pw), dtype=like.dtype, device=like.device, memory_format=_memory_format(like)
+    )
+    inner = out[:, :, :, ph : ph + h, pw : pw + w]
     start = 0
     for p in parts:
-        out[:, :, start : start + p.shape[2]].copy_(p)
+        inner[:, :, start : start + p.shape[2]].copy_(p)
         start += p.shape[2]
     if tail is not None:
-        tail.copy_(out[:, :, frames - tail.shape[2] :])
+        tail.copy_(inner[:, :, frames - tail.shape[2] :])
+    # Separable border fill: columns of the inner rows first, then whole rows (corners as F.pad gives them).
+    for dim, p, size in ((4, pw, w), (3, ph, h)):
+        full = out.narrow(3, ph, h) if dim == 4 else out
+        for i in range(1, p + 1):
+            if mode == "reflect":
+                lo, hi = p + i, p + size - 1 - i
+            elif mode == "replicate":
+                lo, hi = p, p + size - 1
+            else:  # circular
+                lo, hi = p + size - i, p + i - 1
+            full.select(dim, p - i).copy_(full.select(dim, lo))
+            full.select(dim, p + size - 1 + i).copy_(full.select(dim, hi))
     return out
 
 
@@ -287,7 +306,8 @@ def _rms_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 class LTX2VideoCausalConv3d(nn.Module):
     """3-D conv whose temporal padding is causal (``k_t - 1`` copies of the first frame, or the carried tail
-    when streaming) or symmetric (``causal=False``); spatial padding by ``nn.Conv3d``."""
+    when streaming) or symmetric (``causal=False``). Non-zero spatial padding (reflect, ...) is written into the
+    same buffer as the temporal padding (one copy, in the input's memory format); zeros padding is the conv's."""
 
     def __init__(
         self,
@@ -309,14 +329,22 @@ class LTX2VideoCausalConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None) -> torch.Tensor:
         n = self.time_pad
+        conv = self.conv
+        mode = conv.padding_mode
+        border = (0, 0) if mode == "zeros" else tuple(conv.padding[1:])
         if n and state is not None:
-            x = state.pad(self.stream_key, x, n)
+            x = state.pad(self.stream_key, x, n, border, mode)
         elif n and causal:
-            x = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x)
+            x = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x, border=border, mode=mode)
         elif n:
             h = n // 2
-            x = _cat_frames([x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)], like=x)
-        return self.conv(x)
+            parts = [x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)]
+            x = _cat_frames(parts, like=x, border=border, mode=mode)
+        elif border != (0, 0):
+            x = _cat_frames([x], like=x, border=border, mode=mode)
+        padding = conv.padding if mode == "zeros" else 0
+        # cuDNN answers a channels-last input in channels-last (no copy here); the CPU kernels answer NCDHW.
+        return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding).contiguous(memory_format=_memory_format(x))
 
 
 class _TimestepMLP(nn.Module):
@@ -764,10 +792,10 @@ class LTX2VAE(nn.Module):
         z = self.denormalize(z.to(self.dtype))
         return self._maybe_tiled(z, lambda tile, key: self.decoder(tile, temb, causal, None, generator))
 
-    def streaming_decoder(self) -> LTX2StreamingDecoder:
+    def streaming_decoder(self, **options) -> LTX2StreamingDecoder:
         """A stateful causal decoder that takes latent frames in order (see :class:`LTX2StreamingDecoder`);
-        it keeps the tiling settings active now."""
-        return LTX2StreamingDecoder(self)
+        it keeps the tiling settings active now. ``options`` override :data:`STREAMING_DEFAULTS`."""
+        return LTX2StreamingDecoder(self, **options)
 
     # -- tiling ---------------------------------------------------------------------------------------------
 
@@ -874,17 +902,49 @@ def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Speed switches of :class:`LTX2StreamingDecoder` (all give the same frames; ``bench/micro_vae.py`` times them).
+STREAMING_DEFAULTS: dict = {"frames_per_pass": 1, "channels_last": False, "cuda_graph": False, "compile": False}
+
+
+@dataclass
+class _DecodeGraph:
+    graph: torch.cuda.CUDAGraph
+    z: torch.Tensor  # static input (B,C,n,h,w) as the caller passes it
+    out: torch.Tensor  # static output
+    tails: tuple  # (data_ptr, stride) of every carried tail at capture: the graph reads and writes these
+
+
 class LTX2StreamingDecoder:
-    """Causal decoder driven one latent frame at a time; output equals ``vae.decode(z, causal=True)`` of all
+    """Causal decoder driven latent frame by latent frame; output equals ``vae.decode(z, causal=True)`` of all
     latents fed since the last :meth:`reset`, split at latent-frame boundaries.
 
     State: for every causal conv of the decoder the last 2 frames of its input (allocated on the first call,
-    then overwritten in place: :meth:`nbytes` does not grow), whether the clip's first frame has passed (the
-    depth-to-space upsamplers drop their first output frame only then), and the number of latent frames
-    decoded. With tiling enabled on the VAE, one such state per spatial tile.
+    then overwritten in place: :meth:`nbytes` and the tails' addresses do not change), whether the clip's first
+    frame has passed (the depth-to-space upsamplers drop their first output frame only then), and the number of
+    latent frames decoded. With tiling enabled on the VAE, one such state per spatial tile.
+
+    Speed switches (defaults in :data:`STREAMING_DEFAULTS`; every combination gives the same frames):
+
+    - ``frames_per_pass``: latent frames per decoder pass (``None``: all frames of a call in one pass; 1: one
+      latent frame at a time, the lowest peak memory);
+    - ``channels_last``: activations in ``torch.channels_last_3d`` (cuDNN's NDHWC kernels, fused RMS norm);
+      converts the VAE decoder's conv weights to that memory format in place (values and names unchanged) and
+      returns pixels in that memory format (NDHWC storage: a permute to (B,N,H,W,3) is then a view);
+    - ``cuda_graph``: on CUDA, calls after the clip's first one (``temb`` None) are CUDA-graph replays per input
+      shape: the first such call of a shape runs eagerly (warm-up), the second captures, later ones replay.
+      The carried tails are read and written in place by the graph; the returned pixels are a fresh copy.
+      On the CPU this switch changes nothing;
+    - ``compile``: calls after the clip's first one run through ``torch.compile`` (``dynamic=False``).
     """
 
-    def __init__(self, vae: LTX2VAE) -> None:
+    def __init__(self, vae: LTX2VAE, **options) -> None:
+        unknown = set(options) - set(STREAMING_DEFAULTS)
+        if unknown:
+            raise TypeError(f"LTX2StreamingDecoder: unknown option(s) {sorted(unknown)}; known: {sorted(STREAMING_DEFAULTS)}")
+        opts = {**STREAMING_DEFAULTS, **options}
+        fpp = opts["frames_per_pass"]
+        if fpp is not None and (not isinstance(fpp, int) or isinstance(fpp, bool) or fpp < 1):
+            raise ValueError(f"frames_per_pass must be None or a positive int, got {fpp!r}")
         if any(vae.config.decoder_inject_noise):
             raise ValueError("streaming decode needs a deterministic decoder; this config has decoder_inject_noise")
         if not vae.config.decoder_causal:
@@ -895,13 +955,21 @@ class LTX2StreamingDecoder:
                 stacklevel=3,
             )
         self.vae = vae
+        self.frames_per_pass: int | None = fpp
+        self.channels_last = bool(opts["channels_last"])
+        self.cuda_graph = bool(opts["cuda_graph"])
+        if self.channels_last:
+            vae.decoder.to(memory_format=torch.channels_last_3d)
+        self._steady = torch.compile(self._run, dynamic=False) if opts["compile"] else self._run
         self.tile_size, self.tile_stride = vae.tile_size, vae.tile_stride
         self._states: dict[tuple[int, int], _StreamState] = {}
         self._shape: tuple[int, ...] | None = None
+        self._warm: set[tuple] = set()
+        self._graphs: dict[tuple, _DecodeGraph] = {}
         self.num_latent_frames = 0
 
     def reset(self) -> None:
-        """Start a new clip: the next latent frame is decoded as frame 0. Buffers are kept for reuse."""
+        """Start a new clip: the next latent frame is decoded as frame 0. Buffers (and graphs) are kept for reuse."""
         for state in self._states.values():
             state.started = False
         self._shape = None
@@ -910,8 +978,7 @@ class LTX2StreamingDecoder:
     @torch.no_grad()
     def decode(self, z: torch.Tensor, temb: torch.Tensor | float | None = None) -> torch.Tensor:
         """Normalised latents (B,C,n,h,w), n >= 1, continuing the clip -> pixels (B,3,n_px,32h,32w) in
-        nominal [-1,1], with ``n_px = 1 + 8(n-1)`` for the clip's first call and ``8n`` afterwards. Frames are
-        decoded one latent frame at a time (peak memory independent of n)."""
+        nominal [-1,1], with ``n_px = 1 + 8(n-1)`` for the clip's first call and ``8n`` afterwards."""
         vae = self.vae
         vae._check_latents(z, "streaming decode")
         shape = (z.shape[0], z.shape[1], *z.shape[3:])
@@ -921,20 +988,61 @@ class LTX2StreamingDecoder:
                 f"{self._shape}; call reset() to start a new clip"
             )
         temb = vae._check_temb(temb, z.shape[0])
+        if self._shape is None:
+            out = self._run(z, temb)
+        elif self.cuda_graph and z.is_cuda and temb is None:
+            out = self._graphed(z)
+        else:
+            out = self._steady(z, temb)
+        self._shape = shape
+        self.num_latent_frames += z.shape[2]
+        return out
+
+    def _run(self, z: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """The decode itself: denormalise, then decoder passes of ``frames_per_pass`` latent frames (each over the
+        spatial tiles) carrying the tails; marks the states started."""
+        vae = self.vae
         z = vae.denormalize(z.to(vae.dtype))
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        step = z.shape[2] if self.frames_per_pass is None else self.frames_per_pass
         out = []
-        for t in range(z.shape[2]):
-            frame = z[:, :, t : t + 1]
-            out.append(vae._maybe_tiled(frame, self._decode_tile(temb), self.tile_size, self.tile_stride))
-            for key in self._keys(*frame.shape[-2:]):
-                self._states[key].started = True
-            self._shape = shape
-            self.num_latent_frames += 1
-        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        for t in range(0, z.shape[2], step):
+            piece = z[:, :, t : t + step]
+            out.append(vae._maybe_tiled(piece, self._decode_tile(temb), self.tile_size, self.tile_stride))
+            for key in self._keys(*piece.shape[-2:]):
+                state = self._states[key]
+                if not state.started:
+                    state.started = True
+        return out[0] if len(out) == 1 else _cat_frames(out, like=out[0])
+
+    def _tail_signature(self) -> tuple:
+        return tuple((t.data_ptr(), t.stride()) for s in self._states.values() for t in s.tails.values())
+
+    def _graphed(self, z: torch.Tensor) -> torch.Tensor:
+        """A steady call on CUDA: eager the first time a shape comes (warm-up), captured the second, then replayed.
+        A graph whose tails were replaced (e.g. a snapshot of another layout loaded) is captured again."""
+        key = (tuple(z.shape), tuple(z.stride()), z.dtype, z.device)
+        if key not in self._warm:
+            self._warm.add(key)
+            return self._steady(z, None)
+        entry = self._graphs.get(key)
+        if entry is None or entry.tails != self._tail_signature():
+            self._graphs.pop(key, None)
+            static = z.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self._steady(static, None)
+            entry = self._graphs[key] = _DecodeGraph(graph, static, out, self._tail_signature())
+        entry.z.copy_(z)
+        entry.graph.replay()
+        return entry.out.clone(memory_format=torch.preserve_format)
 
     def _decode_tile(self, temb: torch.Tensor | None) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
         def run(tile: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
-            state = self._states.setdefault(key, _StreamState())
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _StreamState()
             return self.vae.decoder(tile, temb, True, state)
 
         return run

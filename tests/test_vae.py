@@ -1,5 +1,6 @@
 """LTX-2 VAE: parity with diffusers AutoencoderKLLTX2Video, streaming causal decode, loading, full-size layout."""
 
+import contextlib
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from safetensors.torch import load_file, save_file
 
-from sana_wm.vae import LTX2VAE, LTX2VAEConfig, load_vae
+from sana_wm.vae import LTX2VAE, LTX2VAEConfig, LTX2VideoCausalConv3d, load_vae
 
 # Second config: timestep conditioning, non-causal decoder config, zero spatial padding, mixed residual upsamplers.
 CONFIG_B = {
@@ -304,3 +305,109 @@ def test_load_vae_errors(tmp_path, pairs):
     (folder / "config.json").write_text(json.dumps({**cfg, "_class_name": "AutoencoderKLWan"}))
     with pytest.raises(ValueError, match="not an LTX-2 video VAE"):
         load_vae(folder)
+
+
+def fresh_copy(vae: LTX2VAE) -> LTX2VAE:
+    """A second VAE with the same weights (the channels_last switch converts a VAE's decoder weights in place)."""
+    other = LTX2VAE(vae.config)
+    other.load_state_dict(vae.state_dict(), strict=True)
+    return other
+
+
+SWITCHES = [
+    {"frames_per_pass": None},
+    {"frames_per_pass": 2, "channels_last": True},
+    {"frames_per_pass": None, "channels_last": True, "cuda_graph": True},  # graphs: CUDA only, eager on the CPU
+]
+
+
+@pytest.mark.parametrize("options", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@torch.no_grad()
+def test_streaming_switches_equal_per_frame_and_full_decode(pairs, options):
+    vae = fresh_copy(pairs["tiny"][1])
+    z = torch.randn(1, 16, 10, 2, 3, generator=torch.Generator().manual_seed(5))
+    full = vae.decode(z, causal=True)
+    per_frame = vae.streaming_decoder(frames_per_pass=1)
+    fast = vae.streaming_decoder(**options)
+    sizes, start = [], 0
+    for a, b in ((0, 4), (4, 7), (7, 10)):  # the engine's chunks: 4 latent frames first, then 3
+        x = fast.decode(z[:, :, a:b])
+        ref = torch.cat([per_frame.decode(z[:, :, t : t + 1]) for t in range(a, b)], dim=2)
+        assert x.shape == ref.shape
+        assert rel_err(x, ref) <= 1e-5
+        assert rel_err(x, full[:, :, start : start + x.shape[2]]) <= 1e-5
+        assert x.is_contiguous(memory_format=torch.channels_last_3d) == options.get("channels_last", False)
+        start += x.shape[2]
+        sizes.append(fast.nbytes())
+    assert len(set(sizes)) == 1 and sizes[0] == per_frame.nbytes()
+    assert fast.num_latent_frames == 10
+
+
+@torch.no_grad()
+def test_channels_last_keeps_every_conv_input_channels_last(pairs):
+    for name in ("tiny", "B"):
+        vae = fresh_copy(pairs[name][1])
+        temb = temb_for(vae.config, 1)
+        z = torch.randn(1, vae.config.latent_channels, 3, 2, 2)
+        expected = vae.decode(z, temb=temb, causal=True)
+        with pytest.warns(UserWarning) if name == "B" else contextlib.nullcontext():
+            dec = vae.streaming_decoder(frames_per_pass=None, channels_last=True)
+        seen = []
+        hooks = [
+            m.register_forward_pre_hook(
+                lambda mod, args, seen=seen: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+            )
+            for m in vae.decoder.modules()
+            if isinstance(m, (LTX2VideoCausalConv3d, torch.nn.Conv3d))
+        ]
+        try:
+            x = torch.cat([dec.decode(z[:, :, :2], temb=temb), dec.decode(z[:, :, 2:], temb=temb)], dim=2)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert seen and all(seen), f"{name}: {seen.count(False)} of {len(seen)} conv inputs left channels-last"
+        assert all(
+            p.is_contiguous(memory_format=torch.channels_last_3d) for p in vae.decoder.parameters() if p.ndim == 5
+        )
+        assert rel_err(x, expected) <= 1e-5
+        assert rel_err(vae.decode(z, temb=temb, causal=True), expected) <= 1e-5  # full decode unaffected
+
+
+@torch.no_grad()
+def test_one_pass_channels_last_snapshot_restore_bitwise(pairs):
+    vae = fresh_copy(pairs["tiny"][1])
+    z = torch.randn(1, 16, 7, 2, 2, generator=torch.Generator().manual_seed(6))
+    dec = vae.streaming_decoder(frames_per_pass=None, channels_last=True)
+    dec.decode(z[:, :, :4])
+    snap = dec.state_dict_snapshot()
+    first = dec.decode(z[:, :, 4:7])
+    dec.load_snapshot(snap)
+    assert torch.equal(dec.decode(z[:, :, 4:7]), first)
+    plain = vae.streaming_decoder(frames_per_pass=1)  # a snapshot moves between switch settings
+    plain.load_snapshot(snap)
+    assert rel_err(plain.decode(z[:, :, 4:7]), first) <= 1e-5
+
+
+def test_streaming_switch_errors(pairs):
+    vae = pairs["tiny"][1]
+    with pytest.raises(TypeError, match="unknown option"):
+        vae.streaming_decoder(framez=3)
+    with pytest.raises(ValueError, match="frames_per_pass"):
+        vae.streaming_decoder(frames_per_pass=0)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_graph_replay_equals_eager_on_gpu(pairs):
+    vae = fresh_copy(pairs["tiny"][1]).cuda()
+    z = torch.randn(1, 16, 13, 2, 3, generator=torch.Generator().manual_seed(8)).cuda()
+    eager = vae.streaming_decoder(frames_per_pass=None, channels_last=True)
+    graphed = vae.streaming_decoder(frames_per_pass=None, channels_last=True, cuda_graph=True)
+    for a, b in ((0, 4), (4, 7), (7, 10), (10, 13)):  # first, warm-up, capture + replay, replay
+        x, ref = graphed.decode(z[:, :, a:b]), eager.decode(z[:, :, a:b])
+        assert rel_err(x, ref) <= 1e-5, (a, b)
+    assert len(graphed._graphs) == 1
+    snap = graphed.state_dict_snapshot()
+    again = graphed.decode(z[:, :, 10:13])
+    graphed.load_snapshot(snap)
+    assert torch.equal(graphed.decode(z[:, :, 10:13]), again)
