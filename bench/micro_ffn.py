@@ -1,0 +1,121 @@
+"""The FFN glue between the two 1x1 linears (SiLU -> depthwise 3x3 + bias -> GLU) at the streaming shape.
+
+    python bench/micro_ffn.py            # prints JSON (CUDA only)
+
+One call per transformer block and forward (20 per forward): h (3 frames x 22 x 40 = 2,640 tokens, 2M = 13,440) bf16.
+Times (CUDA events, median) the old path as the transformer ran it before ``glu_dwconv`` (separate SiLU, cuDNN
+channels-last depthwise conv with bias, SiLU of the gate half, product), the PyTorch reference
+(``sana_wm.ops.ffn.glu_dwconv``: the same ops plus its argument checks), and the Triton kernel at its default tile
+and a few other tiles; reports each one's error against the fp32 reference of the same bf16 inputs, the kernel's
+effective memory bandwidth (71 MB read + 35 MB written per call) and the per-forward saving.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
+CALLS_PER_FORWARD = 20
+# (block_x, block_c, num_warps); the first is glu_dwconv_triton's default
+TILES = [(8, 64, 4), (8, 128, 4), (4, 128, 4), (16, 64, 4), (8, 64, 8), (8, 32, 2), (4, 64, 2)]
+
+
+def _ms(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return round(statistics.median(times), 4)
+
+
+def _errors(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """Relative error (norm ratio) and max abs error / max |want| of ``got`` against the fp32 ``want``."""
+    d = got.double() - want.double()
+    return {
+        "rel": float(d.norm() / want.double().norm()),
+        "max_rel": float(d.abs().max() / want.double().abs().max()),
+    }
+
+
+def _old_path(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GLUMBConvTemp.spatial`` between its linears before the kernel (commit 28c8ff5..9de3a28)."""
+    x = F.silu(h).view(FRAMES, HEIGHT, WIDTH, -1).permute(0, 3, 1, 2)
+    x = F.conv2d(x, weight, bias, padding=1, groups=weight.shape[0])
+    value, gate = x.permute(0, 2, 3, 1).reshape(h.shape[0], -1).chunk(2, dim=-1)
+    return value * F.silu(gate)
+
+
+def run(device: str = "cuda", reps: int = 50) -> dict:
+    """Times and errors at the streaming shape on ``device`` (a CUDA device); returns a JSON-able dict."""
+    if not torch.cuda.is_available() or torch.device(device).type != "cuda":
+        raise RuntimeError(
+            f"micro_ffn needs a CUDA device, got device={device!r} (cuda available: {torch.cuda.is_available()})."
+        )
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from sana_wm.ops.ffn import glu_dwconv
+    from sana_wm.ops.ffn_triton import glu_dwconv_triton
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, c2 = FRAMES * HEIGHT * WIDTH, 2 * HALF
+    h32 = 2 * torch.randn(n, c2, device=device, generator=gen)  # inverted-conv output scale
+    w32 = (torch.rand(c2, 1, 3, 3, device=device, generator=gen) - 0.5) * (2 / 3)  # nn.Conv2d init range
+    b32 = (torch.rand(c2, device=device, generator=gen) - 0.5) * (2 / 3)
+    h, w, b = h32.bfloat16(), w32.bfloat16(), b32.bfloat16()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 reference of the same bf16 inputs
+        want = glu_dwconv(h.float(), w.float(), b.float(), height=HEIGHT, width=WIDTH)
+
+    out: dict = {
+        "shape": {"tokens": n, "channels_in": c2, "channels_out": HALF, "frames": FRAMES, "h": HEIGHT, "w": WIDTH},
+        "device": torch.cuda.get_device_name(device),
+        "reps": reps,
+    }
+    old_ms = _ms(lambda: _old_path(h, w, b), reps)
+    out["old_path_ms"] = old_ms
+    out["old_path_err"] = _errors(_old_path(h, w, b), want)
+    out["reference_ms"] = _ms(lambda: glu_dwconv(h, w, b, height=HEIGHT, width=WIDTH), reps)
+    out["reference_err"] = _errors(glu_dwconv(h, w, b, height=HEIGHT, width=WIDTH), want)
+
+    bytes_moved = (n * c2 + n * HALF) * h.element_size()
+    tiles = {}
+    for bx, bc, nw in TILES:
+
+        def call(bx=bx, bc=bc, nw=nw):
+            return glu_dwconv_triton(h, w, b, height=HEIGHT, width=WIDTH, block_x=bx, block_c=bc, num_warps=nw)
+
+        try:
+            ms = _ms(call, reps)
+            tiles[f"{bx}x{bc}w{nw}"] = {"ms": ms, "GBps": round(bytes_moved / ms / 1e6, 1), **_errors(call(), want)}
+        except Exception as exc:  # noqa: BLE001 - a tile that fails to compile or launch is reported
+            tiles[f"{bx}x{bc}w{nw}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    out["triton_tiles"] = tiles
+    default = tiles[f"{TILES[0][0]}x{TILES[0][1]}w{TILES[0][2]}"]
+    out["triton_ms"] = default.get("ms")
+    out["triton_err"] = {k: default.get(k) for k in ("rel", "max_rel")}
+    timed = {k: v["ms"] for k, v in tiles.items() if "ms" in v}
+    if timed:
+        best = min(timed, key=timed.get)
+        out["triton_best_tile"], out["triton_best_ms"] = best, timed[best]
+        out["saving_per_forward_ms"] = round(CALLS_PER_FORWARD * (old_ms - timed[best]), 3)
+    out["fp32_triton_vs_reference_rel"] = _errors(
+        glu_dwconv_triton(h.float(), w.float(), b.float(), height=HEIGHT, width=WIDTH), want
+    )["rel"]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=1))
