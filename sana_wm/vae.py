@@ -903,7 +903,9 @@ def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None
 
 
 # Speed switches of :class:`LTX2StreamingDecoder` (all give the same frames; ``bench/micro_vae.py`` times them).
-STREAMING_DEFAULTS: dict = {"frames_per_pass": 1, "channels_last": False, "cuda_graph": False, "compile": False}
+STREAMING_DEFAULTS: dict = {
+    "frames_per_pass": 1, "channels_last": False, "cuda_graph": False, "compile": False, "cudnn_benchmark": False,
+}
 
 
 @dataclass
@@ -934,7 +936,9 @@ class LTX2StreamingDecoder:
       shape: the first such call of a shape runs eagerly (warm-up), the second captures, later ones replay.
       The carried tails are read and written in place by the graph; the returned pixels are a fresh copy.
       On the CPU this switch changes nothing;
-    - ``compile``: calls after the clip's first one run through ``torch.compile`` (``dynamic=False``).
+    - ``compile``: calls after the clip's first one run through ``torch.compile`` (``dynamic=False``);
+    - ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` on during each call (cuDNN times its algorithms on
+      a shape's first call; restored afterwards).
     """
 
     def __init__(self, vae: LTX2VAE, **options) -> None:
@@ -958,6 +962,7 @@ class LTX2StreamingDecoder:
         self.frames_per_pass: int | None = fpp
         self.channels_last = bool(opts["channels_last"])
         self.cuda_graph = bool(opts["cuda_graph"])
+        self.cudnn_benchmark = bool(opts["cudnn_benchmark"])
         if self.channels_last:
             vae.decoder.to(memory_format=torch.channels_last_3d)
         self._steady = torch.compile(self._run, dynamic=False) if opts["compile"] else self._run
@@ -988,12 +993,17 @@ class LTX2StreamingDecoder:
                 f"{self._shape}; call reset() to start a new clip"
             )
         temb = vae._check_temb(temb, z.shape[0])
-        if self._shape is None:
-            out = self._run(z, temb)
-        elif self.cuda_graph and z.is_cuda and temb is None:
-            out = self._graphed(z)
-        else:
-            out = self._steady(z, temb)
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark or self.cudnn_benchmark
+        try:
+            if self._shape is None:
+                out = self._run(z, temb)
+            elif self.cuda_graph and z.is_cuda and temb is None:
+                out = self._graphed(z)
+            else:
+                out = self._steady(z, temb)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         self._shape = shape
         self.num_latent_frames += z.shape[2]
         return out
