@@ -16,12 +16,7 @@ import torch
 
 from ._triton import HAS_TRITON, last_dim_contiguous, tl, triton
 
-__all__ = [
-    "prep_camera_triton",
-    "prep_gdn_qk_triton",
-    "prep_softmax_qk_triton",
-    "ucpe_decode_triton",
-]
+__all__ = ["prep_camera_triton", "prep_gdn_qk_triton", "prep_softmax_qk_triton", "ucpe_decode_triton"]
 
 # kernel modes
 _MAIN, _CAMERA = 0, 1
@@ -84,9 +79,7 @@ if HAS_TRITON:
     @triton.jit
     def _load_tile(base, sn, rn, rd, mask):
         """(BLOCK_N, BLOCK_D) fp32 tile ``base[rn * sn + rd]`` (zeros outside ``mask``)."""
-        return tl.load(base + rn[:, None] * sn + rd[None, :], mask=mask, other=0.0).to(
-            tl.float32
-        )
+        return tl.load(base + rn[:, None] * sn + rd[None, :], mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
     def _rope_tables(
@@ -102,21 +95,15 @@ if HAS_TRITON:
         (N, ROPE_PAIRS, 2) table; zeros for pairs outside it."""
         p = tl.arange(0, BLOCK_D // 2) - first_pair
         mp = (p >= 0) & (p < ROPE_PAIRS)
-        offs = (rn[:, None, None] * ROPE_PAIRS + p[None, :, None]) * 2 + tl.arange(
-            0, 2
-        )[None, None, :]
-        cs = tl.load(
-            rope_ptr + offs, mask=mn[:, None, None] & mp[None, :, None], other=0.0
-        )
+        offs = (rn[:, None, None] * ROPE_PAIRS + p[None, :, None]) * 2 + tl.arange(0, 2)[None, None, :]
+        cs = tl.load(rope_ptr + offs, mask=mn[:, None, None] & mp[None, :, None], other=0.0)
         return tl.split(cs)
 
     @triton.jit
     def _rope(x, cos, sin, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         """Interleaved channel pairs of x (BLOCK_N, BLOCK_D) times ``cos + i sin``."""
         xe, xo = tl.split(tl.reshape(x, (BLOCK_N, BLOCK_D // 2, 2)))
-        return tl.reshape(
-            tl.join(xe * cos - xo * sin, xe * sin + xo * cos), (BLOCK_N, BLOCK_D)
-        )
+        return tl.reshape(tl.join(xe * cos - xo * sin, xe * sin + xo * cos), (BLOCK_N, BLOCK_D))
 
     @triton.jit
     def _mat_row(m_base, r: tl.constexpr, mn, x0, x1, x2, x3):
@@ -155,9 +142,7 @@ if HAS_TRITON:
             o1 = _mat_row(m_base, 1, mn, x0, x1, x2, x3)
             o2 = _mat_row(m_base, 2, mn, x0, x1, x2, x3)
             o3 = _mat_row(m_base, 3, mn, x0, x1, x2, x3)
-            mixed = tl.reshape(
-                tl.join(tl.join(o0, o2), tl.join(o1, o3)), (BLOCK_N, BLOCK_D)
-            )
+            mixed = tl.reshape(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (BLOCK_N, BLOCK_D))
             return tl.where((rd < D // 2)[None, :], mixed, rotated)
 
     @triton.jit
@@ -219,50 +204,32 @@ if HAS_TRITON:
         if MODE == 0:
             cos, sin = _rope_tables(rope_ptr, rn, mn, 0, ROPE_PAIRS, BLOCK_N, BLOCK_D)
         else:
-            cos, sin = _rope_tables(
-                rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D
-            )
+            cos, sin = _rope_tables(rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D)
 
         inv = tl.load(inv_ptr + b * N + rn, mask=mn, other=0.0)
         w = tl.load(wq_ptr + h * D + rd, mask=md, other=0.0).to(tl.float32)
-        q = (
-            _load_tile(q_ptr + b * q_sb + h * D, q_sn, rn, rd, mask)
-            * inv[:, None]
-            * w[None, :]
-        )
+        q = _load_tile(q_ptr + b * q_sb + h * D, q_sn, rn, rd, mask) * inv[:, None] * w[None, :]
         if RELU:
             q = tl.maximum(q, 0.0)
-        q_enc = _encode(
-            q, cos, sin, mq_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
-        )
+        q_enc = _encode(q, cos, sin, mq_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
         if DOWNSCALE:
             q_enc = _downscale(q, q_enc, D)
         tl.store(q_out + out_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
         if PLAIN:
-            tl.store(
-                q_plain_out + out_offs, q.to(q_plain_out.dtype.element_ty), mask=mask
-            )
+            tl.store(q_plain_out + out_offs, q.to(q_plain_out.dtype.element_ty), mask=mask)
 
         inv = tl.load(inv_ptr + (B + b) * N + rn, mask=mn, other=0.0)
         w = tl.load(wk_ptr + h * D + rd, mask=md, other=0.0).to(tl.float32)
-        k = (
-            _load_tile(k_ptr + b * k_sb + h * D, k_sn, rn, rd, mask)
-            * inv[:, None]
-            * w[None, :]
-        )
+        k = _load_tile(k_ptr + b * k_sb + h * D, k_sn, rn, rd, mask) * inv[:, None] * w[None, :]
         if RELU:
             k = tl.maximum(k, 0.0)
         k = k * key_scale
-        k_enc = _encode(
-            k, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
-        )
+        k_enc = _encode(k, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
         if DOWNSCALE:
             k_enc = _downscale(k, k_enc, D)
         tl.store(k_out + out_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
         if PLAIN:
-            tl.store(
-                k_plain_out + out_offs, k.to(k_plain_out.dtype.element_ty), mask=mask
-            )
+            tl.store(k_plain_out + out_offs, k.to(k_plain_out.dtype.element_ty), mask=mask)
         if INFLATION:
             pre = tl.maximum(tl.sqrt(tl.sum(k * k, axis=1)), 1e-6)
             post = tl.maximum(tl.sqrt(tl.sum(k_enc * k_enc, axis=1)), 1e-6)
@@ -271,9 +238,7 @@ if HAS_TRITON:
 
         if MODE == 1:
             v = _load_tile(v_ptr + b * v_sb + h * D, v_sn, rn, rd, mask)
-            v_enc = _encode(
-                v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D
-            )
+            v_enc = _encode(v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
             if DOWNSCALE:
                 v_enc = _downscale(v, v_enc, D)
             tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
@@ -305,9 +270,7 @@ if HAS_TRITON:
         mask = mn[:, None] & (rd < D)[None, :]
         cos, sin = _rope_tables(rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D)
         x = _load_tile(x_ptr + b * x_sb + h * x_sh, x_sn, rn, rd, mask)
-        enc = _encode(
-            x, cos, sin, mat_ptr + b * N * 16, rn, mn, rd, D, 1, BLOCK_N, BLOCK_D
-        )
+        enc = _encode(x, cos, sin, mat_ptr + b * N * 16, rn, mn, rd, D, 1, BLOCK_N, BLOCK_D)
         offs = (b * N + rn[:, None]) * (H * D) + h * D + rd[None, :]
         tl.store(out_ptr + offs, enc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -382,19 +345,10 @@ def _launch(
         raise ValueError(f"channels ({C}) must be a multiple of heads ({heads}).")
     D = C // heads
     if tuple(table.shape[:1]) != (N,):
-        raise ValueError(
-            f"RoPE table must have {N} rows (one per token), got shape {tuple(table.shape)}."
-        )
+        raise ValueError(f"RoPE table must have {N} rows (one per token), got shape {tuple(table.shape)}.")
     count = 2 + (mode == _CAMERA) + 2 * plain  # encoded q, k [, v] [, plain q, k]
-    outs = [
-        torch.empty(B, heads, N, D, dtype=q.dtype, device=q.device)
-        for _ in range(count)
-    ]
-    infl = (
-        torch.empty(B, heads, N, dtype=torch.float32, device=q.device)
-        if inflation
-        else outs[0]
-    )
+    outs = [torch.empty(B, heads, N, D, dtype=q.dtype, device=q.device) for _ in range(count)]
+    infl = torch.empty(B, heads, N, dtype=torch.float32, device=q.device) if inflation else outs[0]
     v_out = outs[2] if mode == _CAMERA else outs[0]
     q_plain, k_plain = (outs[-2], outs[-1]) if plain else (outs[0], outs[0])
     inv = torch.empty(2, B, N, dtype=torch.float32, device=q.device)
@@ -549,14 +503,10 @@ def prep_camera_triton(
     B, N, _ = q.shape
     for name, mat in (("ray_q", ray_q), ("ray_kv", ray_kv)):
         if tuple(mat.shape) != (B, N, 4, 4):
-            raise ValueError(
-                f"{name} must have shape {(B, N, 4, 4)}, got {tuple(mat.shape)}."
-            )
+            raise ValueError(f"{name} must have shape {(B, N, 4, 4)}, got {tuple(mat.shape)}.")
     gdn = key_scale is not None
     if gdn != (beta is not None):
-        raise ValueError(
-            "prep_camera: give key_scale and beta together (GDN block) or neither (softmax block)."
-        )
+        raise ValueError("prep_camera: give key_scale and beta together (GDN block) or neither (softmax block).")
     mat_q = ray_q.to(torch.float32).contiguous()
     mat_kv = ray_kv.to(torch.float32).contiguous()
     (q_u, k_u, v_u), infl = _launch(
@@ -581,9 +531,7 @@ def prep_camera_triton(
         return q_u, k_u, v_u, None
     Bb, H, T, S = beta.shape
     if (Bb, H, T * S) != (B, heads, N):
-        raise ValueError(
-            f"beta must have shape (B, H, T, S) with T*S = {N}, got {tuple(beta.shape)}."
-        )
+        raise ValueError(f"beta must have shape (B, H, T, S) with T*S = {N}, got {tuple(beta.shape)}.")
     out = torch.empty(B, H, T, S, dtype=beta.dtype, device=beta.device)
     _beta_discount_kernel[(B * H * T,)](
         beta,
@@ -598,26 +546,18 @@ def prep_camera_triton(
     return q_u, k_u, v_u, out
 
 
-def ucpe_decode_triton(
-    x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor
-) -> torch.Tensor:
+def ucpe_decode_triton(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.Tensor) -> torch.Tensor:
     """Triton :func:`sana_wm.ops.qk_prep.ucpe_decode` (one pass; no fp32 copies, no transpose copy)."""
     if x.ndim != 4:
         raise ValueError(f"x must have shape (B, H, N, D), got {tuple(x.shape)}.")
     B, H, N, D = x.shape
     if tuple(ray_out.shape) != (B, N, 4, 4):
-        raise ValueError(
-            f"ray_out must have shape {(B, N, 4, 4)}, got {tuple(ray_out.shape)}."
-        )
+        raise ValueError(f"ray_out must have shape {(B, N, 4, 4)}, got {tuple(ray_out.shape)}.")
     if tuple(rope_cam.shape) != (N, D // 4):
-        raise ValueError(
-            f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}."
-        )
+        raise ValueError(f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}.")
     x = last_dim_contiguous(x)
     mat = ray_out.to(torch.float32).contiguous()
-    table = torch.view_as_real(
-        rope_cam.to(torch.complex64).conj().resolve_conj().contiguous()
-    )
+    table = torch.view_as_real(rope_cam.to(torch.complex64).conj().resolve_conj().contiguous())
     out = torch.empty(B, N, H * D, dtype=x.dtype, device=x.device)
     _ucpe_decode_kernel[(H, triton.cdiv(N, _BLOCK_N), B)](
         x,
