@@ -472,7 +472,7 @@ class Session:
         latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
                                         text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
                                         start_frame=start_frame)
-        decoder = world.vae.streaming_decoder()
+        decoder = world.streaming_decoder()
         decoder.load_snapshot(state.decoder.state_dict_snapshot())
         video = world.vae_decoder_step(decoder, latents)
         return to_uint8(video[:, :, -1:])[0]
@@ -505,7 +505,7 @@ class Session:
     def fork(self) -> Session:
         """A new independent session starting from a copy of this one's state (same world, prompt, seed)."""
         snap = self.snapshot()
-        state = SessionState(snap.setup, snap.cache, self._world.vae.streaming_decoder(),
+        state = SessionState(snap.setup, snap.cache, self._world.streaming_decoder(),
                              controllers.LiveController(mapping=snap.setup.mapping))
         state.decoder.load_snapshot(snap.decoder)
         state.controller.load_state_dict(snap.controller)

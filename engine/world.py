@@ -67,6 +67,9 @@ class World:
             for block in self.transformer.blocks:
                 block.compile(dynamic=False)
         self._chunk_graphs: dict[tuple[int, ...], ChunkGraphs] = {}
+        # speed switches of the sessions' streaming decoders (sana_wm.STREAMING_DEFAULTS: frames_per_pass,
+        # channels_last, cuda_graph, ...; every combination gives the same frames); read when a session starts
+        self.decoder_options: dict = {}
         self.vae = vae.eval().requires_grad_(False)
         self.prompt_encoder = prompt_encoder
         self.config = transformer.config
@@ -196,8 +199,14 @@ class World:
         ``fov_deg``); no network runs."""
         return prepare_image(image, size=self._size(height, width), intrinsics=intrinsics, fov_deg=fov_deg)[1]
 
+    def streaming_decoder(self):
+        """A new VAE streaming decoder for a session (``vae.streaming_decoder`` with ``decoder_options``)."""
+        return self.vae.streaming_decoder(**self.decoder_options)
+
     def vae_decoder_step(self, decoder, latents: torch.Tensor) -> torch.Tensor:
-        """Decode latent frames (1,C,n,h,w) with a streaming decoder -> pixels (1,3,N,H,W) in [-1,1]."""
+        """Decode latent frames (1,C,n,h,w) with a streaming decoder -> pixels (1,3,N,H,W) in [-1,1]. The one call
+        site of session decoding (``Session`` runs it through ``engine.graphs.FramePipe``, per decode part:
+        ``engine.session.LATENTS_PER_PART`` latent frames)."""
         return decoder.decode(latents.to(self.vae.dtype))
 
     # ------------------------------------------------------------------ sessions
@@ -219,7 +228,7 @@ class World:
         setup = self._setup(image, prompt, seed, intrinsics, fov_deg, height, width, steps, mapping)
         h, w = setup.height // self.spatial_stride, setup.width // self.spatial_stride
         cache = self.transformer.new_cache(1, height=h, width=w)
-        state = SessionState(setup, cache, self.vae.streaming_decoder(), controller)
+        state = SessionState(setup, cache, self.streaming_decoder(), controller)
         return Session(self, state, on_chunk)
 
     def _setup(self, image, prompt, seed, intrinsics, fov_deg, height, width, steps, mapping) -> SessionSetup:
