@@ -14,7 +14,7 @@ from engine.session import decode_parts
 
 H, W = 64, 64
 PROMPT = "a harbour at dusk"
-INPUTS = ("w-24", "dw-12,none-12", "a-24", "jw-24")  # chunk 0 eager, 1 masked graph, 2-3 unmasked graph on CUDA
+INPUTS = ("w-24", "dw-12,none-12", "a-24", "jw-24")  # CUDA: chunk 0 eager, chunk 1 its own graphs, 2-3 replay a pair
 
 
 @pytest.fixture(scope="module")
