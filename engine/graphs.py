@@ -5,11 +5,11 @@
 repeat, as **two graph replays**: the ``len(steps) - 1`` Euler passes that read the cache, then the cache-writing
 pass at t = 0 (split so that the caller can queue the decode of the clean latents in between, on a side stream).
 What does not depend on the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text
-and Plücker embeddings, the cache's key mask) is computed once per chunk, eagerly, by the transformer's
+and Plücker embeddings, the cache's K/V offsets) is computed once per chunk, eagerly, by the transformer's
 ``chunk_inputs`` and copied into the graphs' static inputs; nothing inside a chunk synchronises with the host.
 
 A graph pair binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length,
-the cache's write range and whether the cache is full (softmax blocks attend unmasked then). Chunk 0 (the image
+the cache's K/V offset and write range (which differ while the softmax window fills). Chunk 0 (the image
 chunk: 4 frames, frame 0 pinned) runs eagerly; with the default ``window_chunks=1`` chunk 1 has its own graphs and
 every later chunk replays a second pair. Capture warms up on a clone of the cache, so the cache advances exactly
 once per chunk. All graphs of a ``ChunkGraphs`` share one memory pool (their outputs are copied to buffers outside
@@ -103,7 +103,6 @@ class ChunkGraphs:
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
         frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
-        frames.cache_key_bias = cache.attention_bias()
         frames.write_tokens = cache.write_token_range()
         return frames
 
@@ -170,7 +169,7 @@ class ChunkGraphs:
             self._pending[id(cache)] = (None, cond)
             return latents
         frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame)
-        key = (id(cache), tuple(noise.shape), frames.write_tokens, frames.cache_key_bias is None)
+        key = (id(cache), tuple(noise.shape), frames.kv_offset, frames.write_tokens)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(noise, frames, cache, start_frame)

@@ -14,21 +14,20 @@ in place, so the byte size never depends on how many chunks have been streamed.
 
 Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
 F = ``(chunk_size + 1) + window_chunks * chunk_size + chunk_size`` frames laid out
-``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``:
+``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``. Every stream pass copies its T
+frames' K/V to the token offset :meth:`kv_offset` and attends the buffer prefix ``[0, kv_offset() + T*S)``: one
+contiguous view with no mask (SDPA's flash / cuDNN path), no concatenation. Keys stay in slot order, not by age
+(softmax does not care):
 
-- the window is a ring buffer: chunk c >= 1 is committed to slot ``1 + (c - 1) % w`` (keys stay in slot order, not
-  by age; softmax does not care);
-- ``current`` (``chunk_size`` frames, scratch) holds the K/V of the chunk in flight: every pass of a chunk c >= 1
-  copies its T frames' K/V there and attends the buffer prefix ``[0, kv_offset() + T*S)`` = committed sink + ring
-  + this pass (one contiguous view: SDPA's flash / cuDNN path, no concatenation); the cache-writing pass then
-  copies ``current`` into its ring slot;
-- chunk 0 (``chunk_size + 1`` frames, longer than ``current``) writes straight into the sink, which is not committed
-  before chunk 0's write pass, and attends ``[0, T*S)``.
+- chunk 0 (``chunk_size + 1`` frames) and, while the window fills, chunks 1 .. w write straight into their own slot
+  (sink, ring slot c), which is not committed before their cache-writing pass; everything before it is committed;
+- once the ring is full (chunk c > w: slot ``1 + (c - 1) % w``, the oldest, is being replaced) the passes write the
+  scratch slot ``current`` after the ring and attend [sink | ring | current]; the cache-writing pass then copies
+  ``current`` into the ring slot (:meth:`write_token_range`). Window 0 keeps no chunk after the sink: [sink | current].
 
-Read-only passes therefore only touch scratch (``current``, or the uncommitted sink during chunk 0): committed data
-is never modified. ``kv_valid`` (1 + w,) bool marks the committed slots; :meth:`attention_bias` masks the unwritten
-ones while some are (chunks 1 .. w). Host-side ints ``frames_written`` / ``chunks_written`` record how many latent
-frames / chunks the cache holds.
+Read-only passes therefore only write uncommitted slots (the chunk's own slot while filling, else ``current``):
+committed data is never modified. ``kv_valid`` (1 + w,) bool marks the committed slots. Host-side ints
+``frames_written`` / ``chunks_written`` record how many latent frames / chunks the cache holds.
 """
 
 from __future__ import annotations
@@ -169,39 +168,26 @@ class StreamingCache:
         w = self.config.window_chunks
         return None if w == 0 else 1 + (self.chunks_written - 1) % w
 
-    def write_token_range(self) -> tuple[int, int] | None:
-        """Ring range ``[a, b)`` of the K/V buffers that the cache-writing pass of the next chunk copies ``current``
-        into (None: nothing to copy: chunk 0 is written into the sink in place; window 0 keeps no later chunk)."""
-        slot = self._next_slot()
-        if not slot:
-            return None
-        a = self.sink_tokens + (slot - 1) * self.slot_tokens
-        return a, a + self.slot_tokens
+    def _slot_start(self, slot: int) -> int:
+        return 0 if slot == 0 else self.sink_tokens + (slot - 1) * self.slot_tokens
+
+    def _filling(self) -> bool:
+        """True while the next chunk's slot is not committed yet (chunks 0 .. window_chunks): it is written in place."""
+        return self._next_slot() is not None and self.chunks_written <= self.config.window_chunks
 
     def kv_offset(self) -> int:
-        """Token offset in the K/V buffers where the next chunk's passes put their K/V (0: the sink, for chunk 0;
-        else ``current``); a pass of T frames attends the prefix ``[0, kv_offset() + T*S)``."""
-        return 0 if self.chunks_written == 0 else self.current_offset
+        """Token offset in the K/V buffers where the next chunk's passes put their K/V (its own slot while the
+        window fills, else ``current``); a pass of T frames attends the prefix ``[0, kv_offset() + T*S)``."""
+        return self._slot_start(self._next_slot()) if self._filling() else self.current_offset
 
-    def key_bias(self) -> torch.Tensor:
-        """(F*S,) float32 additive softmax bias over the whole K/V buffer: 0 on committed slots and on ``current``,
-        -inf on uncommitted sink / ring slots."""
-        per_token = torch.cat(
-            [
-                self.kv_valid[:1].expand(self.sink_tokens),
-                self.kv_valid[1:].repeat_interleave(self.slot_tokens),
-                self.kv_valid.new_ones(self.slot_tokens),
-            ]
-        )
-        zero = torch.zeros((), dtype=torch.float32, device=self.device)
-        return torch.where(per_token, zero, torch.full_like(zero, float("-inf")))
-
-    def attention_bias(self) -> torch.Tensor | None:
-        """:meth:`key_bias` while some ring slot is unwritten (chunks 1 .. ``window_chunks``); None for chunk 0 (it
-        attends only itself) and once every slot holds a chunk, so softmax blocks attend unmasked (flash path)."""
-        if self.chunks_written == 0 or self.chunks_written >= 1 + self.config.window_chunks:
+    def write_token_range(self) -> tuple[int, int] | None:
+        """Ring range ``[a, b)`` that the next chunk's cache-writing pass copies ``current`` into (None: nothing to
+        copy: the chunk was written in place while the window fills, or window 0 keeps no chunk after the sink)."""
+        slot = self._next_slot()
+        if slot is None or self._filling():
             return None
-        return self.key_bias()
+        a = self._slot_start(slot)
+        return a, a + self.slot_tokens
 
     def commit_chunk(self, num_frames: int) -> None:
         """Bookkeeping after a cache-writing forward of ``num_frames`` frames."""

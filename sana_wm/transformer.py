@@ -268,8 +268,6 @@ class _Frames:
     text_kv: torch.Tensor
     plucker_add: torch.Tensor | None
     plucker_rows: tuple[int | None, ...]
-    cache_key_bias: torch.Tensor | None = None  # stream: (N_kv,) additive bias over the whole K/V buffer (cache.py),
-    # sliced to the attended prefix (None: unmasked)
     kv_offset: int | None = None  # stream: token offset of this pass's K/V in the buffer (cache.kv_offset())
     write_tokens: tuple[int, int] | None = None  # stream + write: ring range the chunk is committed to (None: none)
 
@@ -394,9 +392,8 @@ class SanaWMAttention(nn.Module):
                     )
                 )
             return torch.cat(outs, dim=2)
-        # stream: this pass's K/V go into the preallocated buffer at kv_offset (chunk 0: the sink; later: the scratch
-        # slot after the ring), then one SDPA over the contiguous prefix [sink | ring | this pass] (no concatenation;
-        # masked only while some ring slot is unwritten)
+        # stream: this pass's K/V go into the preallocated buffer at kv_offset (cache.py), then one unmasked SDPA over
+        # the contiguous prefix [committed sink + ring | this pass]: no concatenation, the flash path
         if frames.kv_offset is None:
             raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
         cached_k, cached_v = cache[k_key], cache[v_key]
@@ -404,9 +401,8 @@ class SanaWMAttention(nn.Module):
         end = a + k.shape[2]
         cached_k[:, :, a:end].copy_(k)
         cached_v[:, :, a:end].copy_(v)
-        bias = None if frames.cache_key_bias is None else frames.cache_key_bias[:end].to(q.dtype).view(1, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, cached_k[:, :, :end], cached_v[:, :, :end], attn_mask=bias, scale=scale)
-        if write and frames.write_tokens is not None:  # commit the chunk to its ring slot
+        out = F.scaled_dot_product_attention(q, cached_k[:, :, :end], cached_v[:, :, :end], scale=scale)
+        if write and frames.write_tokens is not None:  # commit the chunk from `current` to its ring slot
             lo, hi = frames.write_tokens
             cached_k[:, :, lo:hi].copy_(cached_k[:, :, a:end])
             cached_v[:, :, lo:hi].copy_(cached_v[:, :, a:end])
@@ -683,7 +679,6 @@ class SanaWMTransformer(nn.Module):
         B, _, T, H, W = latents.shape
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
         frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
-        frames.cache_key_bias = cache.attention_bias()
         frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range() if write_cache else None
         out = self.run_blocks(latents, timestep, frames, cache, write_cache)

@@ -337,7 +337,6 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
 def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start) -> Callable[[], None]:
     """A CUDA graph of one read-only forward (the per-chunk inputs computed once, outside it); returns its replay."""
     frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
-    frames.cache_key_bias = cache.attention_bias()
     frames.kv_offset = cache.kv_offset()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -358,7 +357,6 @@ def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, s
         for block in model.blocks:
             block.compile(dynamic=False)
         frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
-        frames.cache_key_bias = cache.attention_bias()
         frames.kv_offset = cache.kv_offset()
         t = time.perf_counter()
         model.run_blocks(latents, timestep, frames, cache, False)

@@ -1,4 +1,4 @@
-"""The softmax blocks' K/V buffer ``[sink | ring slots | current]`` (sana_wm/cache.py): layout and mask bookkeeping,
+"""The softmax blocks' K/V buffer ``[sink | ring slots | current]`` (sana_wm/cache.py): layout and offsets per chunk,
 no concatenation in the streamed attention, read-only passes that never touch committed data, constant size.
 Streaming == chunk-causal numerics are in test_transformer_streaming.py."""
 
@@ -27,52 +27,53 @@ class _CountCats(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _committed(cache) -> list[torch.Tensor]:
-    """Every cache tensor, the softmax K/V without the scratch ``current`` slot (cloned)."""
+def _outside_the_pass(cache) -> list[torch.Tensor]:
+    """Every cache tensor, the softmax K/V without the tokens that the next chunk's passes may write (cloned): its
+    own slot while the window fills, else the scratch slot after the ring. What a read-only pass must leave alone
+    (all committed data, and unwritten slots)."""
+    c, w = cache.chunks_written, cache.config.window_chunks
+    a = 0 if c == 0 else cache.sink_tokens + (c - 1) * cache.slot_tokens if c <= w else cache.current_offset
+    b = a + cache.expected_chunk_frames() * cache.tokens_per_frame
     out = []
     for entry in cache.blocks:
         for key, t in entry.items():
-            out.append((t[:, :, : cache.current_offset] if key in SOFTMAX_KEYS else t).clone())
+            out += [t[:, :, :a].clone(), t[:, :, b:].clone()] if key in SOFTMAX_KEYS else [t.clone()]
     return out + [cache.kv_valid.clone()]
 
 
-def test_layout_offsets_and_mask_per_chunk():
+def test_layout_offsets_per_chunk():
     model = _model(0, window_chunks=2)
     cfg = model.config
     cache = model.new_cache(B, height=H, width=W)
     S = H * W
     sink, slot = cfg.first_chunk_size * S, cfg.chunk_size * S
-    assert (cache.sink_tokens, cache.slot_tokens, cache.current_offset) == (sink, slot, sink + 2 * slot)
+    current = sink + 2 * slot
+    assert (cache.sink_tokens, cache.slot_tokens, cache.current_offset) == (sink, slot, current)
     k = cache.blocks[next(i for i in range(cfg.num_layers) if cfg.is_softmax_block(i))]["k"]
     assert k.shape[2] == sink + 3 * slot  # sink | 2 ring slots | current
 
     clean, _, text, mask, raymap, plucker = _inputs(cfg, 5)
-    expected = [  # (kv_offset, write range, masked tokens or None = unmasked) before each chunk
-        (0, None, None),
-        (sink + 2 * slot, (sink, sink + slot), (sink, sink + 2 * slot)),
-        (sink + 2 * slot, (sink + slot, sink + 2 * slot), (sink + slot, sink + 2 * slot)),
-        (sink + 2 * slot, (sink, sink + slot), None),
-        (sink + 2 * slot, (sink + slot, sink + 2 * slot), None),
+    expected = [  # (kv_offset, ring range the write pass copies `current` into) before each chunk
+        (0, None),  # chunk 0 in place in the sink
+        (sink, None),  # chunks 1, 2: in place in ring slots 1, 2 (the window fills)
+        (sink + slot, None),
+        (current, (sink, sink + slot)),  # from chunk 3 on: `current`, then into the oldest slot
+        (current, (sink + slot, sink + 2 * slot)),
     ]
     with torch.no_grad():
-        for (s, e), (offset, write_range, masked) in zip(cfg.chunk_bounds(clean.shape[2]), expected, strict=True):
+        for (s, e), (offset, write_range) in zip(cfg.chunk_bounds(clean.shape[2]), expected, strict=True):
             assert cache.kv_offset() == offset and cache.write_token_range() == write_range
-            bias = cache.attention_bias()
-            if masked is None:
-                assert bias is None
-            else:
-                want = torch.zeros(k.shape[2])
-                want[masked[0] : masked[1]] = float("-inf")
-                assert torch.equal(bias, want)
             _write(model, cache, clean, (text, mask, raymap, plucker), s, e)
+    assert cache.kv_valid.all()
 
 
 def test_window_zero_keeps_only_the_sink():
     model = _model(0, window_chunks=0)
     cache = model.new_cache(B, height=H, width=W)
+    assert cache.kv_offset() == 0 and cache.write_token_range() is None
     cache.commit_chunk(cache.expected_chunk_frames())
     assert cache.kv_offset() == cache.current_offset == cache.sink_tokens
-    assert cache.write_token_range() is None and cache.attention_bias() is None
+    assert cache.write_token_range() is None
 
 
 def test_stream_softmax_attention_does_not_concatenate(monkeypatch):
@@ -100,7 +101,7 @@ def test_stream_softmax_attention_does_not_concatenate(monkeypatch):
 
 
 @pytest.mark.parametrize("window_chunks", [1, 2])
-def test_read_only_passes_leave_committed_data_bitwise_unchanged(window_chunks):
+def test_read_only_passes_write_only_their_own_tokens(window_chunks):
     model = _model(4, window_chunks=window_chunks)
     cfg = model.config
     clean, noise, text, mask, raymap, plucker = _inputs(cfg, 4, seed=4)
@@ -108,14 +109,13 @@ def test_read_only_passes_leave_committed_data_bitwise_unchanged(window_chunks):
     cache = model.new_cache(B, height=H, width=W)
     nbytes = cache.nbytes()
     with torch.no_grad():
-        for c, (s, e) in enumerate(cfg.chunk_bounds(clean.shape[2])):
-            if c > 0:  # chunk 0 attends from the uncommitted sink: nothing is committed yet
-                before = _committed(cache)
-                x, t = _noisy(clean, noise, s, e, 960)
-                full = _chunk(model, cache, x, t, cond, s, e)
-                _chunk(model, cache, x, t, cond, s, s + 1)  # a short read-only pass
-                assert all(torch.equal(a, b) for a, b in zip(before, _committed(cache), strict=True))
-                assert torch.equal(_chunk(model, cache, x, t, cond, s, e), full)
+        for s, e in cfg.chunk_bounds(clean.shape[2]):
+            before = _outside_the_pass(cache)
+            x, t = _noisy(clean, noise, s, e, 960)
+            full = _chunk(model, cache, x, t, cond, s, e)
+            _chunk(model, cache, x, t, cond, s, s + 1)  # a short read-only pass
+            assert all(torch.equal(a, b) for a, b in zip(before, _outside_the_pass(cache), strict=True))
+            assert torch.equal(_chunk(model, cache, x, t, cond, s, e), full)
             _write(model, cache, clean, cond, s, e)
             assert cache.nbytes() == nbytes
 
@@ -147,5 +147,5 @@ def test_micro_kv_buffer_matches_concatenation_and_takes_the_flash_path():
     import micro_kv
 
     result = micro_kv.run("cuda", reps=3)
-    assert result["max_abs_diff"] == 0 and result["masked_max_abs_diff"] == 0
+    assert result["max_abs_diff"] == 0 and result["filling_rel_err"] < 2e-2
     assert "new_flash_only_ms" in result, result.get("new_flash_only_error")
