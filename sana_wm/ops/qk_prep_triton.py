@@ -302,16 +302,8 @@ if HAS_TRITON:
         for s0 in range(0, S, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
             ms = rs < S
-            beta = tl.load(
-                beta_ptr + b * be_sb + h * be_sh + t * be_st + rs * be_ss,
-                mask=ms,
-                other=0.0,
-            )
-            tl.store(
-                out_ptr + pid * S + rs,
-                (beta.to(tl.float32) / discount).to(out_ptr.dtype.element_ty),
-                mask=ms,
-            )
+            beta = tl.load(beta_ptr + b * be_sb + h * be_sh + t * be_st + rs * be_ss, mask=ms, other=0.0)
+            tl.store(out_ptr + pid * S + rs, (beta.to(tl.float32) / discount).to(out_ptr.dtype.element_ty), mask=ms)
 
 
 def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -323,22 +315,7 @@ def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(
-    mode,
-    q,
-    k,
-    v,
-    q_weight,
-    k_weight,
-    table,
-    mat_q,
-    mat_kv,
-    heads,
-    key_scale,
-    relu,
-    plain,
-    downscale,
-    inflation,
-    eps,
+    mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_scale, relu, plain, downscale, inflation, eps
 ):
     B, N, C = q.shape
     if C % heads:
@@ -352,20 +329,9 @@ def _launch(
     v_out = outs[2] if mode == _CAMERA else outs[0]
     q_plain, k_plain = (outs[-2], outs[-1]) if plain else (outs[0], outs[0])
     inv = torch.empty(2, B, N, dtype=torch.float32, device=q.device)
+    rms_args = (q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), inv, N, C, float(eps))
     _prep_kernel_rms[(triton.cdiv(N, _RMS_BLOCK_N), B)](
-        q,
-        q.stride(0),
-        q.stride(1),
-        k,
-        k.stride(0),
-        k.stride(1),
-        inv,
-        N,
-        C,
-        float(eps),
-        BLOCK_N=_RMS_BLOCK_N,
-        BLOCK_C=_RMS_BLOCK_C,
-        num_warps=4,
+        *rms_args, BLOCK_N=_RMS_BLOCK_N, BLOCK_C=_RMS_BLOCK_C, num_warps=4
     )
     _prep_kernel[(heads, triton.cdiv(N, _BLOCK_N), B)](
         q,
