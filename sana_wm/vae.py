@@ -17,6 +17,7 @@ Latent normalisation (per channel): ``z = (z_raw - latents_mean) * scaling_facto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import warnings
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops._triton import HAS_TRITON, runnable_on, tl, triton
 from .weights import load_into, read_state_dict
 
 __all__ = ["LTX2VAE", "STREAMING_DEFAULTS", "LTX2StreamingDecoder", "LTX2VAEConfig", "load_vae"]
@@ -229,21 +231,24 @@ class _StreamState:
     (padded) input, keyed by the conv's module name; ``started`` is False until the first latent frame passed.
     The tails are allocated on the first call and updated in place afterwards (fixed size and address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, triton_norm: bool = False) -> None:
         self.started = False
+        self.triton_norm = triton_norm  # RMS norm + SiLU producers through the Triton kernel where it can run
         self.tails: dict[str, torch.Tensor] = {}
 
-    def pad(self, key: str, x: torch.Tensor, n: int, border: tuple[int, int] = (0, 0), mode: str = "zeros"):
+    def pad(
+        self, key: str, x: torch.Tensor, n: int, border: tuple[int, int] = (0, 0), mode: str = "zeros", pre=None
+    ) -> torch.Tensor:
         """Left-pad ``x`` (B,C,T,H,W) with ``n`` frames of history (or copies of its first frame at the start)
-        and remember the last ``n`` frames for the next call; ``border``/``mode``: spatial padding done in the
-        same buffer (see :func:`_cat_frames`). The result keeps ``x``'s memory format."""
+        and remember the last ``n`` frames for the next call; ``border``/``mode``/``pre`` as in
+        :func:`_padded_frames`. The result keeps ``x``'s memory format."""
         tail = self.tails.get(key)
         if self.started:
-            return _cat_frames([tail, x], like=x, tail=tail, border=border, mode=mode)
+            return _padded_frames(x, n, 0, front=tail, tail=tail, border=border, mode=mode, pre=pre)
         want = (*x.shape[:2], n, *x.shape[3:])
         if tail is None or tail.shape != want or tail.dtype != x.dtype or tail.device != x.device:
             tail = self.tails[key] = torch.empty(want, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        return _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x, tail=tail, border=border, mode=mode)
+        return _padded_frames(x, n, 0, tail=tail, border=border, mode=mode, pre=pre)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -260,25 +265,47 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
 
 
-def _cat_frames(
-    parts: list[torch.Tensor], like: torch.Tensor, tail: torch.Tensor | None = None,
-    border: tuple[int, int] = (0, 0), mode: str = "zeros",
-) -> torch.Tensor:
-    """Concatenate (B,C,t_i,H,W) ``parts`` along time into one new buffer in ``like``'s memory format (``torch.cat``
-    and ``F.pad`` fall back to NCDHW), with ``border`` = (ph, pw) rows/cols of spatial padding filled in ``mode``
-    (reflect / replicate / circular, as ``F.pad``) in the same buffer. With ``tail`` (n frames, unpadded), the
-    last n frames are copied into it afterwards, in place (``tail`` may be one of ``parts``)."""
-    b, c, _, h, w = like.shape
-    ph, pw = border
-    frames = sum(p.shape[2] for p in parts)
+def _cat_time(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, dim=2)`` in the first part's memory format (``torch.cat`` may fall back to NCDHW)."""
+    b, c, _, h, w = parts[0].shape
     out = torch.empty(
-        (b, c, frames, h + 2 * ph, w + 2 * pw), dtype=like.dtype, device=like.device, memory_format=_memory_format(like)
+        (b, c, sum(p.shape[2] for p in parts), h, w), dtype=parts[0].dtype, device=parts[0].device,
+        memory_format=_memory_format(parts[0]),
     )
-    inner = out[:, :, :, ph : ph + h, pw : pw + w]
     start = 0
     for p in parts:
-        inner[:, :, start : start + p.shape[2]].copy_(p)
+        out[:, :, start : start + p.shape[2]].copy_(p)
         start += p.shape[2]
+    return out
+
+
+def _padded_frames(
+    x: torch.Tensor, n_front: int, n_back: int, front: torch.Tensor | None = None, tail: torch.Tensor | None = None,
+    border: tuple[int, int] = (0, 0), mode: str = "zeros", pre=None,
+) -> torch.Tensor:
+    """One new buffer (B, C, n_front+T+n_back, H+2ph, W+2pw) in ``x``'s memory format holding ``pre(x)`` (or ``x``)
+    with ``n_front`` frames before it (``front``, the carried history, or copies of its first frame), ``n_back``
+    copies of its last frame after it, and ``border`` = (ph, pw) rows/cols of spatial padding filled in ``mode``
+    (reflect / replicate / circular, as ``F.pad``). ``pre(x, out)`` writes the transformed ``x`` into the buffer
+    view ``out`` (a fused producer: no separate copy). With ``tail`` (n frames), the buffer's last n unpadded frames
+    are copied into it afterwards, in place (``tail`` may be ``front``)."""
+    b, c, t, h, w = x.shape
+    ph, pw = border
+    frames = n_front + t + n_back
+    out = torch.empty(
+        (b, c, frames, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)
+    )
+    inner = out[:, :, :, ph : ph + h, pw : pw + w]
+    main = inner[:, :, n_front : n_front + t]
+    if pre is None:
+        main.copy_(x)
+    else:
+        pre(x, main)
+    if n_front:
+        src = front if front is not None else main[:, :, :1].expand(-1, -1, n_front, -1, -1)
+        inner[:, :, :n_front].copy_(src)
+    if n_back:
+        inner[:, :, n_front + t :].copy_(main[:, :, -1:].expand(-1, -1, n_back, -1, -1))
     if tail is not None:
         tail.copy_(inner[:, :, frames - tail.shape[2] :])
     # Separable border fill: columns of the inner rows first, then whole rows (corners as F.pad gives them).
@@ -304,6 +331,49 @@ def _rms_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + eps)
 
 
+def _norm_silu_into(x: torch.Tensor, out: torch.Tensor, use_triton: bool = False) -> None:
+    """``out <- SiLU(RMS norm of x over channels)`` (x, out (B,C,T,H,W); ``out`` may be a strided view, e.g. the
+    inside of a padded conv buffer). The Triton kernel (one read of x, one write, fp32 math, one rounding) runs for
+    a channels-last x and an ``out`` with unit channel stride when ``use_triton`` and Triton can run on them."""
+    if use_triton and _is_channels_last(x) and out.stride(1) == 1 and x.shape[1] <= 4096 and runnable_on(x, out):
+        _norm_silu_triton(x, out)
+    else:
+        torch.ops.aten.silu.out(_rms_norm(x), out=out)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _norm_silu_kernel(
+        x_ptr, out_ptr, P, C, T, H, W, s_b, s_t, s_h, s_w, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr
+    ):
+        """Rows of a channels-last x (P positions x C channels, row stride C) -> SiLU(x * rsqrt(mean(x^2) + eps))
+        at out[b, :, t, h, w] (element strides s_* for b, t, h, w; channel stride 1)."""
+        rows = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        cols = tl.arange(0, BLOCK_C)
+        mask = (rows < P)[:, None] & (cols < C)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = x * tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)[:, None]
+        y = y * tl.sigmoid(y)
+        w = rows % W
+        q = rows // W
+        h = q % H
+        q = q // H
+        dst = (q // T) * s_b + (q % T) * s_t + h * s_h + w * s_w
+        tl.store(out_ptr + dst[:, None] + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _norm_silu_triton(x: torch.Tensor, out: torch.Tensor, eps: float = 1e-8) -> None:
+    b, c, t, h, w = x.shape
+    rows = b * t * h * w
+    block_c = triton.next_power_of_2(c)
+    block_p = max(1, min(64, 4096 // block_c))
+    _norm_silu_kernel[(triton.cdiv(rows, block_p),)](
+        x, out, rows, c, t, h, w, out.stride(0), out.stride(2), out.stride(3), out.stride(4), eps,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+    )
+
+
 class LTX2VideoCausalConv3d(nn.Module):
     """3-D conv whose temporal padding is causal (``k_t - 1`` copies of the first frame, or the carried tail
     when streaming) or symmetric (``causal=False``). Non-zero spatial padding (reflect, ...) is written into the
@@ -327,21 +397,20 @@ class LTX2VideoCausalConv3d(nn.Module):
             padding_mode=spatial_padding_mode,
         )
 
-    def forward(self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None, pre=None
+    ) -> torch.Tensor:
+        """``pre(x, out)``: an elementwise producer (e.g. RMS norm + SiLU) applied to ``x`` while it is written into
+        the padded buffer."""
         n = self.time_pad
         conv = self.conv
         mode = conv.padding_mode
         border = (0, 0) if mode == "zeros" else tuple(conv.padding[1:])
         if n and state is not None:
-            x = state.pad(self.stream_key, x, n, border, mode)
-        elif n and causal:
-            x = _cat_frames([x[:, :, :1].expand(-1, -1, n, -1, -1), x], like=x, border=border, mode=mode)
-        elif n:
-            h = n // 2
-            parts = [x[:, :, :1].expand(-1, -1, h, -1, -1), x, x[:, :, -1:].expand(-1, -1, h, -1, -1)]
-            x = _cat_frames(parts, like=x, border=border, mode=mode)
-        elif border != (0, 0):
-            x = _cat_frames([x], like=x, border=border, mode=mode)
+            x = state.pad(self.stream_key, x, n, border, mode, pre)
+        elif n or border != (0, 0) or pre is not None:
+            front, back = (n, 0) if causal else (n // 2, n // 2)
+            x = _padded_frames(x, front, back, border=border, mode=mode, pre=pre)
         padding = conv.padding if mode == "zeros" else 0
         # cuDNN answers a channels-last input in channels-last (no copy here); the CPU kernels answer NCDHW.
         return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding).contiguous(memory_format=_memory_format(x))
@@ -414,21 +483,22 @@ class LTX2VideoResnetBlock3d(nn.Module):
         state: _StreamState | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        # Temporaries are dropped as soon as possible and SiLU runs in place on them: peak memory.
-        h = _rms_norm(x)
-        if self.scale_shift_table is not None:
+        # Without timestep modulation, norm + SiLU write straight into each conv's padded input buffer.
+        if self.scale_shift_table is None:
+            pre = functools.partial(_norm_silu_into, use_triton=state is not None and state.triton_norm)
+            h = self.conv1(x, causal, state, pre)
+            if self.per_channel_scale1 is not None:
+                h = self._noise(h, self.per_channel_scale1, generator)
+            h = self.conv2(h, causal, state, pre)
+        else:
             mod = temb.unflatten(1, (4, -1)) + self.scale_shift_table[None, ..., None, None, None]
             shift1, scale1, shift2, scale2 = mod.unbind(dim=1)
-            h = h * (1 + scale1) + shift1
-        h = F.silu(h, inplace=True)
-        h = self.conv1(h, causal, state)
-        if self.per_channel_scale1 is not None:
-            h = self._noise(h, self.per_channel_scale1, generator)
-        h = _rms_norm(h)
-        if self.scale_shift_table is not None:
-            h = h * (1 + scale2) + shift2
-        h = F.silu(h, inplace=True)
-        h = self.conv2(h, causal, state)
+            h = F.silu(_rms_norm(x) * (1 + scale1) + shift1, inplace=True)
+            h = self.conv1(h, causal, state)
+            if self.per_channel_scale1 is not None:
+                h = self._noise(h, self.per_channel_scale1, generator)
+            h = F.silu(_rms_norm(h) * (1 + scale2) + shift2, inplace=True)
+            h = self.conv2(h, causal, state)
         if self.per_channel_scale2 is not None:
             h = self._noise(h, self.per_channel_scale2, generator)
         if self.norm3 is not None:
@@ -695,13 +765,14 @@ class LTX2VideoDecoder3d(nn.Module):
         x = self.mid_block(x, temb, causal, state, generator)
         for block in self.up_blocks:
             x = block(x, temb, causal, state, generator)
-        x = _rms_norm(x)
-        if self.time_embedder is not None:
+        if self.time_embedder is None:
+            pre = functools.partial(_norm_silu_into, use_triton=state is not None and state.triton_norm)
+            x = self.conv_out(x, causal, state, pre)
+        else:
             mod = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], 2, -1, 1, 1, 1)
             shift, scale = (mod + self.scale_shift_table[None, ..., None, None, None]).unbind(dim=1)
-            x = x * (1 + scale) + shift
-        x = F.silu(x, inplace=True)
-        x = self.conv_out(x, causal, state)
+            x = F.silu(_rms_norm(x) * (1 + scale) + shift, inplace=True)
+            x = self.conv_out(x, causal, state)
         # Unpatchify: channel (c, p_w, p_h) -> pixel (h * p + p_h, w * p + p_w); one copy in x's memory format.
         p = self.patch_size
         b, _, t, h, w = x.shape
@@ -904,7 +975,8 @@ def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None
 
 # Speed switches of :class:`LTX2StreamingDecoder` (all give the same frames; ``bench/micro_vae.py`` times them).
 STREAMING_DEFAULTS: dict = {
-    "frames_per_pass": 1, "channels_last": False, "cuda_graph": False, "compile": False, "cudnn_benchmark": False,
+    "frames_per_pass": 1, "channels_last": False, "triton_norm": False, "cuda_graph": False, "compile": False,
+    "cudnn_benchmark": False,
 }
 
 
@@ -932,6 +1004,8 @@ class LTX2StreamingDecoder:
     - ``channels_last``: activations in ``torch.channels_last_3d`` (cuDNN's NDHWC kernels, fused RMS norm);
       converts the VAE decoder's conv weights to that memory format in place (values and names unchanged) and
       returns pixels in that memory format (NDHWC storage: a permute to (B,N,H,W,3) is then a view);
+    - ``triton_norm``: with ``channels_last`` on CUDA, every RMS norm + SiLU before a conv is one Triton kernel that
+      writes into the conv's padded input buffer (one read, one write; fp32 math, one rounding);
     - ``cuda_graph``: on CUDA, calls after the clip's first one (``temb`` None) are CUDA-graph replays per input
       shape: the first such call of a shape runs eagerly (warm-up), the second captures, later ones replay.
       The carried tails are read and written in place by the graph; the returned pixels are a fresh copy.
@@ -963,6 +1037,7 @@ class LTX2StreamingDecoder:
         self.channels_last = bool(opts["channels_last"])
         self.cuda_graph = bool(opts["cuda_graph"])
         self.cudnn_benchmark = bool(opts["cudnn_benchmark"])
+        self.triton_norm = bool(opts["triton_norm"])
         if self.channels_last:
             vae.decoder.to(memory_format=torch.channels_last_3d)
         self._steady = torch.compile(self._run, dynamic=False) if opts["compile"] else self._run
@@ -1024,7 +1099,7 @@ class LTX2StreamingDecoder:
                 state = self._states[key]
                 if not state.started:
                     state.started = True
-        return out[0] if len(out) == 1 else _cat_frames(out, like=out[0])
+        return out[0] if len(out) == 1 else _cat_time(out)
 
     def _tail_signature(self) -> tuple:
         return tuple((t.data_ptr(), t.stride()) for s in self._states.values() for t in s.tails.values())
@@ -1052,7 +1127,7 @@ class LTX2StreamingDecoder:
         def run(tile: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
             state = self._states.get(key)
             if state is None:
-                state = self._states[key] = _StreamState()
+                state = self._states[key] = _StreamState(self.triton_norm)
             return self.vae.decoder(tile, temb, True, state)
 
         return run
@@ -1104,7 +1179,7 @@ class LTX2StreamingDecoder:
             )
         states: dict[tuple[int, int], _StreamState] = {}
         for a, b in self._keys(*shape[2:]):
-            state = states[(a, b)] = self._states.get((a, b)) or _StreamState()
+            state = states[(a, b)] = self._states.get((a, b)) or _StreamState(self.triton_norm)
             for name in names:
                 value, mine = snapshot[f"tile{a}_{b}.{name}"], state.tails.get(name)
                 if mine is not None and mine.shape == value.shape and mine.dtype == value.dtype:
