@@ -103,6 +103,7 @@ class ChunkGraphs:
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
         frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
+        frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range()
         return frames
 
