@@ -387,7 +387,9 @@ class Session:
 
     def _finish(self, launched: _Launched) -> None:
         """Run the decode calls of an abandoned chunk that were not submitted (the decoder state must see every
-        latent frame in order) and order later main-stream work after the side stream's."""
+        latent frame in order) and order later main-stream work after the side stream's. Nothing once closed."""
+        if self._state is None:
+            return
         pipe = self._frame_pipe()
         for lo, hi, drop in launched.parts[len(launched.tickets) :]:
             launched.tickets.append(pipe.submit(self.state.decoder, launched.latents[:, :, lo:hi], drop))
