@@ -149,3 +149,26 @@ def test_micro_kv_buffer_matches_concatenation_and_takes_the_flash_path():
     result = micro_kv.run("cuda", reps=3)
     assert result["max_abs_diff"] == 0 and result["filling_rel_err"] < 2e-2
     assert "new_flash_only_ms" in result, result.get("new_flash_only_error")
+
+
+def test_graph_runner_inputs_drive_the_blocks_like_forward_chunk():
+    """``ChunkGraphs`` computes each chunk's static inputs (incl. the K/V offset and write range) eagerly and replays
+    ``run_blocks`` on them; on the CPU, run those inputs directly: == ``forward_chunk`` for every chunk, read-only
+    and cache-writing, while the window fills and after."""
+    from engine.graphs import ChunkGraphs
+
+    model = _model(6, window_chunks=2)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 4, seed=6)
+    graphs = ChunkGraphs(model, (1000, 0))
+    cache, mirror = model.new_cache(B, height=H, width=W), model.new_cache(B, height=H, width=W)
+    with torch.no_grad():
+        for s, e in cfg.chunk_bounds(clean.shape[2]):
+            frames = graphs._prepare(text, mask, raymap[:, s:e], plucker[:, :, s:e], mirror, s)
+            x, t = _noisy(clean, noise, s, e, 727)
+            want = _chunk(model, cache, x, t, (text, mask, raymap, plucker), s, e)
+            assert torch.equal(model.run_blocks(x[:, :, s:e], t[:, s:e], frames, mirror, False), want)
+            _write(model, cache, clean, (text, mask, raymap, plucker), s, e)
+            model.run_blocks(clean[:, :, s:e], torch.zeros(B, e - s), frames, mirror, True)
+            mirror.commit_chunk(e - s)
+            assert all(torch.equal(a, b) for a, b in zip(cache._tensors(), mirror._tensors(), strict=True))
