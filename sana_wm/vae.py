@@ -257,8 +257,9 @@ class _StreamState:
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    """True for a 5-D tensor stored as (B,T,H,W,C) (``torch.channels_last_3d``) and not also NCDHW-contiguous."""
-    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    """True for a 5-D tensor whose channels are innermost (``torch.channels_last_3d`` storage, possibly a slice along
+    time of one, e.g. an upsampler's output without its dropped first frames when B > 1)."""
+    return x.dim() == 5 and x.shape[1] > 1 and x.stride(1) == 1
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -335,7 +336,8 @@ def _norm_silu_into(x: torch.Tensor, out: torch.Tensor, use_triton: bool = False
     """``out <- SiLU(RMS norm of x over channels)`` (x, out (B,C,T,H,W); ``out`` may be a strided view, e.g. the
     inside of a padded conv buffer). The Triton kernel (one read of x, one write, fp32 math, one rounding) runs for
     a channels-last x and an ``out`` with unit channel stride when ``use_triton`` and Triton can run on them."""
-    if use_triton and _is_channels_last(x) and out.stride(1) == 1 and x.shape[1] <= 4096 and runnable_on(x, out):
+    dense = x.is_contiguous(memory_format=torch.channels_last_3d) and _is_channels_last(x)
+    if use_triton and dense and out.stride(1) == 1 and x.shape[1] <= 4096 and runnable_on(x, out):
         _norm_silu_triton(x, out)
     else:
         torch.ops.aten.silu.out(_rms_norm(x), out=out)
