@@ -22,8 +22,16 @@ import torch.nn.functional as F
 
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
-# (block_x, block_c, num_warps); the first is glu_dwconv_triton's default
-TILES = [(8, 64, 4), (8, 128, 4), (4, 128, 4), (16, 64, 4), (8, 64, 8), (8, 32, 2), (4, 64, 2)]
+# (block_x, block_c, num_warps, gather); the first is glu_dwconv_triton's default
+TILES = [
+    (16, 32, 4, True),
+    (8, 64, 4, True),
+    (32, 32, 8, True),
+    (16, 64, 8, True),
+    (8, 64, 4, False),
+    (8, 128, 4, False),
+    (4, 64, 2, False),
+]
 
 
 def _ms(fn, reps: int) -> float:
@@ -92,18 +100,21 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
 
     bytes_moved = (n * c2 + n * HALF) * h.element_size()
     tiles = {}
-    for bx, bc, nw in TILES:
+    for bx, bc, nw, gather in TILES:
+        name = f"{bx}x{bc}w{nw}{'g' if gather else 's'}"  # g: tl.gather neighbours, s: three shifted loads
 
-        def call(bx=bx, bc=bc, nw=nw):
-            return glu_dwconv_triton(h, w, b, height=HEIGHT, width=WIDTH, block_x=bx, block_c=bc, num_warps=nw)
+        def call(bx=bx, bc=bc, nw=nw, gather=gather):
+            return glu_dwconv_triton(
+                h, w, b, height=HEIGHT, width=WIDTH, block_x=bx, block_c=bc, num_warps=nw, gather=gather
+            )
 
         try:
             ms = _ms(call, reps)
-            tiles[f"{bx}x{bc}w{nw}"] = {"ms": ms, "GBps": round(bytes_moved / ms / 1e6, 1), **_errors(call(), want)}
+            tiles[name] = {"ms": ms, "GBps": round(bytes_moved / ms / 1e6, 1), **_errors(call(), want)}
         except Exception as exc:  # noqa: BLE001 - a tile that fails to compile or launch is reported
-            tiles[f"{bx}x{bc}w{nw}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            tiles[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     out["triton_tiles"] = tiles
-    default = tiles[f"{TILES[0][0]}x{TILES[0][1]}w{TILES[0][2]}"]
+    default = next(iter(tiles.values()))
     out["triton_ms"] = default.get("ms")
     out["triton_err"] = {k: default.get(k) for k in ("rel", "max_rel")}
     timed = {k: v["ms"] for k, v in tiles.items() if "ms" in v}

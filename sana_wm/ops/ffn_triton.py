@@ -1,12 +1,12 @@
 """Triton FFN glue: same contract as :func:`sana_wm.ops.ffn.glu_dwconv`, one pass over h.
 
 One program per (frame, strip of ``BLOCK_X`` columns, ``BLOCK_C`` channels of each half). It walks the frame's
-rows top to bottom: for input row r it loads the strip and its two column-shifted copies (x - 1, x + 1; masked
-loads outside the frame read 0, and silu(0) = 0, so this is the conv's zero padding), applies SiLU in fp32 and adds
-the three kernel rows' taps into the rolling accumulators of output rows r + 1, r and r - 1 (bias-seeded). Output
-row r - 1 is then complete: value * silu(gate) is stored once, in h's dtype. Every h element is read from memory
-once (the shifted copies hit L1/L2) and the (N, M) output written once; the 3 x SiLU per element of the shifted
-copies is the price of not exchanging registers between lanes.
+rows top to bottom, loading row r + 1 while it computes row r: SiLU in fp32, then the three kernel rows' taps are
+added into the bias-seeded rolling accumulators of output rows r + 1, r and r - 1; output row r - 1 is then complete
+and value * silu(gate) is stored once, in h's dtype. Masked loads outside the frame read 0 and silu(0) = 0: that is
+the conv's zero padding. Column neighbours (GATHER, default): SiLU once per element and ``tl.gather`` along the
+strip, strips overlapping by a 2-column halo; else the row is loaded at three column shifts (L1 hits) and SiLU runs
+3x per element (3x the MUFU work: ~70 us of SFU time at 704 x 1280 on an H100, above the ~35 us memory floor).
 """
 
 from __future__ import annotations
@@ -33,22 +33,37 @@ if HAS_TRITON:
         return w0, w1, w2
 
     @triton.jit
-    def _silu_at(ptrs, xs, dx: tl.constexpr, W, s_row, r_ok, mask_c):
-        """SiLU (fp32) of one input row at columns xs + dx; 0 outside the frame (the conv's zero padding)."""
+    def _load_at(ptrs, xs, dx: tl.constexpr, W, s_row, r_ok, mask_c):
+        """One input row at columns xs + dx (raw); 0 outside the frame, i.e. the conv's zero padding after SiLU."""
         xk = xs + dx
         m = (r_ok & (xk >= 0) & (xk < W))[:, None] & mask_c[None, :]
-        return _silu(tl.load(ptrs + dx * s_row, mask=m, other=0.0).to(tl.float32))
+        return tl.load(ptrs + dx * s_row, mask=m, other=0.0)
 
     @triton.jit
-    def _taps(ptrs, xs, W, s_row, r_ok, mask_c, a0, a1, a2, b0, b1, b2, c0, c1, c2):
-        """One input row (columns x - 1, x, x + 1) against kernel rows a (ky 0), b (ky 1), c (ky 2): the
-        contributions to output rows r + 1, r, r - 1."""
-        s = _silu_at(ptrs, xs, -1, W, s_row, r_ok, mask_c)
-        t0, t1, t2 = s * a0, s * b0, s * c0
-        s = _silu_at(ptrs, xs, 0, W, s_row, r_ok, mask_c)
-        t0, t1, t2 = t0 + s * a1, t1 + s * b1, t2 + s * c1
-        s = _silu_at(ptrs, xs, 1, W, s_row, r_ok, mask_c)
-        return t0 + s * a2, t1 + s * b2, t2 + s * c2
+    def _load_row(ptrs, xs, W, s_row, r_ok, mask_c, GATHER: tl.constexpr):
+        """Raw (left, centre, right) column views of one input row (GATHER: the centre only, returned 3x)."""
+        centre = _load_at(ptrs, xs, 0, W, s_row, r_ok, mask_c)
+        if GATHER:
+            return centre, centre, centre
+        return _load_at(ptrs, xs, -1, W, s_row, r_ok, mask_c), centre, _load_at(ptrs, xs, 1, W, s_row, r_ok, mask_c)
+
+    @triton.jit
+    def _taps(left, centre, right, a0, a1, a2, b0, b1, b2, c0, c1, c2, GATHER: tl.constexpr):
+        """One input row (raw columns x - 1, x, x + 1) against kernel rows a (ky 0), b (ky 1), c (ky 2): the
+        contributions to output rows r + 1, r, r - 1. GATHER: SiLU once on the strip, the neighbours by a gather
+        along the strip (its edge columns are halo, not stored); else SiLU of each of the three views."""
+        s = _silu(centre.to(tl.float32))
+        if GATHER:
+            i = tl.arange(0, s.shape[0])[:, None] + tl.zeros(s.shape, dtype=tl.int32)
+            sl = tl.gather(s, tl.maximum(i - 1, 0), 0)
+            sr = tl.gather(s, tl.minimum(i + 1, s.shape[0] - 1), 0)
+        else:
+            sl = _silu(left.to(tl.float32))
+            sr = _silu(right.to(tl.float32))
+        t0 = sl * a0 + s * a1 + sr * a2
+        t1 = sl * b0 + s * b1 + sr * b2
+        t2 = sl * c0 + s * c1 + sr * c2
+        return t0, t1, t2
 
     @triton.jit
     def _glu_dwconv_kernel(
@@ -62,14 +77,19 @@ if HAS_TRITON:
         M,
         BLOCK_X: tl.constexpr,
         BLOCK_C: tl.constexpr,
+        GATHER: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        strips = tl.cdiv(W, BLOCK_X)
+        step = BLOCK_X - 2 if GATHER else BLOCK_X  # output columns per strip (GATHER: the edge columns are halo)
+        strips = tl.cdiv(W, step)
         frame = pid // strips
-        xs = (pid % strips) * BLOCK_X + tl.arange(0, BLOCK_X)
+        xs = (pid % strips) * step - (1 if GATHER else 0) + tl.arange(0, BLOCK_X)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = cs < M
-        mask_x = xs < W
+        mask_x = (xs >= 0) & (xs < W)
+        if GATHER:
+            inner = tl.arange(0, BLOCK_X)
+            mask_x = mask_x & (inner >= 1) & (inner < BLOCK_X - 1)
         bias_v = tl.load(b_ptr + cs, mask=mask_c, other=0.0).to(tl.float32)[None, :]
         bias_g = tl.load(b_ptr + M + cs, mask=mask_c, other=0.0).to(tl.float32)[None, :]
         va0, va1, va2 = _kernel_row(w_ptr, cs, mask_c, 0)
@@ -82,44 +102,17 @@ if HAS_TRITON:
         prev_v, cur_v = zero + bias_v, zero + bias_v  # output rows r - 1 and r
         prev_g, cur_g = zero + bias_g, zero + bias_g
         first = frame * H * W  # token index of the frame's pixel (0, 0)
+        ptrs = h_ptr + (first + xs).to(tl.int64)[:, None] * s_row + cs[None, :]
+        vl, vm, vr = _load_row(ptrs, xs, W, s_row, H > 0, mask_c, GATHER)
+        gl, gm, gr = _load_row(ptrs + M, xs, W, s_row, H > 0, mask_c, GATHER)
         for r in range(H + 1):
-            r_ok = r < H  # row H is the zero padding below the frame: it only completes row H - 1
-            rows = (first + r * W + xs).to(tl.int64)
-            ptrs = h_ptr + rows[:, None] * s_row + cs[None, :]
-            v0, v1, v2 = _taps(
-                ptrs,
-                xs,
-                W,
-                s_row,
-                r_ok,
-                mask_c,
-                va0,
-                va1,
-                va2,
-                vb0,
-                vb1,
-                vb2,
-                vc0,
-                vc1,
-                vc2,
-            )
-            g0, g1, g2 = _taps(
-                ptrs + M,
-                xs,
-                W,
-                s_row,
-                r_ok,
-                mask_c,
-                ga0,
-                ga1,
-                ga2,
-                gb0,
-                gb1,
-                gb2,
-                gc0,
-                gc1,
-                gc2,
-            )
+            # prefetch row r + 1 (row H is the zero padding below the frame: it only completes row H - 1)
+            ptrs += W * s_row
+            nvl, nvm, nvr = _load_row(ptrs, xs, W, s_row, r + 1 < H, mask_c, GATHER)
+            ngl, ngm, ngr = _load_row(ptrs + M, xs, W, s_row, r + 1 < H, mask_c, GATHER)
+            v0, v1, v2 = _taps(vl, vm, vr, va0, va1, va2, vb0, vb1, vb2, vc0, vc1, vc2, GATHER)
+            g0, g1, g2 = _taps(gl, gm, gr, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2, GATHER)
+            vl, vm, vr, gl, gm, gr = nvl, nvm, nvr, ngl, ngm, ngr
             done_v = prev_v + v2  # output row r - 1 is complete
             done_g = prev_g + g2
             out = done_v * _silu(done_g)
@@ -141,27 +134,28 @@ def glu_dwconv_triton(
     *,
     height: int,
     width: int,
-    block_x: int = 8,
-    block_c: int = 64,
+    block_x: int = 16,
+    block_c: int = 32,
     num_warps: int = 4,
+    gather: bool = True,
 ) -> torch.Tensor:
     """Triton :func:`sana_wm.ops.ffn.glu_dwconv`: h (B*T*H*W, 2M), weight (2M, 1, 3, 3), bias (2M,) ->
     (B*T*H*W, M) in h's dtype; SiLU, taps, bias and GLU in fp32.
 
-    Tiles of ``block_x`` columns x ``block_c`` channels (powers of two; the defaults give 5 strips x 105 channel
-    blocks per frame at 704 x 1280, 1,575 programs for a 3-frame chunk, and 8-byte bf16 loads along channels)."""
+    Tiles of ``block_x`` columns x ``block_c`` channels (powers of two). ``gather``: SiLU once per element, column
+    neighbours by ``tl.gather``, ``block_x - 2`` output columns per strip (the defaults: 3 strips x 210 channel blocks
+    per frame at 704 x 1280, 1,890 programs for a 3-frame chunk, 8-byte bf16 loads along channels); else each row
+    is loaded at three column shifts and SiLU runs 3x per element (``bench/micro_ffn.py`` times both)."""
     frames, M = check_glu_dwconv_args(h, weight, bias, height, width)
-    for name, v in (
-        ("block_x", block_x),
-        ("block_c", block_c),
-        ("num_warps", num_warps),
-    ):
+    for name, v in (("block_x", block_x), ("block_c", block_c), ("num_warps", num_warps)):
         if not isinstance(v, int) or v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two, got {v!r}.")
+    if gather and block_x < 4:
+        raise ValueError(f"block_x must be >= 4 with gather=True (2 halo columns per strip), got {block_x}.")
     h = last_dim_contiguous(h)
     weight, bias = weight.contiguous(), bias.contiguous()
     out = torch.empty(h.shape[0], M, dtype=h.dtype, device=h.device)
-    grid = (frames * triton.cdiv(width, block_x), triton.cdiv(M, block_c))
+    grid = (frames * triton.cdiv(width, block_x - 2 if gather else block_x), triton.cdiv(M, block_c))
     _glu_dwconv_kernel[grid](
         h,
         h.stride(0),
@@ -173,6 +167,7 @@ def glu_dwconv_triton(
         M,
         BLOCK_X=block_x,
         BLOCK_C=block_c,
+        GATHER=bool(gather),
         num_warps=num_warps,
     )
     return out
