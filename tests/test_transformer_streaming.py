@@ -120,6 +120,14 @@ def test_streaming_window_two_chunks():
     assert sizes[2] == sizes[5]
 
 
+def test_streaming_window_zero_attends_sink_and_chunk_only():
+    """window_chunks=0: softmax blocks keep only the sink; every later chunk attends [sink | itself]."""
+    model = _model(8, window_chunks=0)
+    worst, sizes = _stream_and_compare(model, num_chunks=4, schedule=(889,))
+    assert worst <= REL_TOL, f"worst relative error {worst:.3e}"
+    assert len(set(sizes)) == 1
+
+
 def test_streaming_bidirectional_variant_with_camera_conv_tail():
     """The bidirectional variant keeps a cross-chunk camera K tail and the post-UCPE RMS downscale."""
     model = _model(2, variant="bidirectional")
