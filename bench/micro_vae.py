@@ -152,6 +152,7 @@ def run(device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", late
                 base_first, base_last = first, last
             row["max_abs_diff_first"] = _max_diff(first, base_first)
             row["max_abs_diff_steady"] = _max_diff(last, base_last)
+            row["rel_err_steady"] = float((last.float() - base_last.float()).norm() / base_last.float().norm())
             row["out_channels_last"] = last.is_contiguous(memory_format=torch.channels_last_3d)
             if cuda:
                 row["peak_over_weights_gb"] = round((torch.cuda.max_memory_allocated(device) - weights) / 2**30, 3)
