@@ -489,8 +489,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         poses_in = np.concatenate([c2w[1:], np.repeat(c2w[-1:], pad, axis=0)])
         frames_out, poses_out = [], []
         with VideoWriter(args.output, fps=args.fps) as video, tqdm(total=n, unit="frame", desc="render") as bar:
-            for c in range(len(poses_in) // fpc):
-                chunk = session.step(poses=poses_in[c * fpc : (c + 1) * fpc])
+            # the whole path is known: chunk c + 1 is denoised while chunk c decodes (Session.pipeline)
+            windows = (poses_in[c * fpc : (c + 1) * fpc] for c in range(len(poses_in) // fpc))
+            for c, chunk in enumerate(session.pipeline(windows)):
                 keep = min(fpc, n - c * fpc)
                 video.write(chunk.frames[:keep])
                 poses_out.append(chunk.poses[:keep])
