@@ -17,6 +17,7 @@ Inputs may be strided views (last dim contiguous); ``beta`` / ``g`` any strides.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -72,9 +73,7 @@ if HAS_TRITON:
             if WITH_SUM:
                 colsum += tl.sum(x.to(tl.float32) * beta[:, None], axis=0)
             if DOT_F32:
-                acc = tl.dot(
-                    tl.trans(x.to(tl.float32)), yb, acc, input_precision="tf32x3"
-                )
+                acc = tl.dot(tl.trans(x.to(tl.float32)), yb, acc, input_precision="tf32x3")
             else:
                 acc = tl.dot(tl.trans(x), yb.to(x.dtype), acc)
         return acc, colsum
@@ -208,7 +207,7 @@ if HAS_TRITON:
         mk = rk < D
         mc = cols < D
         acc = tl.zeros((BLOCK_D, BLOCK_V), dtype=tl.float32)
-        for k0 in range(0, BLOCK_D, BLOCK_K):
+        for k0 in range(0, D, BLOCK_K):
             rc = k0 + tl.arange(0, BLOCK_K)
             mrc = rc < D
             p = tl.load(
@@ -228,14 +227,12 @@ if HAS_TRITON:
         return g * (prev - acc) + a
 
     @triton.jit
-    def _norm_step(
-        pz_base, bz_base, prev_base, g, D, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr
-    ):
+    def _norm_step(pz_base, bz_base, prev_base, g, D, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
         """The normaliser vector's step g (z - P^z z) + b^z for z at ``prev_base`` (BLOCK_K column slices of P^z)."""
         rk = tl.arange(0, BLOCK_D)
         mk = rk < D
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for k0 in range(0, BLOCK_D, BLOCK_K):
+        for k0 in range(0, D, BLOCK_K):
             rc = k0 + tl.arange(0, BLOCK_K)
             mrc = rc < D
             p = tl.load(
@@ -383,9 +380,7 @@ if HAS_TRITON:
                         BLOCK_K,
                     )
                     keep = tl.load(seg_last_ptr + t) == 0
-                    tl.store(
-                        rev_kv + t * D * D + tile, tl.where(keep, state, 0.0), mask=m2
-                    )
+                    tl.store(rev_kv + t * D * D + tile, tl.where(keep, state, 0.0), mask=m2)
                     tl.debug_barrier()
 
     @triton.jit
@@ -427,9 +422,7 @@ if HAS_TRITON:
         b = frame // (T * H)
         rd = tl.arange(0, BLOCK_D)
         md = rd < D
-        fwd = (
-            (frame // T) * (2 * T + 1) + t + 1
-        )  # work slot t+1 of (b, h); its R_t sits T slots further
+        fwd = (frame // T) * (2 * T + 1) + t + 1  # work slot t+1 of (b, h); its R_t sits T slots further
         tile = rd[:, None] * D + rd[None, :]
         m2d = md[:, None] & md[None, :]
         m = tl.load(work_ptr + fwd * D * D + tile, mask=m2d, other=0.0)
@@ -446,17 +439,13 @@ if HAS_TRITON:
             rs = (sblk * blocks_per_program + i) * BLOCK_S + tl.arange(0, BLOCK_S)
             ms = rs < S
             m2 = ms[:, None] & md[None, :]
-            qr = tl.load(
-                qr_base + rs[:, None] * qr_ss + rd[None, :], mask=m2, other=0.0
-            )
+            qr = tl.load(qr_base + rs[:, None] * qr_ss + rd[None, :], mask=m2, other=0.0)
             if DOT_F32:
                 num = tl.dot(qr.to(tl.float32), m, input_precision="tf32x3")
             else:
                 num = tl.dot(qr, m)
             if HAS_Z:
-                q = tl.load(
-                    q_base + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0
-                )
+                q = tl.load(q_base + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0)
                 den = tl.sum(q.to(tl.float32) * z[None, :], axis=1)
                 num = num / (den + eps)[:, None]
             tl.store(
@@ -469,9 +458,7 @@ if HAS_TRITON:
 _SEG_TABLES: dict[tuple, torch.Tensor] = {}
 
 
-def _segment_ends(
-    num_frames: int, chunk_starts: Sequence[int] | None, device: torch.device
-) -> torch.Tensor:
+def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: torch.device) -> torch.Tensor:
     """(T,) int32 with 1 at the last frame of every reverse segment. Cached per layout and device, so repeated
     calls (and CUDA-graph captures after a warm-up call) do no host-to-device copy."""
     segments = chunk_segments(num_frames, chunk_starts)
@@ -485,33 +472,38 @@ def _segment_ends(
     return table
 
 
+def _scan_launch(block_d: int) -> dict:
+    """Launch options of the scan (sm_90, checked with cuobjdump): at BLOCK_D 128 (head dim 112) the 8-warp program
+    needs ~123 registers; capped at 80 (64 B of stack) three programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320
+    programs of the streaming shape run in one wave instead of two."""
+    if block_d < 128:
+        return {"num_warps": 4, "num_stages": 1}
+    return {"num_warps": 8, "num_stages": 1, **({"maxnreg": 80} if block_d == 128 else {})}
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (132 on an H100 SXM; also the interpreter's stand-in)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
 def _strides4(x: torch.Tensor) -> tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _check_shapes(
-    B, H, T, S, D, named: dict[str, torch.Tensor], beta: torch.Tensor, g: torch.Tensor
-) -> None:
+def _check_shapes(B, H, T, S, D, named: dict[str, torch.Tensor], beta: torch.Tensor, g: torch.Tensor) -> None:
     for name, x in named.items():
         if tuple(x.shape) != (B, H, T, S, D):
-            raise ValueError(
-                f"{name} must have shape {(B, H, T, S, D)}, got {tuple(x.shape)}."
-            )
+            raise ValueError(f"{name} must have shape {(B, H, T, S, D)}, got {tuple(x.shape)}.")
         if x.dtype != named["v"].dtype:
-            raise ValueError(
-                f"{name} must have the dtype of v ({named['v'].dtype}), got {x.dtype}."
-            )
+            raise ValueError(f"{name} must have the dtype of v ({named['v'].dtype}), got {x.dtype}.")
     if tuple(beta.shape) != (B, H, T, S):
-        raise ValueError(
-            f"beta must have shape {(B, H, T, S)}, got {tuple(beta.shape)}."
-        )
+        raise ValueError(f"beta must have shape {(B, H, T, S)}, got {tuple(beta.shape)}.")
     if tuple(g.shape) != (B, H, T):
         raise ValueError(f"g must have shape {(B, H, T)}, got {tuple(g.shape)}.")
 
 
-def _seed(
-    state: torch.Tensor | None, shape: tuple[int, ...], name: str, like: torch.Tensor
-) -> torch.Tensor:
+def _seed(state: torch.Tensor | None, shape: tuple[int, ...], name: str, like: torch.Tensor) -> torch.Tensor:
     if state is None:
         return torch.zeros(shape, dtype=torch.float32, device=like.device)
     if tuple(state.shape) != shape:
@@ -538,10 +530,8 @@ def _run(
     has_z = keys_z is not None
     njobs = 3 if has_z else 2
     block_d = max(16, triton.next_power_of_2(D))
-    tiles = (
-        block_d + 63
-    ) // 64  # output tiles per side of a gram product (BLOCK_D // tiles <= 64 wide)
-    block_v = min(32, block_d)
+    tiles = (block_d + 63) // 64  # output tiles per side of a gram product (BLOCK_D // tiles <= 64 wide)
+    block_v = 16
     dot_f32 = dot_in_f32(values.dtype)
     f32 = torch.float32
     frames = B * H * T
@@ -564,15 +554,13 @@ def _run(
         S,
         D,
         NJOBS=njobs,
-        BLOCK_S=64,
+        BLOCK_S=32,
         BLOCK_D=block_d,
         DOT_F32=dot_f32,
         num_warps=4,
     )
     work = torch.empty(B * H, 2 * T + 1, D, D, dtype=f32, device=device)
-    work_z = (
-        torch.empty(B * H, 2 * T + 1, D, dtype=f32, device=device) if has_z else work
-    )
+    work_z = torch.empty(B * H, 2 * T + 1, D, dtype=f32, device=device) if has_z else work
     _gdn_scan_kernel[(B * H, triton.cdiv(D, block_v) + int(has_z), 2)](
         gram,
         bsum,
@@ -592,8 +580,8 @@ def _run(
         HAS_Z=has_z,
         BLOCK_D=block_d,
         BLOCK_V=block_v,
-        BLOCK_K=min(32, block_d),
-        num_warps=8 if block_d >= 128 else 4,
+        BLOCK_K=16,
+        **_scan_launch(block_d),
     )
     if token_major:
         out = torch.empty(B, T, S, H, D, dtype=values.dtype, device=device)
@@ -603,10 +591,10 @@ def _run(
         o_strides = _strides4(out)
     qz = queries_z if has_z else queries
     block_s = 64
-    per_program = min(
-        4, triton.cdiv(S, block_s)
-    )  # token blocks per program: the D x D state is read once for all
-    _gdn_out_kernel[(frames, triton.cdiv(S, block_s * per_program))](
+    blocks = triton.cdiv(S, block_s)
+    # token blocks per program: the frame's D x D state is read once for all of them; about one wave of programs
+    per_program = triton.cdiv(blocks, max(1, min(blocks, _sm_count(device) // frames)))
+    _gdn_out_kernel[(frames, triton.cdiv(blocks, per_program))](
         queries,
         *_strides4(queries),
         qz,
@@ -657,9 +645,7 @@ def gdn_main_triton(
     q, k, q_rot, k_rot, v = (last_dim_contiguous(x) for x in (q, k, q_rot, k_rot, v))
     seed_kv = _seed(state_kv, (B, H, D, D), "state_kv", v)
     seed_z = _seed(state_z, (B, H, D), "state_z", v)
-    out, final_kv, final_z = _run(
-        k_rot, k, v, q_rot, q, beta, g, chunk_starts, seed_kv, seed_z, eps, token_major
-    )
+    out, final_kv, final_z = _run(k_rot, k, v, q_rot, q, beta, g, chunk_starts, seed_kv, seed_z, eps, token_major)
     return out, final_kv, final_z
 
 
@@ -678,7 +664,5 @@ def gdn_cam_triton(
     _check_shapes(B, H, T, S, D, {"q": q, "k": k, "v": v}, beta, g)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     seed_kv = _seed(state_kv, (B, H, D, D), "state_kv", v)
-    out, final_kv, _ = _run(
-        k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0, False
-    )
+    out, final_kv, _ = _run(k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0, False)
     return out, final_kv
