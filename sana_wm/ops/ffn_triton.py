@@ -1,12 +1,13 @@
 """Triton FFN glue: same contract as :func:`sana_wm.ops.ffn.glu_dwconv`, one pass over h.
 
 One program per (frame, strip of ``BLOCK_X`` columns, ``BLOCK_C`` channels of each half). It walks the frame's
-rows top to bottom, loading row r + 1 while it computes row r: SiLU in fp32, then the three kernel rows' taps are
-added into the bias-seeded rolling accumulators of output rows r + 1, r and r - 1; output row r - 1 is then complete
-and value * silu(gate) is stored once, in h's dtype. Masked loads outside the frame read 0 and silu(0) = 0: that is
-the conv's zero padding. Column neighbours (GATHER, default): SiLU once per element and ``tl.gather`` along the
-strip, strips overlapping by a 2-column halo; else the row is loaded at three column shifts (L1 hits) and SiLU runs
-3x per element (3x the MUFU work: ~70 us of SFU time at 704 x 1280 on an H100, above the ~35 us memory floor).
+rows top to bottom with rows r + 1 and r + 2 in flight while row r computes: SiLU in fp32, then the three kernel
+rows' taps are added into the bias-seeded rolling accumulators of output rows r + 1, r and r - 1; output row r - 1
+is then complete and value * silu(gate) is stored once, in h's dtype. Masked loads outside the frame read 0 and
+silu(0) = 0: that is the conv's zero padding. Column neighbours (GATHER, default): SiLU once per element and
+``tl.gather`` along the strip, strips overlapping by a 2-column halo; else the row is loaded at three column shifts
+(L1 hits) and SiLU runs 3x per element (3x the MUFU work: ~70 us of SFU time at 704 x 1280 on an H100, above the
+~35 us memory floor).
 """
 
 from __future__ import annotations
@@ -103,16 +104,20 @@ if HAS_TRITON:
         prev_g, cur_g = zero + bias_g, zero + bias_g
         first = frame * H * W  # token index of the frame's pixel (0, 0)
         ptrs = h_ptr + (first + xs).to(tl.int64)[:, None] * s_row + cs[None, :]
-        vl, vm, vr = _load_row(ptrs, xs, W, s_row, H > 0, mask_c, GATHER)
+        vl, vm, vr = _load_row(ptrs, xs, W, s_row, H > 0, mask_c, GATHER)  # row r
         gl, gm, gr = _load_row(ptrs + M, xs, W, s_row, H > 0, mask_c, GATHER)
+        ptrs += W * s_row
+        nvl, nvm, nvr = _load_row(ptrs, xs, W, s_row, H > 1, mask_c, GATHER)  # row r + 1
+        ngl, ngm, ngr = _load_row(ptrs + M, xs, W, s_row, H > 1, mask_c, GATHER)
         for r in range(H + 1):
-            # prefetch row r + 1 (row H is the zero padding below the frame: it only completes row H - 1)
+            # rows r + 1 and r + 2 stay in flight while row r computes (rows >= H: the zero padding below the frame)
             ptrs += W * s_row
-            nvl, nvm, nvr = _load_row(ptrs, xs, W, s_row, r + 1 < H, mask_c, GATHER)
-            ngl, ngm, ngr = _load_row(ptrs + M, xs, W, s_row, r + 1 < H, mask_c, GATHER)
+            fvl, fvm, fvr = _load_row(ptrs, xs, W, s_row, r + 2 < H, mask_c, GATHER)
+            fgl, fgm, fgr = _load_row(ptrs + M, xs, W, s_row, r + 2 < H, mask_c, GATHER)
             v0, v1, v2 = _taps(vl, vm, vr, va0, va1, va2, vb0, vb1, vb2, vc0, vc1, vc2, GATHER)
             g0, g1, g2 = _taps(gl, gm, gr, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2, GATHER)
             vl, vm, vr, gl, gm, gr = nvl, nvm, nvr, ngl, ngm, ngr
+            nvl, nvm, nvr, ngl, ngm, ngr = fvl, fvm, fvr, fgl, fgm, fgr
             done_v = prev_v + v2  # output row r - 1 is complete
             done_g = prev_g + g2
             out = done_v * _silu(done_g)
