@@ -370,22 +370,22 @@ def test_kernels_compile_for_sm90():
             "wq_ptr",
             "wk_ptr",
         )
-    } | {n: f32 for n in ("rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+    } | {n: f32 for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+    compile_(Q._prep_kernel_rms, prep_ptrs, floats=("eps",), num_warps=4, BLOCK_N=4, BLOCK_C=512)
     for mode, relu, plain, infl in ((0, True, True, False), (0, False, False, False), (1, True, False, True)):
         compile_(
             Q._prep_kernel,
             prep_ptrs,
-            floats=("key_scale", "eps"),
+            floats=("key_scale",),
             MODE=mode,
             RELU=relu,
             PLAIN=plain,
             DOWNSCALE=False,
             INFLATION=infl,
-            BLOCK_N=4,
-            BLOCK_C=128,
+            BLOCK_N=16,
             BLOCK_D=128,
             num_warps=4,
         )
     compile_(Q._beta_discount_kernel, {"beta_ptr": bf, "infl_ptr": f32, "out_ptr": bf}, num_warps=4, BLOCK_S=1024)
     dec_ptrs = {"x_ptr": bf, "rope_ptr": f32, "mat_ptr": f32, "out_ptr": bf}
-    compile_(Q._ucpe_decode_kernel, dec_ptrs, num_warps=4, BLOCK_N=32, BLOCK_D=128)
+    compile_(Q._ucpe_decode_kernel, dec_ptrs, num_warps=4, BLOCK_N=16, BLOCK_D=128)
