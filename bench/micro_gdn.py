@@ -1,0 +1,142 @@
+"""Frame-wise GDN at the streaming shape: Triton (``sana_wm.ops.gdn_triton``) vs the PyTorch reference on CUDA.
+
+    python bench/micro_gdn.py            # prints JSON (CUDA only)
+
+One call per GDN block and branch (15 blocks x 2 branches = 30 per forward): B 1, H 20, T 3 latent frames of
+S 880 tokens (704 x 1280), head dim 112, bf16 q/k/v/beta, fp32 g and seed states (the streaming cache's
+``state_kv`` / ``state_z``), one reverse segment. Times (CUDA events, median us per call) ``gdn_main`` (also with
+``token_major=True`` against the default layout followed by the transformer's ``permute(0, 2, 3, 1, 4).reshape``
+copy) and ``gdn_cam``; the per-kernel device time from the profiler; errors against the CPU fp32 reference of the
+same inputs (``rel``: norm ratio, ``max_rel``: max |diff| / max |want|; worst over the returned tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+B, H, T, D = 1, 20, 3, 112
+BLOCKS = 15  # GDN blocks; each calls gdn_main and gdn_cam once per forward
+
+
+def _us(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return round(statistics.median(times), 2)
+
+
+def _errors(got, want) -> dict:
+    rels, maxrels = [], []
+    for a, b in zip(got, want, strict=True):
+        d = a.detach().double().cpu() - b.double()
+        rels.append(float(d.norm() / b.double().norm()))
+        maxrels.append(float(d.abs().max() / b.double().abs().max()))
+    return {"rel": max(rels), "max_rel": max(maxrels)}
+
+
+def _kernel_us(fn, reps: int) -> dict[str, float]:
+    """Device time per call of every CUDA kernel ``fn`` launches (profiler, averaged over ``reps`` calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            totals[ev.name] = totals.get(ev.name, 0.0) + ev.device_time
+    return {name: round(t / reps, 2) for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def run(device: str = "cuda", reps: int = 50) -> dict:
+    """Time and check ``gdn_main`` / ``gdn_cam`` (Triton vs reference) at the streaming shape; returns a dict."""
+    from gpu_check import gdn_case
+
+    from sana_wm.ops import gdn as gdn_ref
+    from sana_wm.ops.gdn_triton import gdn_cam_triton, gdn_main_triton
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    (q, k, qr, kr, v), beta, g, skv, sz = gdn_case(B, H, T, D, seed=3)
+    S = q.shape[3]
+    bf = torch.bfloat16
+    cq, ck, cqr, ckr, cv, cbeta = (x.to(dev, bf) for x in (q, k, qr, kr, v, beta))
+    cg, cskv, csz = g.to(dev), skv.to(dev), sz.to(dev)
+    # the fp32 reference of exactly the bf16-rounded inputs the kernels see
+    rq, rk, rqr, rkr, rv, rbeta = (x.float().cpu() for x in (cq, ck, cqr, ckr, cv, cbeta))
+    want_main = gdn_ref.gdn_main(rq, rk, rqr, rkr, rv, rbeta, g, state_kv=skv, state_z=sz)
+    want_cam = gdn_ref.gdn_cam(rqr, rkr, rv, rbeta, g, state_kv=skv)
+
+    def main_triton(token_major=False):
+        return gdn_main_triton(cq, ck, cqr, ckr, cv, cbeta, cg, state_kv=cskv, state_z=csz, token_major=token_major)
+
+    def main_ref():
+        return gdn_ref.gdn_main(cq, ck, cqr, ckr, cv, cbeta, cg, state_kv=cskv, state_z=csz)
+
+    def main_copy():
+        out = main_triton()[0]
+        return out.permute(0, 2, 3, 1, 4).reshape(B, T * S, H * D)
+
+    def cam_triton():
+        return gdn_cam_triton(cqr, ckr, cv, cbeta, cg, state_kv=cskv)
+
+    def cam_ref():
+        return gdn_ref.gdn_cam(cqr, ckr, cv, cbeta, cg, state_kv=cskv)
+
+    tm = main_triton(token_major=True)[0]
+    result = {
+        "shape": {"B": B, "H": H, "T": T, "S": S, "D": D, "dtype": "bf16", "calls_per_forward": 2 * BLOCKS},
+        "card": torch.cuda.get_device_name(dev),
+        "gdn_main": {
+            "triton_us": _us(main_triton, reps),
+            "reference_us": _us(main_ref, reps),
+            "triton_then_token_major_copy_us": _us(main_copy, reps),
+            "triton_token_major_us": _us(lambda: main_triton(token_major=True), reps),
+            "triton_error": _errors(main_triton(), want_main),
+            "reference_error": _errors(main_ref(), want_main),
+            "token_major_equals_copy": bool(torch.equal(tm, main_copy())),
+            "kernels_us": _kernel_us(main_triton, reps),
+        },
+        "gdn_cam": {
+            "triton_us": _us(cam_triton, reps),
+            "reference_us": _us(cam_ref, reps),
+            "triton_error": _errors(cam_triton(), want_cam),
+            "reference_error": _errors(cam_ref(), want_cam),
+            "kernels_us": _kernel_us(cam_triton, reps),
+        },
+    }
+    m, c = result["gdn_main"], result["gdn_cam"]
+    result["per_forward_ms"] = {
+        "triton": round((m["triton_us"] + c["triton_us"]) * BLOCKS / 1e3, 3),
+        "reference": round((m["reference_us"] + c["reference_us"]) * BLOCKS / 1e3, 3),
+        "token_major_saving": round(
+            (m["triton_then_token_major_copy_us"] - m["triton_token_major_us"]) * BLOCKS / 1e3, 3
+        ),
+    }
+    return result
+
+
+if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        sys.exit("micro_gdn: needs a CUDA device")
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,176 @@
+"""The re-tiled Triton GDN (``sana_wm.ops.gdn_triton``): split gram tiles, independent forward / reverse scan
+programs, the token-major output, and the sm_90 launch shapes they were sized for.
+
+- interpreter (CPU): fresh random inputs against the fp32 reference: B 2, several reverse segments, ``chunk_starts``
+  None, seeds given / None, head dims 24 / 48 / 112 (masked tiles, 1 and 2x2 gram tiles), ``token_major``;
+- ``slow``: the launched variants compile for sm_90a within the register budget the grid sizes assume;
+- ``gpu``: bf16 on CUDA against the CPU fp32 reference, token-major == the transformer's permute + reshape.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_INTERPRETED = textwrap.dedent(
+    """
+    import torch
+    import triton.runtime.interpreter as interp
+
+    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
+    _patch = interp._patch_lang_tensor
+    def _patched(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+    interp._patch_lang_tensor = _patched
+
+    from test_gdn_speed import fresh_inputs, worst_rel
+    from sana_wm.ops import gdn as ref
+    from sana_wm.ops.gdn_triton import gdn_cam_triton, gdn_main_triton
+
+    torch.set_num_threads(1)
+    worst = 0.0
+    # (B, H, T, S, D, chunk_starts, seeded)
+    for B, H, T, S, D, starts, seeded in [
+        (1, 1, 3, 5, 112, None, True),
+        (2, 1, 4, 6, 48, [0, 2, 3], False),
+        (2, 2, 5, 3, 24, [0, 1, 3], True),
+    ]:
+        (q, k, qr, kr, v), beta, g, skv, sz = fresh_inputs(B, H, T, S, D, seed=D)
+        skv, sz = (skv, sz) if seeded else (None, None)
+        want = ref.gdn_main(q, k, qr, kr, v, beta, g, chunk_starts=starts, state_kv=skv, state_z=sz)
+        got = gdn_main_triton(q, k, qr, kr, v, beta, g, chunk_starts=starts, state_kv=skv, state_z=sz,
+                              token_major=D == 24)
+        if D == 24:
+            assert got[0].shape == (B, T * S, H * D), got[0].shape
+            want = (want[0].permute(0, 2, 3, 1, 4).reshape(B, T * S, H * D), *want[1:])
+        worst = max(worst, worst_rel(got, want))
+        want = ref.gdn_cam(qr, kr, v, beta, g, chunk_starts=starts, state_kv=skv)
+        worst = max(worst, worst_rel(gdn_cam_triton(qr, kr, v, beta, g, chunk_starts=starts, state_kv=skv), want))
+    print("WORST", worst)
+    """
+)
+
+
+def fresh_inputs(B: int, H: int, T: int, S: int, D: int, seed: int):
+    """Random GDN inputs in the kernels' operating range (fp32, CPU): non-negative q/k with rows of norm ~1
+    (ReLU'd, key-scaled), rotated copies, beta in (0, 1), g in (0.6, 0.99), small seed states."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (B, H, T, S, D)
+    q, k = (torch.rand(shape, generator=gen) / D**0.5 for _ in range(2))
+    rot = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    q_rot, k_rot = q @ rot, k @ rot
+    v = torch.randn(shape, generator=gen)
+    beta = torch.sigmoid(torch.randn(B, H, T, S, generator=gen))
+    g = 0.6 + 0.39 * torch.rand(B, H, T, generator=gen)
+    return (
+        (q, k, q_rot, k_rot, v),
+        beta,
+        g,
+        0.05 * torch.randn(B, H, D, D, generator=gen),
+        torch.rand(B, H, D, generator=gen) / D,
+    )
+
+
+def worst_rel(got, want) -> float:
+    return max(float((a.double() - b.double()).norm() / b.double().norm()) for a, b in zip(got, want, strict=True))
+
+
+def test_gdn_triton_in_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split("WORST")[-1]) < 1e-5  # fp32: the references to rounding
+
+
+@pytest.mark.slow
+def test_gdn_launch_shapes_fit_sm90():
+    """The variants ``_run`` launches at head dim 112 compile for sm_90a within the registers their grids assume:
+    gram <= 128 (4 programs per SM), scan <= 80 (3 per SM: the 320 streaming programs in one wave), no large spills."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sana_wm.ops import gdn_triton as G
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("Triton ships no cuobjdump here")
+
+    def usage(fn, ptrs: dict, options: dict, **constexprs) -> tuple[int, int]:
+        sig = {
+            n: "constexpr" if n in constexprs else ptrs.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names
+        }
+        kernel = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32), options=options
+        )
+        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_{fn.__name__}_{os.getpid()}.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        text = subprocess.run(
+            [str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
+        cubin.unlink()
+        line = next(ln for ln in text.splitlines() if "REG:" in ln)
+        fields = dict(f.split(":") for f in line.split() if ":" in f)
+        return int(fields["REG"]), int(fields["STACK"])
+
+    bf, f32 = "*bf16", "*fp32"
+    gram_ptrs = {"ka_ptr": bf, "kz_ptr": bf, "v_ptr": bf, "be_ptr": bf, "gram_ptr": f32, "bsum_ptr": f32}
+    scan_ptrs = {n: f32 for n in ("gram_ptr", "bsum_ptr", "g_ptr", "init_kv_ptr", "init_z_ptr", "work_ptr")}
+    scan_ptrs |= {"work_z_ptr": f32, "seg_last_ptr": "*i32"}
+    out_ptrs = {"qr_ptr": bf, "q_ptr": bf, "work_ptr": f32, "work_z_ptr": f32, "out_ptr": bf}
+    for has_z in (True, False):
+        njobs = 3 if has_z else 2
+        regs, stack = usage(
+            G._gdn_gram_kernel, gram_ptrs, {"num_warps": 4}, NJOBS=njobs, BLOCK_S=32, BLOCK_D=128, DOT_F32=False
+        )
+        assert regs <= 128 and stack == 0, (regs, stack)
+        regs, stack = usage(
+            G._gdn_scan_kernel,
+            scan_ptrs,
+            G._scan_launch(128),
+            NJOBS=njobs,
+            HAS_Z=has_z,
+            BLOCK_D=128,
+            BLOCK_V=16,
+            BLOCK_K=16,
+        )
+        assert regs <= 80 and stack <= 128, (regs, stack)
+        regs, stack = usage(
+            G._gdn_out_kernel, out_ptrs, {"num_warps": 8}, HAS_Z=has_z, BLOCK_S=64, BLOCK_D=128, DOT_F32=False
+        )
+        assert stack == 0, (regs, stack)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gdn_triton_cuda_segments_and_token_major(dtype):
+    from sana_wm.ops import gdn as ref
+    from sana_wm.ops.gdn_triton import gdn_cam_triton, gdn_main_triton
+
+    B, H, T, S, D, starts = 2, 3, 7, 45, 112, [0, 3, 4]
+    (q, k, qr, kr, v), beta, g, skv, sz = fresh_inputs(B, H, T, S, D, seed=7)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    cuda = [x.cuda().to(dtype) for x in (q, k, qr, kr, v, beta)]
+    # the reference sees the rounded inputs, so the bound measures the kernels, not the input rounding
+    want = ref.gdn_main(*(x.cpu().float() for x in cuda), g, chunk_starts=starts, state_kv=skv, state_z=sz)
+    got = gdn_main_triton(*cuda, g.cuda(), chunk_starts=starts, state_kv=skv.cuda(), state_z=sz.cuda())
+    assert worst_rel([x.cpu() for x in got], want) <= tol
+    tm = gdn_main_triton(
+        *cuda, g.cuda(), chunk_starts=starts, state_kv=skv.cuda(), state_z=sz.cuda(), token_major=True
+    )[0]
+    assert torch.equal(tm, got[0].permute(0, 2, 3, 1, 4).reshape(B, T * S, H * D))
+    want = ref.gdn_cam(*(x.cpu().float() for x in (cuda[2], cuda[3], cuda[4], cuda[5])), g, chunk_starts=starts)
+    got = gdn_cam_triton(cuda[2], cuda[3], cuda[4], cuda[5], g.cuda(), chunk_starts=starts)
+    assert worst_rel([x.cpu() for x in got], want) <= tol
