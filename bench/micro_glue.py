@@ -56,7 +56,7 @@ def _us(fn, reps: int, cuda: bool) -> float:
 
 def _rel(a, b) -> float:
     a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
-    return max(float((x.double() - y.double()).norm() / y.double().norm()) for x, y in zip(a, b))
+    return max(float((x.double().cpu() - y.double().cpu()).norm() / y.double().cpu().norm()) for x, y in zip(a, b))
 
 
 def _old_modulate(x, shift, scale):

@@ -16,6 +16,7 @@ with ``preset="tiny"`` serves as a smoke test.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -125,6 +126,18 @@ def run(device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", late
         "weights_gb": round(weights / 2**30, 3),
         "variants": {},
     }
+    ref_first = ref_last = None
+    if cuda:  # fp32 reference decode (per frame, no TF32) of the same latents: the accuracy of every variant
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        ref_vae = copy.deepcopy(vae).float()
+        ref = ref_vae.streaming_decoder(**BASE)
+        ref_first = ref.decode(chunks[0].float())
+        for z in chunks[1:]:
+            ref_last = ref.decode(z.float())
+        del ref, ref_vae
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.cuda.empty_cache()
     base_first = base_last = None
     for name, options in VARIANTS.items():
         if any(s in name for s in skip) or ("compile" in name and not cuda) or ("graph" in name and not cuda):
@@ -153,6 +166,9 @@ def run(device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", late
             row["max_abs_diff_first"] = _max_diff(first, base_first)
             row["max_abs_diff_steady"] = _max_diff(last, base_last)
             row["rel_err_steady"] = float((last.float() - base_last.float()).norm() / base_last.float().norm())
+            if ref_last is not None:
+                row["rel_err_vs_fp32_first"] = float((first.float() - ref_first).norm() / ref_first.norm())
+                row["rel_err_vs_fp32_steady"] = float((last.float() - ref_last).norm() / ref_last.norm())
             row["out_channels_last"] = last.is_contiguous(memory_format=torch.channels_last_3d)
             if cuda:
                 row["peak_over_weights_gb"] = round((torch.cuda.max_memory_allocated(device) - weights) / 2**30, 3)
