@@ -7,14 +7,18 @@ S 880 tokens (704 x 1280), head dim 112, bf16 q/k/v/beta, fp32 g and seed states
 ``state_kv`` / ``state_z``), one reverse segment. Times (CUDA events, median us per call) ``gdn_main`` (also with
 ``token_major=True`` against the default layout followed by the transformer's ``permute(0, 2, 3, 1, 4).reshape``
 copy) and ``gdn_cam``; the per-kernel device time from the profiler; errors against the CPU fp32 reference of the
-same inputs (``rel``: norm ratio, ``max_rel``: max |diff| / max |want|; worst over the returned tensors).
+same inputs (``rel``: norm ratio, ``max_rel``: max |diff| / max |want|; worst over the returned tensors); and, when
+git is there, the same for ``gdn_triton.py`` before the re-tiling (``BASELINE_REV``), measured in the same run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 B, H, T, D = 1, 20, 3, 112
 BLOCKS = 15  # GDN blocks; each calls gdn_main and gdn_cam once per forward
+BASELINE_REV = "9f693bd^"  # gdn_triton.py as GPU run 3 measured it (one program per frame and product, 2T-step scan)
 
 
 def _us(fn, reps: int) -> float:
@@ -61,11 +66,25 @@ def _kernel_us(fn, reps: int) -> dict[str, float]:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    totals: dict[str, float] = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            totals[ev.name] = totals.get(ev.name, 0.0) + ev.device_time
+    totals = {evt.key: evt.device_time_total for evt in prof.key_averages() if evt.device_time_total}
     return {name: round(t / reps, 2) for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def _baseline_module(rev: str):
+    """``sana_wm/ops/gdn_triton.py`` at git revision ``rev``, imported beside the current one (same package, so its
+    relative imports resolve); None with the reason when git or the revision is not there."""
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:sana_wm/ops/gdn_triton.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"unavailable: {e}"
+    path = Path(tempfile.mkdtemp()) / "gdn_triton_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("sana_wm.ops._gdn_triton_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, rev
 
 
 def run(device: str = "cuda", reps: int = 50) -> dict:
@@ -126,13 +145,28 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
         },
     }
     m, c = result["gdn_main"], result["gdn_cam"]
-    result["per_forward_ms"] = {
-        "triton": round((m["triton_us"] + c["triton_us"]) * BLOCKS / 1e3, 3),
-        "reference": round((m["reference_us"] + c["reference_us"]) * BLOCKS / 1e3, 3),
-        "token_major_saving": round(
-            (m["triton_then_token_major_copy_us"] - m["triton_token_major_us"]) * BLOCKS / 1e3, 3
-        ),
+    per_forward = {  # ms per forward (15 blocks x one call of each branch)
+        "triton": (m["triton_us"] + c["triton_us"]) * BLOCKS / 1e3,
+        "triton_token_major": (m["triton_token_major_us"] + c["triton_us"]) * BLOCKS / 1e3,
+        "reference": (m["reference_us"] + c["reference_us"]) * BLOCKS / 1e3,
     }
+    base, rev = _baseline_module(BASELINE_REV)
+    result["baseline"] = {"rev": rev}
+    if base is not None:
+
+        def base_main():
+            return base.gdn_main_triton(cq, ck, cqr, ckr, cv, cbeta, cg, state_kv=cskv, state_z=csz)
+
+        def base_cam():
+            return base.gdn_cam_triton(cqr, ckr, cv, cbeta, cg, state_kv=cskv)
+
+        b = result["baseline"]
+        b["gdn_main_us"], b["gdn_cam_us"] = _us(base_main, reps), _us(base_cam, reps)
+        b["gdn_main_then_copy_us"] = _us(lambda: base_main()[0].permute(0, 2, 3, 1, 4).reshape(B, T * S, H * D), reps)
+        b["gdn_main_kernels_us"], b["gdn_cam_kernels_us"] = _kernel_us(base_main, reps), _kernel_us(base_cam, reps)
+        per_forward["baseline"] = (b["gdn_main_us"] + b["gdn_cam_us"]) * BLOCKS / 1e3
+        per_forward["baseline_with_copy"] = (b["gdn_main_then_copy_us"] + b["gdn_cam_us"]) * BLOCKS / 1e3
+    result["per_forward_ms"] = {name: round(ms, 3) for name, ms in per_forward.items()}
     return result
 
 
