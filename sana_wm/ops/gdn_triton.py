@@ -2,14 +2,15 @@
 
 Three kernels per call (NVlabs' "chunkwise" split, written anew):
 
-- **gram** (grid ``B*H*T`` frames x jobs): per frame the D x D products ``P = K^T diag(beta) K`` and
+- **gram** (grid products x 64 x 64 output tiles, frames): per frame the D x D products ``P = K^T diag(beta) K`` and
   ``A = K^T diag(beta) V`` (and for the main branch's normaliser ``P^z`` and ``b^z = K^T beta`` on the unrotated
-  keys), reduced over the frame's S tokens in fp32 (bf16/fp16 tensor-core dots, IEEE fp32 for fp32 inputs);
-- **scan** (grid ``B*H`` x value-column tiles): the fp32 recurrence ``M_t = g_t (M_{t-1} - P_t M_{t-1}) + A_t``
-  forward over all frames from the seed state, then the exclusive reverse recurrence inside each segment, added
-  in place, so that each frame holds ``M_t + R_t``; the normaliser vector rides along in column tile 0;
-- **out** (grid frames x token blocks): ``num = Q_hat (M + R)``, ``den = Q (z + r)``, ``num / (den + eps)``
-  (camera: ``num`` only).
+  keys), each output tile one program's fp32 sum over the frame's S tokens (bf16/fp16 tensor-core dots, IEEE fp32
+  for fp32 inputs): 720 programs at the streaming shape, deterministic, no second pass;
+- **scan** (grid ``B*H`` x (16-wide value-column tiles + the normaliser vector) x 2 directions): the fp32 recurrence
+  ``M_t = g_t (M_{t-1} - P_t M_{t-1}) + A_t`` forward over all frames from the seed state, and, in separate
+  programs running at the same time, the exclusive reverse recurrence inside each segment;
+- **out** (grid frames x groups of token blocks): ``num = Q_hat (M_t + R_t)``, ``den = Q (z_t + r_t)``,
+  ``num / (den + eps)`` (camera: ``num`` only); ``(B, H, T, S, D)`` or token-major ``(B, T*S, H*D)``.
 
 Inputs may be strided views (last dim contiguous); ``beta`` / ``g`` any strides. States are float32
 ``(B, H, D, D)`` indexed [key, value] and ``(B, H, D)`` like the reference.
