@@ -8,7 +8,8 @@ S 880 tokens (704 x 1280), head dim 112, bf16 q/k/v/beta, fp32 g and seed states
 ``token_major=True`` against the default layout followed by the transformer's ``permute(0, 2, 3, 1, 4).reshape``
 copy) and ``gdn_cam``; the per-kernel device time from the profiler; errors against the CPU fp32 reference of the
 same inputs (``rel``: norm ratio, ``max_rel``: max |diff| / max |want|; worst over the returned tensors); and, when
-git is there, the same for ``gdn_triton.py`` before the re-tiling (``BASELINE_REV``), measured in the same run.
+git is there, the same for ``gdn_triton.py`` before the re-tiling (``BASELINE_REV``), measured in the same run;
+``variants``: the launch alternatives in ``VARIANTS`` (module-level tuning knobs of ``gdn_triton``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 B, H, T, D = 1, 20, 3, 112
 BLOCKS = 15  # GDN blocks; each calls gdn_main and gdn_cam once per forward
+# launch alternatives of sana_wm.ops.gdn_triton, timed beside its defaults: (name, module attribute, value)
+VARIANTS = [
+    ("gram 64-token steps, 8 warps", "GRAM_LAUNCH", {"BLOCK_S": 64, "num_warps": 8}),
+    ("gram 64-token steps, 4 warps", "GRAM_LAUNCH", {"BLOCK_S": 64, "num_warps": 4}),
+    ("gram 16-token steps, 4 warps", "GRAM_LAUNCH", {"BLOCK_S": 16, "num_warps": 4}),
+    ("scan without register cap", "SCAN_MAXNREG", None),
+    ("out 2 waves", "OUT_WAVES", 2),
+    ("out 4 waves", "OUT_WAVES", 4),
+]
 BASELINE_REV = "9f693bd^"  # gdn_triton.py as GPU run 3 measured it (one program per frame and product, 2T-step scan)
 
 
@@ -92,6 +102,7 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
     from gpu_check import gdn_case
 
     from sana_wm.ops import gdn as gdn_ref
+    from sana_wm.ops import gdn_triton as G
     from sana_wm.ops.gdn_triton import gdn_cam_triton, gdn_main_triton
 
     dev = torch.device(device)
@@ -144,6 +155,19 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
             "kernels_us": _kernel_us(cam_triton, reps),
         },
     }
+    result["variants"] = {}
+    for name, attr, value in VARIANTS:
+        default = getattr(G, attr)
+        setattr(G, attr, value)
+        try:
+            result["variants"][name] = {
+                "gdn_main_us": _us(main_triton, reps),
+                "gdn_cam_us": _us(cam_triton, reps),
+                "gdn_main_kernels_us": _kernel_us(main_triton, reps),
+                "gdn_main_error": _errors(main_triton(), want_main),
+            }
+        finally:
+            setattr(G, attr, default)
     m, c = result["gdn_main"], result["gdn_cam"]
     per_forward = {  # ms per forward (15 blocks x one call of each branch)
         "triton": (m["triton_us"] + c["triton_us"]) * BLOCKS / 1e3,

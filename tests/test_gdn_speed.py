@@ -132,8 +132,15 @@ def test_gdn_launch_shapes_fit_sm90():
     out_ptrs = {"qr_ptr": bf, "q_ptr": bf, "work_ptr": f32, "work_z_ptr": f32, "out_ptr": bf}
     for has_z in (True, False):
         njobs = 3 if has_z else 2
+        gram = dict(G.GRAM_LAUNCH)
         regs, stack = usage(
-            G._gdn_gram_kernel, gram_ptrs, {"num_warps": 4}, NJOBS=njobs, BLOCK_S=32, BLOCK_D=128, DOT_F32=False
+            G._gdn_gram_kernel,
+            gram_ptrs,
+            {"num_warps": gram.pop("num_warps")},
+            NJOBS=njobs,
+            BLOCK_D=128,
+            DOT_F32=False,
+            **gram,
         )
         assert regs <= 128 and stack == 0, (regs, stack)
         regs, stack = usage(

@@ -473,13 +473,23 @@ def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: t
     return table
 
 
+# Launch tuning (sm_90; register counts from cuobjdump; bench/micro_gdn.py times alternatives by setting these):
+# - gram: 4 warps x 32-token steps of a 64 x 64 tile need 128 registers, so 4 programs share an SM (528 slots for the
+#   720 programs of the streaming main branch);
+# - scan at BLOCK_D 128 (head dim 112): the 8-warp program needs ~123 registers; capped at 80 (64 B of stack) three
+#   programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave;
+# - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs.
+GRAM_LAUNCH = {"BLOCK_S": 32, "num_warps": 4}
+SCAN_MAXNREG = 80
+OUT_WAVES = 1
+
+
 def _scan_launch(block_d: int) -> dict:
-    """Launch options of the scan (sm_90, checked with cuobjdump): at BLOCK_D 128 (head dim 112) the 8-warp program
-    needs ~123 registers; capped at 80 (64 B of stack) three programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320
-    programs of the streaming shape run in one wave instead of two."""
+    """Launch options of the scan kernel for this BLOCK_D (see the tuning notes above)."""
     if block_d < 128:
         return {"num_warps": 4, "num_stages": 1}
-    return {"num_warps": 8, "num_stages": 1, **({"maxnreg": 80} if block_d == 128 else {})}
+    cap = {"maxnreg": SCAN_MAXNREG} if block_d == 128 and SCAN_MAXNREG else {}
+    return {"num_warps": 8, "num_stages": 1, **cap}
 
 
 @functools.cache
@@ -555,10 +565,9 @@ def _run(
         S,
         D,
         NJOBS=njobs,
-        BLOCK_S=32,
         BLOCK_D=block_d,
         DOT_F32=dot_f32,
-        num_warps=4,
+        **GRAM_LAUNCH,
     )
     work = torch.empty(B * H, 2 * T + 1, D, D, dtype=f32, device=device)
     work_z = torch.empty(B * H, 2 * T + 1, D, dtype=f32, device=device) if has_z else work
@@ -593,8 +602,8 @@ def _run(
     qz = queries_z if has_z else queries
     block_s = 64
     blocks = triton.cdiv(S, block_s)
-    # token blocks per program: the frame's D x D state is read once for all of them; about one wave of programs
-    per_program = triton.cdiv(blocks, max(1, min(blocks, _sm_count(device) // frames)))
+    # token blocks per program: the frame's D x D state is read once for all of them
+    per_program = triton.cdiv(blocks, max(1, min(blocks, OUT_WAVES * _sm_count(device) // frames)))
     _gdn_out_kernel[(frames, triton.cdiv(blocks, per_program))](
         queries,
         *_strides4(queries),
