@@ -32,6 +32,7 @@ from torch import nn
 
 from .cache import StreamingCache
 from .config import SanaWMConfig
+from .ops._triton import runnable_on
 from .ops.gdn import chunk_segments
 from .ops.kernels import (
     gated_output,
@@ -45,6 +46,7 @@ from .ops.kernels import (
     prep_softmax_qk,
     residual_layernorm_modulate,
     short_conv_k,
+    triton_enabled,
     ucpe_decode,
 )
 from .ops.rope import rope_frequencies, slice_rope_for_camera
@@ -281,9 +283,22 @@ class _Frames:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_MERGED_ROW_ALIGN = 64  # merged projection rows padded to this: 16-byte aligned output rows, whole GEMM tiles
+
+
+def _remerge_after_load(module: SanaWMAttention, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: a load that assigned new tensors (``assign=True``) re-merges the projections."""
+    if module._merged is not None and not module._merged_intact():
+        module.merge_input_projections()
+
+
 class SanaWMAttention(nn.Module):
     """Dual-branch self-attention of one block. ``softmax=False``: bidirectional / chunk-causal Gated DeltaNet with
-    K short convs; ``softmax=True``: SDPA (no short convs; the GDN gate parameters exist but are unused)."""
+    K short convs; ``softmax=True``: SDPA (no short convs; the GDN gate parameters exist but are unused).
+
+    :meth:`merge_input_projections` (``SanaWMTransformer.prepare_inference``) stores the linears that read the block
+    input (qkv, camera q / k / v, output gate and, in GDN blocks, beta) as one weight / bias so that the forward runs
+    one GEMM; the parameters become views into it (state dict unchanged)."""
 
     def __init__(self, cfg: SanaWMConfig, softmax: bool) -> None:
         super().__init__()
@@ -313,6 +328,65 @@ class SanaWMAttention(nn.Module):
         self.k_norm_cam = RMSNorm(C, eps=1e-5)
         if not softmax:
             self.conv_k_cam = ShortConv(C, cfg.conv_kernel_size)
+        self._merged: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, C) weight, (rows,) bias
+        self.register_load_state_dict_post_hook(_remerge_after_load)
+
+    # -- merged input projection -----------------------------------------------------------------------------------
+    def _input_linears(self) -> tuple[nn.Linear, ...]:
+        """The linears of the block input in merged row order (beta only where it is used: GDN blocks)."""
+        linears = (self.qkv, self.q_proj_cam, self.k_proj_cam, self.v_proj_cam, self.output_gate)
+        return linears if self.softmax else (*linears, self.beta_proj)
+
+    @torch.no_grad()
+    def merge_input_projections(self) -> None:
+        """Lay the input linears out as one ``(rows, C)`` weight and ``(rows,)`` bias (qkv's bias rows zero, rows
+        padded to a multiple of 64 with zeros) and make every weight / bias a view of its rows: no second copy,
+        state-dict names, shapes and values unchanged, ``load_state_dict`` copies into the views (a load with
+        ``assign=True``, ``.to()`` and a repeated call re-merge)."""
+        linears = self._input_linears()
+        weight0 = self.qkv.weight
+        rows = sum(lin.out_features for lin in linears)
+        padded = -(-rows // _MERGED_ROW_ALIGN) * _MERGED_ROW_ALIGN
+        weight = weight0.new_zeros(padded, weight0.shape[1])
+        bias = weight0.new_zeros(padded)
+        a = 0
+        for lin in linears:
+            b = a + lin.out_features
+            weight[a:b] = lin.weight
+            lin.weight.data = weight[a:b]
+            if lin.bias is not None:
+                bias[a:b] = lin.bias
+                lin.bias.data = bias[a:b]
+            a = b
+        self._merged = (weight, bias)
+
+    def _merged_intact(self) -> bool:
+        """Whether every merged weight / bias still is a view of the merged tensors (same storage)."""
+        weight, bias = self._merged
+        return all(
+            t.device == ref.device and t.untyped_storage().data_ptr() == ref.untyped_storage().data_ptr()
+            for lin in self._input_linears()
+            for t, ref in ((lin.weight, weight), (lin.bias, bias))
+            if t is not None
+        )
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self._merged is not None and not self._merged_intact():  # .to(dtype / device) made separate tensors
+            self.merge_input_projections()
+        return self
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, N, C) -> q, k, v, q_cam, k_cam, v_cam, output-gate (B, N, C) and beta logits (B, N, H) (None in
+        softmax blocks): with the merged layout one GEMM and strided row views of its output, else one linear each."""
+        B, N, C = x.shape
+        if self._merged is not None:
+            out = F.linear(x, *self._merged)
+            beta = None if self.softmax else out[..., 7 * C : 7 * C + self.heads]
+            return (*out[..., : 7 * C].view(B, N, 7, C).unbind(2), beta)
+        q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
+        cam = (self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x))
+        return q, k, v, *cam, self.output_gate(x), None if self.softmax else self.beta_proj(x)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,10 +403,10 @@ class SanaWMAttention(nn.Module):
         """GDN key scale ``(head_dim * S)^-1/2``."""
         return self.head_dim**-0.5 * frames.S**-0.5
 
-    def _gates(self, x: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
-        """beta (B, H, T, S) per token, g (B, H, T) per frame (float32)."""
+    def _gates(self, x: torch.Tensor, beta_logits: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta (B, H, T, S) per token from ``beta_proj(x)`` (B, N, H), g (B, H, T) per frame (float32)."""
         B, _, C = x.shape
-        beta = torch.sigmoid(self.beta_proj(x)).view(B, frames.T, frames.S, self.heads).permute(0, 3, 1, 2)
+        beta = torch.sigmoid(beta_logits).view(B, frames.T, frames.S, self.heads).permute(0, 3, 1, 2)
         gate = self.gate_proj(x.view(B, frames.T, frames.S, C).mean(dim=2)).float()
         rate = self.A_log.float().exp()
         g = torch.exp(-rate * F.softplus(gate + self.dt_bias.float())).transpose(1, 2)
@@ -364,6 +438,21 @@ class SanaWMAttention(nn.Module):
             history.copy_(torch.cat([history, k4], dim=1)[:, -keep:])
         return out.reshape(B, N, C)
 
+    def _kv_slots(
+        self, x: torch.Tensor, frames: _Frames, cache: dict | None, keys: tuple[str, str]
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, bool]:
+        """Softmax blocks, stream mode: views ``cache[key][:, :, a : a + N]`` (a = ``frames.kv_offset``) of this
+        pass's K/V slot for the two ``keys``, and whether the prep kernels write them (Triton runs for x: they take
+        the slots as ``k_out`` / ``v_out``; the references' outputs are copied in by :meth:`_sdpa`).
+        Other modes: (None, False)."""
+        if frames.mode != "stream":
+            return None, False
+        if frames.kv_offset is None:
+            raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
+        a, n = frames.kv_offset, x.shape[1]
+        slots = (cache[keys[0]][:, :, a : a + n], cache[keys[1]][:, :, a : a + n])
+        return slots, triton_enabled() and runnable_on(x)
+
     def _sdpa(
         self,
         q: torch.Tensor,
@@ -375,8 +464,10 @@ class SanaWMAttention(nn.Module):
         k_key: str,
         v_key: str,
         write: bool,
+        slots: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream)."""
+        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream); stream:
+        ``slots`` from :meth:`_kv_slots` (k / v that are these very views were written there by the prep kernel)."""
         if frames.mode == "full":
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if frames.mode == "causal":
@@ -394,13 +485,12 @@ class SanaWMAttention(nn.Module):
             return torch.cat(outs, dim=2)
         # stream: this pass's K/V go into the preallocated buffer at kv_offset (cache.py), then one unmasked SDPA over
         # the contiguous prefix [committed sink + ring | this pass]: no concatenation, the flash path
-        if frames.kv_offset is None:
-            raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
+        for src, slot in zip((k, v), slots):
+            if src is not slot:
+                slot.copy_(src)
         cached_k, cached_v = cache[k_key], cache[v_key]
         a = frames.kv_offset
         end = a + k.shape[2]
-        cached_k[:, :, a:end].copy_(k)
-        cached_v[:, :, a:end].copy_(v)
         out = F.scaled_dot_product_attention(q, cached_k[:, :, :end], cached_v[:, :, :end], scale=scale)
         if write and frames.write_tokens is not None:  # commit the chunk from `current` to its ring slot
             lo, hi = frames.write_tokens
@@ -409,12 +499,14 @@ class SanaWMAttention(nn.Module):
         return out
 
     # -- branches --------------------------------------------------------------------------------------------------
-    def _main(self, x, frames, beta, g, cache, write) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
+    def _main(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
+        B, N, C = q.shape
         if self.softmax:
-            q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads)
-            out = self._sdpa(q, k, self._split(v), frames, self.cfg.softmax_scale, cache, "k", "v", write)
+            slots, direct = self._kv_slots(q, frames, cache, ("k", "v"))
+            into = {"k_out": slots[0], "v": v, "v_out": slots[1]} if direct else {}
+            q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, **into)
+            v = slots[1] if direct else self._split(v)
+            out = self._sdpa(q, k, v, frames, self.cfg.softmax_scale, cache, "k", "v", write, slots)
             return out.transpose(1, 2).reshape(B, N, C)
         k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
         q, k, q_rot, k_rot = prep_gdn_qk(
@@ -434,10 +526,11 @@ class SanaWMAttention(nn.Module):
             cache["state_z"].copy_(state_z)
         return out.permute(0, 2, 3, 1, 4).reshape(B, N, C)
 
-    def _camera(self, x, frames, beta, g, cache, write) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
-        if not self.softmax:
+    def _camera(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
+        slots, direct = (None, False)
+        if self.softmax:
+            slots, direct = self._kv_slots(q, frames, cache, ("cam_k", "cam_v"))
+        else:
             k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
         q_u, k_u, v_u, beta = prep_camera(
             q,
@@ -452,9 +545,11 @@ class SanaWMAttention(nn.Module):
             key_scale=None if self.softmax else self._key_scale(frames),
             beta=beta,
             rms_downscale=self.cfg.post_ucpe_rms_downscale,
+            **({"k_out": slots[0], "v_out": slots[1]} if direct else {}),
         )
         if self.softmax:
-            out = self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale, cache, "cam_k", "cam_v", write)
+            scale = self.cfg.cam_softmax_scale
+            out = self._sdpa(q_u, k_u, v_u, frames, scale, cache, "cam_k", "cam_v", write, slots)
         else:
             out5, state = gdn_cam(
                 *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
@@ -470,10 +565,11 @@ class SanaWMAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
         """x (B, N, C) modulated tokens -> (B, N, C)."""
-        beta, g = (None, None) if self.softmax else self._gates(x, frames)
-        main = self._main(x, frames, beta, g, cache, write)
-        cam = self._camera(x, frames, beta, g, cache, write)
-        return self.proj(gated_output(main, self.out_proj_cam(cam), self.output_gate(x)))
+        q, k, v, q_cam, k_cam, v_cam, gate, beta_logits = self._project(x)
+        beta, g = (None, None) if self.softmax else self._gates(x, beta_logits, frames)
+        main = self._main(q, k, v, frames, beta, g, cache, write)
+        cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
+        return self.proj(gated_output(main, self.out_proj_cam(cam), gate))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -688,10 +784,19 @@ class SanaWMTransformer(nn.Module):
 
     @torch.no_grad()
     def prepare_inference(self) -> SanaWMTransformer:
-        """Lay weights out for fast inference (values and state-dict names unchanged; idempotent): the FFN
-        temporal-conv weights are stored tap-major (each tap a contiguous GEMM operand). Call after loading."""
+        """Lay weights out for fast inference (values and state-dict names unchanged, no second copy; idempotent):
+        the FFN temporal-conv weights are stored tap-major (each tap a contiguous GEMM operand) and every block's
+        input projections (qkv, camera q / k / v, output gate, beta) become views of one merged weight / bias, run
+        as one GEMM (:meth:`SanaWMAttention.merge_input_projections`).
+
+        Call after loading. ``load_state_dict`` afterwards copies into the views (``assign=True``, ``.to()`` and a
+        repeated call re-merge); anything that replaces parameters another way (e.g. ``weights.load_into`` with a
+        dtype / device change) needs another ``prepare_inference()``. The merged parameters share one storage per
+        block: ``safetensors`` refuses to save such a state dict (save before this call, or save
+        ``{k: v.contiguous()}``)."""
         for block in self.blocks:
             block.mlp.t_conv.weight.data = tap_major(block.mlp.t_conv.weight.data)
+            block.attn.merge_input_projections()
         return self
 
     def new_cache(

@@ -175,6 +175,12 @@ if HAS_TRITON:
         q_plain_out,
         k_plain_out,
         infl_out,
+        ko_sb,
+        ko_sh,
+        ko_sn,
+        vo_sb,
+        vo_sh,
+        vo_sn,
         N,
         H,
         D,
@@ -185,13 +191,15 @@ if HAS_TRITON:
         PLAIN: tl.constexpr,
         DOWNSCALE: tl.constexpr,
         INFLATION: tl.constexpr,
+        COPY_V: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         """One (head, BLOCK_N tokens, batch entry) tile (grid: H x token blocks x B), inv-RMS from
-        :func:`_prep_kernel_rms`. Outputs (B, H, N, D) contiguous: q_out / k_out encoded q, k; MODE 1 also v_out
-        (UCPE'd raw v); PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE; INFLATION: infl_out
-        (B, H, N) fp32 (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
+        :func:`_prep_kernel_rms`. Outputs (B, H, N, D): q_out encoded q (contiguous); k_out encoded k and MODE 1's
+        v_out (UCPE'd raw v) at strides ``ko_*`` / ``vo_*`` (e.g. a slot of the K/V cache); COPY_V (MODE 0): raw v
+        copied to v_out; PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE (contiguous); INFLATION:
+        infl_out (B, H, N) fp32 (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
         h = tl.program_id(0)
         b = tl.program_id(2)
         B = tl.num_programs(2)
@@ -201,6 +209,8 @@ if HAS_TRITON:
         md = rd < D
         mask = mn[:, None] & md[None, :]
         out_offs = ((b * H + h) * N + rn[:, None]) * D + rd[None, :]
+        k_offs = b * ko_sb + h * ko_sh + rn[:, None] * ko_sn + rd[None, :]
+        v_offs = b * vo_sb + h * vo_sh + rn[:, None] * vo_sn + rd[None, :]
         if MODE == 0:
             cos, sin = _rope_tables(rope_ptr, rn, mn, 0, ROPE_PAIRS, BLOCK_N, BLOCK_D)
         else:
@@ -227,7 +237,7 @@ if HAS_TRITON:
         k_enc = _encode(k, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
         if DOWNSCALE:
             k_enc = _downscale(k, k_enc, D)
-        tl.store(k_out + out_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
+        tl.store(k_out + k_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
         if PLAIN:
             tl.store(k_plain_out + out_offs, k.to(k_plain_out.dtype.element_ty), mask=mask)
         if INFLATION:
@@ -241,7 +251,10 @@ if HAS_TRITON:
             v_enc = _encode(v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
             if DOWNSCALE:
                 v_enc = _downscale(v, v_enc, D)
-            tl.store(v_out + out_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
+            tl.store(v_out + v_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
+        elif COPY_V:
+            v = tl.load(v_ptr + b * v_sb + h * D + rn[:, None] * v_sn + rd[None, :], mask=mask, other=0.0)
+            tl.store(v_out + v_offs, v.to(v_out.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _ucpe_decode_kernel(
@@ -314,20 +327,59 @@ def _check_proj(name: str, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return last_dim_contiguous(x)
 
 
+def _check_out(name: str, out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An ``out=`` tensor: ``shape`` (B, H, N, D), q's dtype and device, channels contiguous (other strides free)."""
+    if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device or out.stride(-1) != 1:
+        raise ValueError(
+            f"{name} must have shape {shape}, dtype {like.dtype}, device {like.device} and a contiguous last dim, "
+            f"got {tuple(out.shape)} {out.dtype} {out.device} strides {out.stride()}."
+        )
+    return out
+
+
 def _launch(
-    mode, q, k, v, q_weight, k_weight, table, mat_q, mat_kv, heads, key_scale, relu, plain, downscale, inflation, eps
+    mode,
+    q,
+    k,
+    v,
+    q_weight,
+    k_weight,
+    table,
+    mat_q,
+    mat_kv,
+    heads,
+    key_scale,
+    relu,
+    plain,
+    downscale,
+    inflation,
+    eps,
+    *,
+    k_out=None,
+    v_out=None,
+    copy_v=False,
 ):
+    """Both launches; ``k_out`` / ``v_out``: (B, H, N, D) tensors (any token / head / batch strides) that receive
+    the encoded k / v instead of new ones; ``copy_v`` (main mode): raw v copied into ``v_out`` by the same tiles."""
     B, N, C = q.shape
     if C % heads:
         raise ValueError(f"channels ({C}) must be a multiple of heads ({heads}).")
     D = C // heads
     if tuple(table.shape[:1]) != (N,):
         raise ValueError(f"RoPE table must have {N} rows (one per token), got shape {tuple(table.shape)}.")
-    count = 2 + (mode == _CAMERA) + 2 * plain  # encoded q, k [, v] [, plain q, k]
-    outs = [torch.empty(B, heads, N, D, dtype=q.dtype, device=q.device) for _ in range(count)]
-    infl = torch.empty(B, heads, N, dtype=torch.float32, device=q.device) if inflation else outs[0]
-    v_out = outs[2] if mode == _CAMERA else outs[0]
-    q_plain, k_plain = (outs[-2], outs[-1]) if plain else (outs[0], outs[0])
+    shape = (B, heads, N, D)
+
+    def new() -> torch.Tensor:
+        return torch.empty(shape, dtype=q.dtype, device=q.device)
+
+    q_out = new()
+    k_out = new() if k_out is None else _check_out("k_out", k_out, shape, q)
+    if mode == _CAMERA or copy_v:
+        v_out = new() if v_out is None else _check_out("v_out", v_out, shape, q)
+    outs = [q_out, k_out, *([v_out] if mode == _CAMERA else []), *([new(), new()] if plain else [])]
+    infl = torch.empty(B, heads, N, dtype=torch.float32, device=q.device) if inflation else q_out
+    v_out = v_out if (mode == _CAMERA or copy_v) else q_out
+    q_plain, k_plain = (outs[-2], outs[-1]) if plain else (q_out, q_out)
     inv = torch.empty(2, B, N, dtype=torch.float32, device=q.device)
     rms_args = (q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), inv, N, C, float(eps))
     _prep_kernel_rms[(triton.cdiv(N, _RMS_BLOCK_N), B)](
@@ -349,12 +401,14 @@ def _launch(
         table,
         mat_q,
         mat_kv,
-        outs[0],
-        outs[1],
+        q_out,
+        k_out,
         v_out,
         q_plain,
         k_plain,
         infl,
+        *k_out.stride()[:3],
+        *v_out.stride()[:3],
         N,
         heads,
         D,
@@ -365,6 +419,7 @@ def _launch(
         PLAIN=plain,
         DOWNSCALE=downscale,
         INFLATION=inflation,
+        COPY_V=copy_v,
         BLOCK_N=_BLOCK_N,
         BLOCK_D=_block_d(D),
         num_warps=4,
@@ -421,15 +476,26 @@ def prep_softmax_qk_triton(
     *,
     heads: int,
     eps: float = 1e-5,
+    k_out: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    v_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton :func:`sana_wm.ops.qk_prep.prep_softmax_qk`."""
+    """Triton :func:`sana_wm.ops.qk_prep.prep_softmax_qk`.
+
+    ``k_out``: a (B, H, N, D) tensor (e.g. the pass's slot of the K/V cache, any token / head / batch strides) that
+    receives the rotated k and is returned as it; ``v`` (B, N, C) with ``v_out`` (B, H, N, D): the raw v per head
+    copied into ``v_out`` by the same launch (the cache's v slot: no separate copy kernel)."""
     k = _check_proj("k", k, q)
+    if (v is None) != (v_out is None):
+        raise ValueError("prep_softmax_qk_triton: give v and v_out together (or neither).")
+    if v is not None:
+        v = _check_proj("v", v, q)
     q = last_dim_contiguous(q)
     (q_rot, k_rot), _ = _launch(
         _MAIN,
         q,
         k,
-        q,
+        q if v is None else v,
         q_weight,
         k_weight,
         _rope_table(rope),
@@ -442,6 +508,9 @@ def prep_softmax_qk_triton(
         downscale=False,
         inflation=False,
         eps=eps,
+        k_out=k_out,
+        v_out=v_out,
+        copy_v=v is not None,
     )
     return q_rot, k_rot
 
@@ -461,8 +530,12 @@ def prep_camera_triton(
     beta: torch.Tensor | None = None,
     rms_downscale: bool = False,
     eps: float = 1e-5,
+    k_out: torch.Tensor | None = None,
+    v_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Triton :func:`sana_wm.ops.qk_prep.prep_camera` (same arguments and returns)."""
+    """Triton :func:`sana_wm.ops.qk_prep.prep_camera` (same arguments and returns); ``k_out`` / ``v_out``:
+    (B, H, N, D) tensors (any token / head / batch strides, e.g. the cache's cam_k / cam_v slot) that receive k_u /
+    v_u and are returned as them."""
     k = _check_proj("k", k, q)
     v = _check_proj("v", v, q)
     q = last_dim_contiguous(q)
@@ -492,6 +565,8 @@ def prep_camera_triton(
         downscale=rms_downscale,
         inflation=gdn,
         eps=eps,
+        k_out=k_out,
+        v_out=v_out,
     )
     if not gdn:
         return q_u, k_u, v_u, None
