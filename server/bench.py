@@ -414,15 +414,17 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
 @torch.no_grad()
 def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> dict:
     """Stream ``chunks`` chunks the way a session does (chunk 0 pinned to the encoded image), the transformer on
-    the main stream (CUDA graphs from chunk 1) and the decode of each chunk on a side stream into pinned memory.
+    the main stream (CUDA graphs from chunk 1) and the decode of each chunk on a side stream into pinned memory, one
+    decoder call per latent frame as in ``Session.stream`` / ``step``.
     Returns per-chunk timings and the steady chunk time (wall clock between chunks once graphs exist)."""
     from engine.graphs import ChunkGraphs, FramePipe
+    from engine.session import decode_parts
 
     device = scene.device
     cache = model.new_cache(scene.batch, height=scene.h, width=scene.w)
     decoder = vae.streaming_decoder()
     graphs = ChunkGraphs(model, enabled=use_graphs)
-    pipe = FramePipe(lambda dec, z: dec.decode(z.to(vae.dtype)), device)
+    pipe = FramePipe(lambda dec, z: dec.decode(z.to(vae.dtype)), device, slots=2 * len(decode_parts(1, 3)))
     first = vae.encode(scene.image.to(device, vae.dtype)).float()
     cuda = device.type == "cuda"
     marks, transformer_ms, decode_ms = [], [], []  # marks[c]: host time when chunk c's frames are on the host
@@ -450,11 +452,12 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
             end.record()
         else:
             transformer_ms.append((time.perf_counter() - t) * 1000)
-        ticket = pipe.submit(decoder, latents, drop_first=c == 0)
+        # decoded like a session does: one decoder call per latent frame (the parts of Session.stream)
+        tickets = [pipe.submit(decoder, latents[:, :, lo:hi], drop) for lo, hi, drop in decode_parts(c, latents.shape[2])]
         if previous is not None:  # chunk c - 1's frames, while chunk c runs on the device
             _consume(pipe, previous, decode_ms, transformer_ms, cuda)
             marks.append(time.perf_counter())
-        previous = (ticket, begin, end) if cuda else (ticket, None, None)
+        previous = (tickets, begin, end) if cuda else (tickets, None, None)
     _consume(pipe, previous, decode_ms, transformer_ms, cuda)
     marks.append(time.perf_counter())
     # Steady state: the intervals between chunks 0..N-2 (chunk 1's capture happens before marks[0]); the last
@@ -472,9 +475,10 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
 
 
 def _consume(pipe, entry, decode_ms: list, transformer_ms: list, cuda: bool) -> None:
-    ticket, begin, end = entry
-    pipe.frames(ticket)
-    decode_ms.append(ticket.decode_time_ms())
+    tickets, begin, end = entry
+    for ticket in tickets:
+        pipe.frames(ticket)
+    decode_ms.append(sum(ticket.decode_time_ms() for ticket in tickets))
     if cuda:
         transformer_ms.append(begin.elapsed_time(end))
 
