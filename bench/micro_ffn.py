@@ -3,11 +3,12 @@
     python bench/micro_ffn.py            # prints JSON (CUDA only)
 
 One call per transformer block and forward (20 per forward): h (3 frames x 22 x 40 = 2,640 tokens, 2M = 13,440) bf16.
-Times (CUDA events, median) the old path as the transformer ran it before ``glu_dwconv`` (separate SiLU, cuDNN
-channels-last depthwise conv with bias, SiLU of the gate half, product), the PyTorch reference
-(``sana_wm.ops.ffn.glu_dwconv``: the same ops plus its argument checks), and the Triton kernel at its default tile
-and a few other tiles; reports each one's error against the fp32 reference of the same bf16 inputs, the kernel's
-effective memory bandwidth (71 MB read + 35 MB written per call) and the per-forward saving.
+Times (CUDA events around one CUDA graph of 20 back-to-back calls, as in the transformer's graph: median ms per call)
+the old path as the transformer ran it before ``glu_dwconv`` (separate SiLU, cuDNN channels-last depthwise conv with
+bias, SiLU of the gate half, product), the PyTorch reference (``sana_wm.ops.ffn.glu_dwconv``: the same ops plus its
+argument checks), and the Triton kernel at its default tile and the other candidate tiles (``TILES``); reports each
+one's error against the fp32 reference of the same bf16 inputs, the kernel's effective memory bandwidth (71 MB read
++ 35 MB written per call) and the per-forward saving of the fastest tile.
 """
 
 from __future__ import annotations
@@ -22,30 +23,37 @@ import torch.nn.functional as F
 
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
-# (block_x, block_c, num_warps, gather); the first is glu_dwconv_triton's default
+# (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default
 TILES = [
-    (16, 32, 4, True),
-    (8, 64, 4, True),
-    (32, 32, 8, True),
-    (16, 64, 8, True),
-    (8, 64, 4, False),
-    (8, 128, 4, False),
-    (4, 64, 2, False),
+    (8, 64, 2),
+    (10, 64, 2),
+    (5, 64, 2),
+    (4, 64, 2),
+    (8, 128, 4),
+    (8, 128, 2),
 ]
 
 
 def _ms(fn, reps: int) -> float:
-    for _ in range(3):
+    """Median ms per call: CUDA events around one CUDA-graph replay of ``CALLS_PER_FORWARD`` back-to-back calls (as
+    inside the transformer's graph: no launch gaps), divided by the calls."""
+    for _ in range(2):
         fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS_PER_FORWARD):
+            fn()
+    graph.replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        graph.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / CALLS_PER_FORWARD)
     return round(statistics.median(times), 4)
 
 
@@ -66,7 +74,7 @@ def _old_path(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     return value * F.silu(gate)
 
 
-def run(device: str = "cuda", reps: int = 50) -> dict:
+def run(device: str = "cuda", reps: int = 10) -> dict:
     """Times and errors at the streaming shape on ``device`` (a CUDA device); returns a JSON-able dict."""
     if not torch.cuda.is_available() or torch.device(device).type != "cuda":
         raise RuntimeError(
@@ -100,13 +108,11 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
 
     bytes_moved = (n * c2 + n * HALF) * h.element_size()
     tiles = {}
-    for bx, bc, nw, gather in TILES:
-        name = f"{bx}x{bc}w{nw}{'g' if gather else 's'}"  # g: tl.gather neighbours, s: three shifted loads
+    for bx, bc, nw in TILES:
+        name = f"{bx}x{bc}w{nw}"
 
-        def call(bx=bx, bc=bc, nw=nw, gather=gather):
-            return glu_dwconv_triton(
-                h, w, b, height=HEIGHT, width=WIDTH, block_x=bx, block_c=bc, num_warps=nw, gather=gather
-            )
+        def call(bx=bx, bc=bc, nw=nw):
+            return glu_dwconv_triton(h, w, b, height=HEIGHT, width=WIDTH, block_x=bx, block_c=bc, num_warps=nw)
 
         try:
             ms = _ms(call, reps)
