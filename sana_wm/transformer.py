@@ -520,11 +520,12 @@ class SanaWMAttention(nn.Module):
             state_kv=None if cache is None else cache["state_kv"],
             state_z=None if cache is None else cache["state_z"],
             eps=1e-8,
+            token_major=True,
         )
         if write:
             cache["state_kv"].copy_(state_kv)
             cache["state_z"].copy_(state_z)
-        return out.permute(0, 2, 3, 1, 4).reshape(B, N, C)
+        return out
 
     def _camera(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
         slots, direct = (None, False)

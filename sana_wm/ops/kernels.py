@@ -70,13 +70,18 @@ def _triton_for(*tensors) -> bool:
     return _ENABLED and runnable_on(*tensors)
 
 
-def gdn_main(q, k, q_rot, k_rot, v, beta, g, **kwargs):
-    """:func:`sana_wm.ops.gdn.gdn_main`, on Triton when possible."""
+def gdn_main(q, k, q_rot, k_rot, v, beta, g, *, token_major: bool = False, **kwargs):
+    """:func:`sana_wm.ops.gdn.gdn_main`, on Triton when possible. ``token_major``: the output as (B, T*S, H*D)
+    (the Triton kernel writes it so directly) instead of (B, H, T, S, D)."""
     if _triton_for(v):
         from .gdn_triton import gdn_main_triton
 
-        return gdn_main_triton(q, k, q_rot, k_rot, v, beta, g, **kwargs)
-    return _gdn_ref.gdn_main(q, k, q_rot, k_rot, v, beta, g, **kwargs)
+        return gdn_main_triton(q, k, q_rot, k_rot, v, beta, g, token_major=token_major, **kwargs)
+    out, state_kv, state_z = _gdn_ref.gdn_main(q, k, q_rot, k_rot, v, beta, g, **kwargs)
+    if token_major:
+        B, H, T, S, D = out.shape
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, T * S, H * D)
+    return out, state_kv, state_z
 
 
 def gdn_cam(q, k, v, beta, g, **kwargs):
