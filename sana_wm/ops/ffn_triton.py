@@ -3,11 +3,13 @@
 One program per (frame, strip of ``BLOCK_X`` output columns, ``BLOCK_C`` channels of each half). The strip's
 ``BLOCK_X + 2`` input columns (one halo column each side) are separate ``[BLOCK_C]`` vectors (a compile-time tuple),
 so every column shift of the 3x3 stencil is a register rename: no ``tl.gather``, no barrier. The program walks the
-frame's rows top to bottom with the next row's loads in flight while the current row computes: SiLU once per loaded
-element in fp32, then the three kernel rows' taps are added into the bias-seeded rolling accumulators of output rows
-r + 1, r and r - 1; output row r - 1 is then complete and value * silu(gate) is stored once, in h's dtype. Masked
-loads outside the frame read 0 and silu(0) = 0: that is the conv's zero padding. SiLU runs (BLOCK_X + 2) / BLOCK_X
-times per element (the halo columns, which neighbouring strips also read, mostly from L2).
+frame's rows top to bottom with rows r + 1 and r + 2 in flight while row r computes: SiLU once per loaded element in
+fp32, then per output column three chained FMAs per kernel row into the bias-seeded rolling accumulators of output
+rows r + 1, r and r - 1; output row r - 1 is then complete and value * silu(gate) is stored once, in h's dtype.
+Masked loads outside the frame read 0 and silu(0) = 0: that is the conv's zero padding. SiLU runs
+(BLOCK_X + 2) / BLOCK_X times per element (the halo columns, which the neighbouring strips, launched next to each
+other, also read: mostly L2 hits). h's row stride and M are compile-time constants, so all loads of a row share one
+base register with immediate offsets (runtime strides cost a 64-bit address register pair per column).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _silu(x):
-        return x * tl.fdiv(1.0, 1.0 + tl.exp(-x), ieee_rounding=False)
+        """x * sigmoid(x) in fp32: one ex2 (exp(-x) as exp2(-x log2 e)) and one approximate division (div.full)."""
+        return tl.fdiv(x, 1.0 + tl.exp2(x * -1.4426950408889634), ieee_rounding=False)
 
     @triton.jit
     def _taps(w_ptr, c, mask_c):
@@ -48,9 +51,9 @@ if HAS_TRITON:
     def _column(s, prev, cur, bias, w, i: tl.constexpr):
         """Output column i from SiLU'd input columns s[i .. i + 2] of row r: (output row r - 1 complete, new row r
         accumulator, new row r + 1 accumulator)."""
-        a, b, c = s[i], s[i + 1], s[i + 2]
-        done = prev[i] + (a * w[6] + b * w[7] + c * w[8])
-        return done, cur[i] + (a * w[3] + b * w[4] + c * w[5]), bias + (a * w[0] + b * w[1] + c * w[2])
+        a, b, c = s[i], s[i + 1], s[i + 2]  # chained FMAs: three per kernel row
+        done = prev[i] + a * w[6] + b * w[7] + c * w[8]
+        return done, cur[i] + a * w[3] + b * w[4] + c * w[5], bias + a * w[0] + b * w[1] + c * w[2]
 
     @triton.jit
     def _glu_dwconv_kernel(
@@ -84,19 +87,22 @@ if HAS_TRITON:
         first = frame * H * W  # token index of the frame's pixel (0, 0)
         in_row = h_ptr + first.to(tl.int64) * s_row + cs
         out_row = out_ptr + (first + x0).to(tl.int64) * M + cs - W * M  # output row r - 1 at r = 0
-        raw_v = _load_row(in_row, s_row, x0, W, H > 0, mask_c, BLOCK_X + 2)
+        raw_v = _load_row(in_row, s_row, x0, W, H > 0, mask_c, BLOCK_X + 2)  # row r
         raw_g = _load_row(in_row + M, s_row, x0, W, H > 0, mask_c, BLOCK_X + 2)
+        in_row += W * s_row
+        next_v = _load_row(in_row, s_row, x0, W, H > 1, mask_c, BLOCK_X + 2)  # row r + 1
+        next_g = _load_row(in_row + M, s_row, x0, W, H > 1, mask_c, BLOCK_X + 2)
         for r in range(H + 1):
-            # row r + 1 in flight while row r computes (rows >= H: the zero padding below the frame)
+            # rows r + 1 and r + 2 in flight while row r computes (rows >= H: the zero padding below the frame)
             in_row += W * s_row
-            next_v = _load_row(in_row, s_row, x0, W, r + 1 < H, mask_c, BLOCK_X + 2)
-            next_g = _load_row(in_row + M, s_row, x0, W, r + 1 < H, mask_c, BLOCK_X + 2)
+            far_v = _load_row(in_row, s_row, x0, W, r + 2 < H, mask_c, BLOCK_X + 2)
+            far_g = _load_row(in_row + M, s_row, x0, W, r + 2 < H, mask_c, BLOCK_X + 2)
             sv = ()
             sg = ()
             for j in tl.static_range(BLOCK_X + 2):
                 sv = sv + (_silu(raw_v[j].to(tl.float32)),)
                 sg = sg + (_silu(raw_g[j].to(tl.float32)),)
-            raw_v, raw_g = next_v, next_g
+            raw_v, raw_g, next_v, next_g = next_v, next_g, far_v, far_g
             pv = ()
             cv = ()
             pg = ()
