@@ -11,7 +11,8 @@ Sections: env, micro_scripts (with ``--micro ffn,prep,...``: ``run()`` of each `
 reference on fresh random inputs), forward (full-size forward over 3 latent frames against a full cache: reference
 ops / Triton kernels / CUDA graph; profiles by kernel category of the eager forward and of the graph replay, and the
 top-25 ops by CUDA time), diffusers (its forward on the same shape, ratio), stream (chunks with the VAE decode
-overlapped, fps, time to first frame, peak memory), compile (torch.compile of the blocks: compile time, compiled and
+overlapped, fps, time to first frame, peak memory), session (``bench/bench_session.py``: real sessions' key-to-frame
+latency and chunk rate, decode overlap off / on), compile (torch.compile of the blocks: compile time, compiled and
 compiled + graph forward), memory (after chunk 5 and chunk 200), accuracy (a whole chunk: GPU bf16 path vs fp32
 reference, full size and a small config against the CPU), batched (B = 2, 4), micro (reference vs Triton, temporal
 conv variants, softmax attention over the cached window), compile_stream (chunks with compiled blocks inside the
@@ -992,6 +993,14 @@ def sec_micro_scripts(names: list[str]) -> dict:
     return out
 
 
+def sec_session() -> dict:
+    """``bench/bench_session.py``: key-to-frame latency and chunk rate of real sessions (decode overlap off / on)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    STATE.pop("cache_full", None)
+    torch.cuda.empty_cache()
+    return importlib.import_module("bench_session").run()
+
+
 def _exact(fn):
     def run():
         with exact_fp32():
@@ -1023,6 +1032,7 @@ def main() -> int:
         ("forward", lambda: sec_forward(args.reps), 40),
         ("diffusers", lambda: sec_diffusers(args.reps), 30),
         ("stream", lambda: sec_stream(args.chunks), 40),
+        ("session", sec_session, 60),
         ("compile", lambda: sec_compile(args.reps), 45),
         ("memory", lambda: sec_memory(200), 35),
         ("accuracy", sec_accuracy, 25),

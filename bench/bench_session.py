@@ -1,0 +1,128 @@
+"""What a user of the engine sees: key-to-frame latency and chunk rate of real ``Session`` objects.
+
+    OUT=out python bench/bench_session.py          # CUDA, full size, random weights, bf16, 1280x704
+    python bench/bench_session.py --smoke          # CPU, tiny networks, 64x64 (checks the script itself)
+
+A ``World`` is built from the full-size random-weight transformer and VAE (a tiny prompt encoder: only its output
+shape matters). For ``World.overlap_decode`` off (decode after the cache-writing pass, one stream) and on (decode
+parts on a side stream while the cache-writing pass runs):
+
+- ``stream``: ``Session.stream(actions)`` per chunk, host milliseconds from the call to its first part (8 frames:
+  the key-to-frame latency of an interactive client) and to the whole chunk;
+- ``pipeline``: ``Session.pipeline`` over a known path (``render_path``'s loop): chunk interval and frames per
+  second.
+
+The first chunks (eager chunk 0, graph captures) are left out of the medians. Also reports whether the frames of
+every run are bitwise equal (they must be) and the peak GPU memory. Writes ``$OUT/bench_session.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ACTIONS = ["w-24", "dw-24", "a-24", "w-24", "jw-24", "none-24", "d-24", "w-24", "aw-24", "none-24"]
+WARM_CHUNKS = 3  # chunk 0 runs eagerly, chunks 1 and 2 capture their graphs
+PROMPT = "a harbour at dusk"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_world(device: torch.device, smoke: bool):
+    """A World of random full-size networks (``smoke``: tiny networks on the CPU)."""
+    import sana_wm
+    from engine import World
+    from server import bench
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    model = bench.build_transformer("tiny" if smoke else "streaming-2.6b", device, dtype, seed=0)
+    vae = bench.build_vae("tiny" if smoke else "ltx2", device, dtype)
+    encoder = sana_wm.PromptEncoder.tiny(hidden_size=model.config.caption_channels, seed=0)
+    size = (64, 64) if smoke else (704, 1280)
+    return World(model, vae, encoder, height=size[0], width=size[1], name="random-weights")
+
+
+def _median_ms(values: list[float]) -> float:
+    return round(float(np.median(values[WARM_CHUNKS:] or values)) * 1000, 2)
+
+
+def stream_latency(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Host time to the first part and to the whole chunk of ``Session.stream`` per chunk."""
+    session = world.start(image, PROMPT, seed=0)
+    first, whole, frames = [], [], []
+    for actions in ACTIONS:
+        _sync(world.device)
+        t0 = time.perf_counter()
+        parts = []
+        for part in session.stream(actions):
+            if not parts:
+                first.append(time.perf_counter() - t0)
+            parts.append(part.frames)
+        whole.append(time.perf_counter() - t0)
+        frames.append(np.concatenate(parts))
+    session.close()
+    return {"first_part_ms": _median_ms(first), "chunk_ms": _median_ms(whole)}, np.concatenate(frames)
+
+
+def pipeline_rate(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Chunk interval and fps of ``Session.pipeline`` over a known path."""
+    session = world.start(image, PROMPT, seed=0)
+    marks, frames = [], []
+    _sync(world.device)
+    for chunk in session.pipeline(ACTIONS):
+        marks.append(time.perf_counter())
+        frames.append(chunk.frames)
+    session.close()
+    interval = float(np.median(np.diff(marks)[WARM_CHUNKS:]))
+    return {"chunk_interval_ms": round(interval * 1000, 2), "fps": round(24 / interval, 2)}, np.concatenate(frames)
+
+
+@torch.no_grad()
+def run(device: str = "cuda", smoke: bool = False) -> dict:
+    device = torch.device(device)
+    world = build_world(device, smoke)
+    image = np.random.default_rng(0).integers(0, 256, (world.height, world.width, 3), dtype=np.uint8)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    frames = {}
+    for name, measure in (("stream", stream_latency), ("pipeline", pipeline_rate)):
+        for overlap in (False, True):
+            world.overlap_decode = overlap
+            key = f"{name}_{'overlap' if overlap else 'sequential'}"
+            out[key], frames[key] = measure(world, image)
+            print(f"  {key}: {out[key]}", file=sys.stderr, flush=True)
+    ref = frames["stream_sequential"]
+    out["frames_bitwise_equal"] = all(np.array_equal(f, ref) for f in frames.values())
+    if device.type == "cuda":
+        out["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny networks on the CPU (checks the script)")
+    args = p.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("bench_session needs CUDA (or --smoke)")
+    out = run("cpu" if args.smoke else "cuda", smoke=args.smoke)
+    text = json.dumps(out, indent=1)
+    print(text)
+    folder = Path(os.environ.get("OUT", "."))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench_session.json").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
