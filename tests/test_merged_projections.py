@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_transformer_streaming import REL_TOL, _inputs, _model, _rel, _stream_and_compare
 
-from sana_wm import SanaWMConfig, SanaWMTransformer
+from sana_wm import SanaWMTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
 MERGE_TOL = 1e-6  # fp32: the merged GEMM only changes how the columns are grouped
@@ -261,23 +261,23 @@ def test_copy_v_variant_compiles_for_sm90_without_spills():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _stream_full(model: SanaWMTransformer, inputs) -> list[torch.Tensor]:
-    """Chunk 0 (read + write pass) and chunk 1 (read pass) at 22 x 40; returns velocities + softmax K/V buffers."""
+def _stream_full(model: SanaWMTransformer, scene) -> list[torch.Tensor]:
+    """Chunks 0-2 (read + write pass: sink, filling ring slot, `current` committed to the ring) and chunk 3 (read) of
+    a ``server.bench.Scene``: the read velocities + the softmax blocks' K/V buffers."""
     cfg = model.config
-    text, mask, chunks = inputs
-    cache = model.new_cache(1, height=22, width=40)
-    outs, start = [], 0
+    cache = model.new_cache(1, height=scene.h, width=scene.w)
+    outs = []
     with torch.no_grad():
-        for c, (lat, raymap, plucker) in enumerate(chunks):
-            T = lat.shape[2]
-            args = (text, mask, raymap, plucker)
-            outs.append(model.forward_chunk(lat, torch.full((1, T), 700.0), *args, cache=cache, start_frame=start))
-            if c == 0:
-                model.forward_chunk(lat, torch.zeros(1, T), *args, cache=cache, start_frame=start, write_cache=True)
-                start += T
-    return outs + [
-        t for i, e in enumerate(cache.blocks) if cfg.is_softmax_block(i) for k, t in e.items() if k != "ffn_tail"
-    ]
+        for c in range(4):
+            raymap, plucker, start = scene.camera(c)
+            lat = scene.noise(c).to(scene.dtype)
+            t = torch.full((1, lat.shape[2]), 700.0, device=scene.device)
+            args = (lat, t, scene.text, scene.text_mask, raymap, plucker)
+            outs.append(model.forward_chunk(*args, cache=cache, start_frame=start))
+            if c < 3:
+                model.forward_chunk(lat, 0 * t, *args[2:], cache=cache, start_frame=start, write_cache=True)
+    kv = [t for i, e in enumerate(cache.blocks) if cfg.is_softmax_block(i) for k, t in e.items() if k != "ffn_tail"]
+    return outs + kv
 
 
 def _time_us(fn, reps: int = 20) -> float:
@@ -293,37 +293,27 @@ def _time_us(fn, reps: int = 20) -> float:
 
 @pytest.mark.gpu
 def test_merged_projections_full_size_bf16():
-    torch.manual_seed(0)
-    cfg = SanaWMConfig.preset("streaming-2.6b")
-    dev = torch.device("cuda")
-    with dev:
-        model = SanaWMTransformer(cfg).to(torch.bfloat16).eval()
-    bf = torch.bfloat16
-    gen = torch.Generator(device=dev).manual_seed(0)
-    text = torch.randn(1, 300, cfg.caption_channels, device=dev, dtype=bf, generator=gen)
-    mask = torch.arange(300, device=dev)[None] < 120
-    chunks = []
-    for T in (cfg.first_chunk_size, cfg.chunk_size):
-        c2w = torch.eye(4, device=dev).repeat(1, T, 1, 1)
-        c2w[..., :3, 3] = 0.1 * torch.randn(1, T, 3, device=dev, generator=gen)
-        intr = torch.tensor([30.0, 30.0, 20.0, 11.0], device=dev).expand(1, T, 4)
-        lat = torch.randn(1, cfg.in_channels, T, 22, 40, device=dev, dtype=bf, generator=gen)
-        plucker = torch.randn(1, cfg.chunk_plucker_channels, T, 22, 40, device=dev, dtype=bf, generator=gen)
-        chunks.append((lat, torch.cat([c2w.reshape(1, T, 16), intr], -1), plucker))
-    inputs = (text, mask, chunks)
+    """streaming-2.6b, random weights, bf16, 704 x 1280: merged == separate projections; streamed chunks (softmax
+    K/V written by the prep kernels into the cache) == the separate-linears path with the reference copies."""
+    from server import bench
 
+    dev, bf = torch.device("cuda"), torch.bfloat16
+    model = bench.build_transformer("streaming-2.6b", dev, bf, seed=0)
+    scene = bench.Scene(model, 704, 1280, 1, dev, bf, seed=0)
+    cfg = model.config
+    gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, 3 * 880, cfg.hidden_size, device=dev, dtype=bf, generator=gen)
     attn = model.blocks[0].attn
     with torch.no_grad():
         separate = attn._project(x)
         t_separate = _time_us(lambda: attn._project(x))
-        want = _stream_full(model, inputs)
+        want = _stream_full(model, scene)
         allocated = torch.cuda.memory_allocated()
         model.prepare_inference()
         assert torch.cuda.memory_allocated() - allocated < 16 * 2**20  # padding rows only: no second weight copy
         merged = attn._project(x)
         t_merged = _time_us(lambda: attn._project(x))
-        got = _stream_full(model, inputs)
+        got = _stream_full(model, scene)
     print(f"\ninput projections of one block at M=2640: separate {t_separate:.1f} us, merged {t_merged:.1f} us")
     for a, b in zip(merged, separate):
         if b is not None:
