@@ -172,7 +172,7 @@ def test_kernel_compiles_for_sm90(tmp_path):
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in ptrs}
     # the streaming shape's row stride and half width, as a launch specialises them
     for tile, warps in (({"BLOCK_X": 8, "BLOCK_C": 64}, 2), ({"BLOCK_X": 5, "BLOCK_C": 128}, 4)):
-        consts = {"s_row": 13440, "M": 6720, **tile}
+        consts = {"s_row": 13440, "M": 6720, "PTX": True, **tile}
         sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
         src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=aligned)
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
