@@ -24,8 +24,8 @@ import torch.nn.functional as F
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
 # (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default.
-# Registers on sm_90a (no spills): 8x64w2 152, 8x128w2 220 (2 channels per thread: 4-byte loads), 8x128w4 152,
-# 10x64w2 182, 5x128w4 93, 8x32w1 152.
+# sm_90a (no spills), registers / SASS instructions per output in the row loop: 8x64w2 154 / 59, 8x128w2 203 / 54
+# (2 channels per thread: 4-byte loads), 8x128w4 150 / 59, 10x64w2 181 / 60, 5x128w4 90 / 66, 8x32w1 154 / 59.
 TILES = [
     (8, 64, 2),
     (8, 128, 2),
