@@ -25,11 +25,10 @@ FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; ml
 CALLS_PER_FORWARD = 20
 # (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default.
 # sm_90a (no spills), registers / SASS instructions per output in the row loop: 8x64w2 154 / 59, 8x128w2 203 / 54
-# (2 channels per thread: 4-byte loads), 8x128w4 150 / 59, 10x64w2 181 / 60, 5x128w4 90 / 66, 8x32w1 154 / 59.
+# (2 channels per thread: 4-byte loads), 10x64w2 181 / 60, 5x128w4 90 / 66, 8x32w1 154 / 59.
 TILES = [
     (8, 64, 2),
     (8, 128, 2),
-    (8, 128, 4),
     (10, 64, 2),
     (5, 128, 4),
     (8, 32, 1),
