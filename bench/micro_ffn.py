@@ -6,16 +6,20 @@ One call per transformer block and forward (20 per forward): h (3 frames x 22 x 
 Times (CUDA events around one CUDA graph of 20 back-to-back calls, as in the transformer's graph: median ms per call)
 the old path as the transformer ran it before ``glu_dwconv`` (separate SiLU, cuDNN channels-last depthwise conv with
 bias, SiLU of the gate half, product), the PyTorch reference (``sana_wm.ops.ffn.glu_dwconv``: the same ops plus its
-argument checks), and the Triton kernel at its default tile and the other candidate tiles (``TILES``); reports each
-one's error against the fp32 reference of the same bf16 inputs, the kernel's effective memory bandwidth (71 MB read
-+ 35 MB written per call) and the per-forward saving of the fastest tile.
+argument checks), the Triton kernel at its default tile and the other candidate tiles (``TILES``) and, when git is
+there, the kernel before the strip rewrite (``baseline``, ``BASELINE_REV``); reports each one's error against the fp32
+reference of the same bf16 inputs, the kernel's effective memory bandwidth (71 MB read + 35 MB written per call) and
+the per-forward saving of the fastest tile.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +27,10 @@ import torch.nn.functional as F
 
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
+# ffn_triton.py before the strip kernel (16 x 32 tl.gather tiles: 110 us per call in today's H100 graph profile),
+# timed in the same run when git and the revision are there
+BASELINE_REV = "06e01f20eca6981d910a98e8d2f22fb3963cb877"
+ROOT = Path(__file__).resolve().parents[1]
 # (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default.
 # sm_90a (no spills), registers / SASS instructions per output in the row loop: 8x64w2 154 / 59, 8x128w2 203 / 54
 # (2 channels per thread: 4-byte loads), 10x64w2 181 / 60, 5x128w4 90 / 66, 8x32w1 154 / 59.
@@ -75,15 +83,31 @@ def _old_path(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     return value * F.silu(gate)
 
 
+def _baseline_module(rev: str):
+    """``sana_wm/ops/ffn_triton.py`` at git revision ``rev``, imported beside the current one (same package, so its
+    relative imports resolve); (None, reason) when git or the revision is not there."""
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:sana_wm/ops/ffn_triton.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"unavailable: {e}"
+    path = Path(tempfile.mkdtemp()) / "ffn_triton_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("sana_wm.ops._ffn_triton_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, rev
+
+
 def run(device: str = "cuda", reps: int = 10) -> dict:
     """Times and errors at the streaming shape on ``device`` (a CUDA device); returns a JSON-able dict."""
     if not torch.cuda.is_available() or torch.device(device).type != "cuda":
         raise RuntimeError(
             f"micro_ffn needs a CUDA device, got device={device!r} (cuda available: {torch.cuda.is_available()})."
         )
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from sana_wm.ops.ffn import glu_dwconv
     from sana_wm.ops.ffn_triton import glu_dwconv_triton
 
@@ -121,6 +145,15 @@ def run(device: str = "cuda", reps: int = 10) -> dict:
         except Exception as exc:  # noqa: BLE001 - a tile that fails to compile or launch is reported
             tiles[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     out["triton_tiles"] = tiles
+    base, rev = _baseline_module(BASELINE_REV)
+    out["baseline"] = {"rev": rev}
+    if base is not None:
+
+        def base_call():
+            return base.glu_dwconv_triton(h, w, b, height=HEIGHT, width=WIDTH)
+
+        ms = _ms(base_call, reps)
+        out["baseline"].update({"ms": ms, "GBps": round(bytes_moved / ms / 1e6, 1), **_errors(base_call(), want)})
     default = next(iter(tiles.values()))
     out["triton_ms"] = default.get("ms")
     out["triton_err"] = {k: default.get(k) for k in ("rel", "max_rel")}
