@@ -51,13 +51,13 @@ if HAS_TRITON:
 
     @triton.jit
     def _load_row(row_ptr, s_row: tl.constexpr, x0, W, row_ok, mask_c, NCOL: tl.constexpr):
-        """Raw columns x0 - 1 .. x0 + NCOL - 2 of one input row (row_ptr: its column 0, channel block start) as a
-        tuple of [BLOCK_C] vectors; 0 outside the frame."""
+        """Raw columns x0 - 1 .. x0 + NCOL - 2 of one input row (row_ptr: its column x0 - 1, channel block start) as
+        a tuple of [BLOCK_C] vectors; 0 outside the frame. Column j sits at the compile-time offset j * s_row."""
         cols = ()
         for j in tl.static_range(NCOL):
             x = x0 - 1 + j
             ok = row_ok & (x >= 0) & (x < W)
-            cols = cols + (tl.load(row_ptr + x * s_row, mask=mask_c & ok, other=0.0),)
+            cols = cols + (tl.load(row_ptr + j * s_row, mask=mask_c & ok, other=0.0),)
         return cols
 
     @triton.jit
@@ -99,7 +99,7 @@ if HAS_TRITON:
             prev_g = prev_g + (bias_g,)
         cur_v, cur_g = prev_v, prev_g
         first = frame * H * W  # token index of the frame's pixel (0, 0)
-        in_row = h_ptr + first.to(tl.int64) * s_row + cs
+        in_row = h_ptr + (first + x0 - 1).to(tl.int64) * s_row + cs  # the strip's left halo column
         out_row = out_ptr + (first + x0).to(tl.int64) * M + cs - W * M  # output row r - 1 at r = 0
         raw_v = _load_row(in_row, s_row, x0, W, H > 0, mask_c, BLOCK_X + 2)  # row r
         raw_g = _load_row(in_row + M, s_row, x0, W, H > 0, mask_c, BLOCK_X + 2)
