@@ -86,6 +86,20 @@ def test_bad_arguments_raise_clear_errors():
         glu_dwconv(h.long(), weight, bias, height=3, width=4)
 
 
+def test_kernel_rejects_bad_tiles():
+    pytest.importorskip("triton")
+    from sana_wm.ops.ffn_triton import glu_dwconv_triton
+
+    h, weight, bias = ffn_inputs(2, 3, 4, 8, seed=0)
+    for tile, message in [
+        ({"block_x": 0}, "block_x must be a positive int"),
+        ({"block_c": 48}, "block_c must be a power"),
+        ({"num_warps": 3}, "num_warps must be a power"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            glu_dwconv_triton(h, weight, bias, height=3, width=4, **tile)
+
+
 _INTERPRETED = textwrap.dedent(
     """
     import torch
@@ -145,12 +159,11 @@ def test_kernel_matches_reference_at_streaming_shape(tile):
     H, W, M = 22, 40, 6720
     h, weight, bias = ffn_inputs(3, H, W, M, seed=0)
     want = glu_dwconv(h, weight, bias, height=H, width=W)
-    kw = tile
-    got = glu_dwconv_triton(*(x.cuda().bfloat16() for x in (h, weight, bias)), height=H, width=W, **kw)
+    got = glu_dwconv_triton(*(x.cuda().bfloat16() for x in (h, weight, bias)), height=H, width=W, **tile)
     assert got.dtype == torch.bfloat16 and got.shape == (3 * H * W, M)
     assert rel(got, want) <= 2e-2  # bf16 input and output rounding (~4e-3 expected)
     cu = [x.cuda() for x in (h, weight, bias)]
-    assert rel(glu_dwconv_triton(*cu, height=H, width=W, **kw), want) <= 1e-4
+    assert rel(glu_dwconv_triton(*cu, height=H, width=W, **tile), want) <= 1e-4
     assert rel(dispatched(*cu, height=H, width=W), want) <= 1e-4
     with use_triton(False), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         assert rel(dispatched(*cu, height=H, width=W), want) <= 1e-4
