@@ -234,7 +234,15 @@ def test_copy_v_variant_compiles_for_sm90_without_spills():
             "wk_ptr",
         )
     } | {n: "*fp32" for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
-    constexprs = {"MODE": 0, "RELU": False, "PLAIN": False, "DOWNSCALE": False, "INFLATION": False, "COPY_V": True}
+    constexprs = {
+        "MODE": 0,
+        "RELU": False,
+        "PLAIN": False,
+        "DOWNSCALE": False,
+        "INFLATION": False,
+        "COPY_V": True,
+        "KV_STRIDES": True,
+    }
     constexprs |= {"BLOCK_N": Q._BLOCK_N, "BLOCK_D": 128}
     sig = {
         n: "constexpr" if n in constexprs else ptrs.get(n, "fp32" if n == "key_scale" else "i32")

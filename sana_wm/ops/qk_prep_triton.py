@@ -146,6 +146,15 @@ if HAS_TRITON:
             return tl.where((rd < D // 2)[None, :], mixed, rotated)
 
     @triton.jit
+    def _out_offsets(contiguous, b, h, rn, rd, sb, sh, sn, STRIDED: tl.constexpr):
+        """Offsets of a (BLOCK_N, BLOCK_D) output tile: at strides (sb, sh, sn) if STRIDED, else ``contiguous``
+        (the general form costs ~20 registers in the GDN main variant, which never needs it)."""
+        offs = contiguous
+        if STRIDED:
+            offs = b * sb + h * sh + rn[:, None] * sn + rd[None, :]
+        return offs
+
+    @triton.jit
     def _downscale(ref, x, D):
         """x * min(1, rms(ref) / max(rms(x), 1e-6)) per token (rms = sqrt(mean + 1e-6))."""
         ref_rms = tl.sqrt(tl.sum(ref * ref, axis=1) / D + 1e-6)
@@ -192,12 +201,14 @@ if HAS_TRITON:
         DOWNSCALE: tl.constexpr,
         INFLATION: tl.constexpr,
         COPY_V: tl.constexpr,
+        KV_STRIDES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         """One (head, BLOCK_N tokens, batch entry) tile (grid: H x token blocks x B), inv-RMS from
         :func:`_prep_kernel_rms`. Outputs (B, H, N, D): q_out encoded q (contiguous); k_out encoded k and MODE 1's
-        v_out (UCPE'd raw v) at strides ``ko_*`` / ``vo_*`` (e.g. a slot of the K/V cache); COPY_V (MODE 0): raw v
+        v_out (UCPE'd raw v) at strides ``ko_*`` / ``vo_*`` when KV_STRIDES (e.g. a slot of the K/V cache), else
+        contiguous; COPY_V (MODE 0): raw v
         copied to v_out; PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE (contiguous); INFLATION:
         infl_out (B, H, N) fp32 (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
         h = tl.program_id(0)
@@ -209,8 +220,6 @@ if HAS_TRITON:
         md = rd < D
         mask = mn[:, None] & md[None, :]
         out_offs = ((b * H + h) * N + rn[:, None]) * D + rd[None, :]
-        k_offs = b * ko_sb + h * ko_sh + rn[:, None] * ko_sn + rd[None, :]
-        v_offs = b * vo_sb + h * vo_sh + rn[:, None] * vo_sn + rd[None, :]
         if MODE == 0:
             cos, sin = _rope_tables(rope_ptr, rn, mn, 0, ROPE_PAIRS, BLOCK_N, BLOCK_D)
         else:
@@ -237,7 +246,11 @@ if HAS_TRITON:
         k_enc = _encode(k, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
         if DOWNSCALE:
             k_enc = _downscale(k, k_enc, D)
-        tl.store(k_out + k_offs, k_enc.to(k_out.dtype.element_ty), mask=mask)
+        tl.store(
+            k_out + _out_offsets(out_offs, b, h, rn, rd, ko_sb, ko_sh, ko_sn, KV_STRIDES),
+            k_enc.to(k_out.dtype.element_ty),
+            mask=mask,
+        )
         if PLAIN:
             tl.store(k_plain_out + out_offs, k.to(k_plain_out.dtype.element_ty), mask=mask)
         if INFLATION:
@@ -251,9 +264,11 @@ if HAS_TRITON:
             v_enc = _encode(v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
             if DOWNSCALE:
                 v_enc = _downscale(v, v_enc, D)
+            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, KV_STRIDES)
             tl.store(v_out + v_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
         elif COPY_V:
             v = tl.load(v_ptr + b * v_sb + h * D + rn[:, None] * v_sn + rd[None, :], mask=mask, other=0.0)
+            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, KV_STRIDES)
             tl.store(v_out + v_offs, v.to(v_out.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -372,6 +387,7 @@ def _launch(
     def new() -> torch.Tensor:
         return torch.empty(shape, dtype=q.dtype, device=q.device)
 
+    kv_strided = k_out is not None or v_out is not None
     q_out = new()
     k_out = new() if k_out is None else _check_out("k_out", k_out, shape, q)
     if mode == _CAMERA or copy_v:
@@ -420,6 +436,7 @@ def _launch(
         DOWNSCALE=downscale,
         INFLATION=inflation,
         COPY_V=copy_v,
+        KV_STRIDES=kv_strided,
         BLOCK_N=_BLOCK_N,
         BLOCK_D=_block_d(D),
         num_warps=4,
