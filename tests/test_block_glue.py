@@ -144,8 +144,10 @@ _INTERPRETED = textwrap.dedent(
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift2"], up["scale2"])),
             ((gated_residual_triton(xs, i["gate"], y, i["extra"]), gated_residual_triton(x, i["gate2"], y)),
              (ref.gated_residual(up["x"], up["gate"], up["y"], up["extra"]), ref.gated_residual(up["x"], up["gate2"], up["y"]))),
-            ((gated_output_triton(i["main"], i["cam"], i["gate_out"]),),
-             (ref.gated_output(up["main"], up["cam"], up["gate_out"]),)),
+            ((gated_output_triton(i["main"], i["cam"], i["gate_out"]),
+              gated_output_triton(i["main"], i["cam"], torch.cat([y, i["gate_out"]], -1)[..., C:])),
+             (ref.gated_output(up["main"], up["cam"], up["gate_out"]),
+              ref.gated_output(up["main"], up["cam"], up["gate_out"]))),
             ((short_conv_k_triton(k, w, history=hist), short_conv_k_triton(k, w)),
              (short_conv_k(kf, wf, history=hf), short_conv_k(kf, wf, cross_chunk=False))),
         ]
@@ -208,7 +210,7 @@ def test_glue_kernels_compile_for_sm90_without_spills():
         assert spills(M._ln_modulate_kernel, ln, 8, HAS_Y=has_y, BLOCK_C=4096) == 0
     res = ("x_ptr", "y_ptr", "e_ptr", "g_ptr", "out_ptr")
     assert spills(M._gated_residual_kernel, res, 4, HAS_EXTRA=True, BLOCK_C=1024) == 0
-    assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, BLOCK=2048) == 0
+    assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, C=2240, BLOCK=2048) == 0
     conv = ("x_ptr", "hist_ptr", "w_ptr", "out_ptr")
     for has_hist in (False, True):
         assert spills(SC._short_conv_kernel, conv, 4, HAS_HIST=has_hist, K=4, BLOCK_S=8, BLOCK_C=128) == 0

@@ -106,12 +106,16 @@ if HAS_TRITON:
         tl.store(out_ptr + row * C + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gated_output_kernel(main_ptr, cam_ptr, gate_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    def _gated_output_kernel(
+        main_ptr, cam_ptr, gate_ptr, gate_sr, out_ptr, numel, C: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        """Flat contiguous main / cam / out; gate rows of C channels ``gate_sr`` apart (a slice of a wider GEMM
+        output)."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
         main = tl.load(main_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         cam = tl.load(cam_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        gate = tl.load(gate_ptr + (offs // C) * gate_sr + offs % C, mask=mask, other=0.0).to(tl.float32)
         out = (main + cam) * (gate / (1.0 + tl.exp(-gate)))
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -218,10 +222,12 @@ def gated_output_triton(main: torch.Tensor, cam: torch.Tensor, gate: torch.Tenso
         raise ValueError(
             f"main, cam and gate must have one shape, got {tuple(main.shape)}, {tuple(cam.shape)}, {tuple(gate.shape)}."
         )
-    main, cam, gate = main.contiguous(), cam.contiguous(), gate.contiguous()
+    main, cam = main.contiguous(), cam.contiguous()
+    C = main.shape[-1]
+    gate = last_dim_contiguous(gate).reshape(-1, C)  # a view for row slices of a merged projection
     out = torch.empty_like(main)
     block = 2048
     _gated_output_kernel[(triton.cdiv(main.numel(), block),)](
-        main, cam, gate, out, main.numel(), BLOCK=block, num_warps=8
+        main, cam, gate, gate.stride(0), out, main.numel(), C=C, BLOCK=block, num_warps=8
     )
     return out
