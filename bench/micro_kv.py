@@ -88,7 +88,8 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
 
     def new(offset: int = cached_tokens, write: bool = False) -> torch.Tensor:
         frames = SimpleNamespace(mode="stream", kv_offset=offset, write_tokens=(sink, cached_tokens) if write else None)
-        return SanaWMAttention._sdpa(None, q, k, v, frames, scale, buffer, "k", "v", write)
+        slots = (buffer["k"][:, :, offset : offset + n], buffer["v"][:, :, offset : offset + n])
+        return SanaWMAttention._sdpa(None, q, k, v, frames, scale, buffer, "k", "v", write, slots)
 
     def flash_only() -> torch.Tensor:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

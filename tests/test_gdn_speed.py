@@ -97,7 +97,9 @@ def test_gdn_triton_in_interpreter():
 @pytest.mark.slow
 def test_gdn_launch_shapes_fit_sm90():
     """The variants ``_run`` launches at head dim 112 compile for sm_90a within the registers their grids assume:
-    gram <= 128 (4 programs per SM), scan <= 80 (3 per SM: the 320 streaming programs in one wave), no large spills."""
+    gram without spills (64-token steps take 255 registers, one program per SM, and still beat the 128-register
+    32-token steps on an H100: 57 vs 75 us), scan <= 80 (3 per SM: the 320 streaming programs in one wave), no large
+    spills."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -142,7 +144,7 @@ def test_gdn_launch_shapes_fit_sm90():
             DOT_F32=False,
             **gram,
         )
-        assert regs <= 128 and stack == 0, (regs, stack)
+        assert regs <= 255 and stack == 0, (regs, stack)
         regs, stack = usage(
             G._gdn_scan_kernel,
             scan_ptrs,

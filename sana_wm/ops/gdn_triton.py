@@ -474,12 +474,12 @@ def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: t
 
 
 # Launch tuning (sm_90; register counts from cuobjdump; bench/micro_gdn.py times alternatives by setting these):
-# - gram: 4 warps x 32-token steps of a 64 x 64 tile need 128 registers, so 4 programs share an SM (528 slots for the
-#   720 programs of the streaming main branch);
+# - gram: 4 warps x 64-token steps of a 64 x 64 tile (H100, streaming main branch: 57 us per call; 32-token steps
+#   74.8 us, 16-token steps 137 us, 64-token steps at 8 warps 78 us);
 # - scan at BLOCK_D 128 (head dim 112): the 8-warp program needs ~123 registers; capped at 80 (64 B of stack) three
 #   programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave;
 # - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs.
-GRAM_LAUNCH = {"BLOCK_S": 32, "num_warps": 4}
+GRAM_LAUNCH = {"BLOCK_S": 64, "num_warps": 4}
 SCAN_MAXNREG = 80
 OUT_WAVES = 1
 
