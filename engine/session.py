@@ -48,9 +48,9 @@ class Chunk:
     timings, seconds, from the chunk's start (its camera conditioning); on CUDA they are device times between events,
     on the CPU wall clock:
     ``camera`` (conditioning to the device), ``denoise`` (the Euler passes), ``cache_write`` (the cache-writing pass;
-    with the decode overlap it runs on the main stream while the first parts decode on a side stream, so
-    ``denoise + cache_write + decode`` can exceed ``total``; a streamed part of an overlapped chunk leaves it out,
-    since the pass may still run), ``decode`` (decode + uint8 conversion + copy to the host of the parts delivered
+    it is queued after the decode of the chunk's first part, or of all parts without the decode overlap, so a
+    streamed part leaves it out, since the pass may still run; with the overlap it runs while later parts decode on
+    the side stream, so ``denoise + cache_write + decode`` can exceed ``total``), ``decode`` (decode + uint8 conversion + copy to the host of the parts delivered
     so far, summed), ``first_part`` (start to the first 8 frames on the host: the key-to-frame latency of the
     chunk's first frames) and ``total`` (start to the last stage delivered so far: the frames of this part, or for a
     whole chunk its last frames and the cache write; on the CPU it includes time a stream's consumer held a part).
@@ -93,7 +93,7 @@ class _Clock:
         out = {"camera": self._span(m["start"], m["camera"]), "denoise": self._span(m["camera"], m["denoise"])}
         ends = [self._span(m["start"], m["denoise"])]
         if written:
-            out["cache_write"] = self._span(m["denoise"], m["cache_write"])
+            out["cache_write"] = self._span(m["write_begin"], m["cache_write"])
             ends.append(self._span(m["start"], m["cache_write"]))
         out["decode"] = sum(t.decode_time_ms() for t in tickets) / 1000
         if tickets:
@@ -317,9 +317,10 @@ class Session:
     def _launch(self, new_poses: np.ndarray, controller_after: dict | None) -> _Launched:
         """Queue the next chunk's work and advance the session to the following chunk.
 
-        Denoise passes, then (overlapped decode) every decode part on the side stream, reading a copy of the clean
-        latents that the main stream no longer touches, then the cache-writing pass on the main stream. Without
-        overlap the parts are run by ``_collect``, after the cache write (the order of a plain sequential chunk)."""
+        Denoise passes, then every decode part, then the cache-writing pass, so a chunk's first frames never wait
+        for the write. With the decode overlap the parts run on the side stream, reading a copy of the clean latents
+        that the main stream no longer touches, and the write pass starts once the first part is decoded (it then
+        runs beside the other parts); without it everything is in that order on one stream."""
         state = self.state
         setup = state.setup
         world = self._world
@@ -341,9 +342,11 @@ class Session:
         latents = out.clone() if graphs.enabled or pipe.overlapped else out
         clock.mark("denoise")
         launched = _Launched(c, new_poses, latents, start_frame, decode_parts(c, n_lat), [], clock)
-        if pipe.overlapped:
-            for lo, hi, drop in launched.parts:
-                launched.tickets.append(pipe.submit(state.decoder, latents[:, :, lo:hi], drop_first=drop))
+        for lo, hi, drop in launched.parts:
+            launched.tickets.append(pipe.submit(state.decoder, latents[:, :, lo:hi], drop_first=drop))
+        if pipe.overlapped:  # the first part decodes alone (frame latency), the write pass runs beside the others
+            torch.cuda.current_stream(world.device).wait_event(launched.tickets[0].done)
+        clock.mark("write_begin")
         graphs.write_cache(out, state.cache)
         clock.mark("cache_write")
         state.chunk_index = c + 1
@@ -360,21 +363,19 @@ class Session:
         parts: list[np.ndarray] = []
         try:
             for k, (lo, hi, drop) in enumerate(launched.parts):
-                if k == len(launched.tickets):
-                    launched.tickets.append(pipe.submit(self.state.decoder, launched.latents[:, :, lo:hi], drop))
                 frames = pipe.frames(launched.tickets[k])[0].copy()  # the pinned slot is reused later
                 parts.append(frames)
                 first = LATENT_STRIDE * (start_frame + lo + drop) - (LATENT_STRIDE - 1)
                 idx = np.arange(first, first + len(frames))
                 yield Chunk(frames=frames, poses=launched.new_poses[idx - first_px],
                             intrinsics=setup.intrinsics.copy(), index=c, frame_indices=idx,
-                            timings=clock.timings(launched.tickets[: k + 1], not pipe.overlapped),
+                            timings=clock.timings(launched.tickets[: k + 1], False),
                             latent_start=start_frame + lo + drop)
         except GeneratorExit:
             self._finish(launched)
             raise
-        if pipe.overlapped:
-            clock.marks["cache_write"].synchronize()  # long done in practice: the parts were queued behind it
+        if clock.cuda:
+            clock.marks["cache_write"].synchronize()  # queued behind the first part: usually done by now
         frames = np.concatenate(parts)
         chunk = Chunk(frames=frames, poses=launched.new_poses, intrinsics=setup.intrinsics.copy(), index=c,
                       frame_indices=np.arange(first_px, first_px + len(frames)),
@@ -448,8 +449,8 @@ class Session:
     def stream(self, actions: str | None = None, *, keys: Sequence[Sequence[str]] | None = None,
                poses: np.ndarray | None = None) -> Iterator[Chunk]:
         """Like ``step`` but yield each latent frame's 8 pixel frames as soon as they are decoded (3 parts per
-        chunk; ``LATENTS_PER_PART``). On CUDA the parts decode on a side stream while the chunk's cache-writing pass
-        runs, so the first 8 frames do not wait for it. Inputs are checked at the call; the chunk is generated when
+        chunk; ``LATENTS_PER_PART``). The chunk's cache-writing pass is queued after its first part's decode, so the
+        first 8 frames do not wait for it (with the decode overlap the later parts decode beside it). Inputs are checked at the call; the chunk is generated when
         the first part is requested. Closing the iterator early still finishes the chunk's decoding (the state stays
         consistent)."""
         return self._begin(actions, keys, poses)
