@@ -291,9 +291,10 @@ class FramePipe:
             buf = self._buffers[i] = torch.empty(int(np.prod(shape)), dtype=torch.uint8, pin_memory=self.cuda)
         return i, buf[: int(np.prod(shape))].view(shape)
 
-    def submit(self, decoder, latents: torch.Tensor, drop_first: bool = False) -> _Ticket:
-        """Queue the decode of ``latents`` (B, C, n, h, w) after the work already queued on the current stream.
-        ``drop_first``: drop the first decoded pixel frame (the conditioning image of a session's chunk 0).
+    def submit(self, decoder, latents: torch.Tensor, drop_first: bool = False, ready=None) -> _Ticket:
+        """Queue the decode of ``latents`` (B, C, n, h, w) after the work already queued on the current stream, or
+        with ``ready`` (a CUDA event of the current stream marking when ``latents`` were written) after that event
+        only. ``drop_first``: drop the first decoded pixel frame (the conditioning image of a session's chunk 0).
         With overlap, ``latents`` must not be written on the current stream until the ticket is done (the memory
         itself stays reserved for the side stream: ``record_stream``)."""
         if not self.cuda:
@@ -303,7 +304,7 @@ class FramePipe:
             return _Ticket(start, time.perf_counter(), frames, ())
         main = torch.cuda.current_stream(self.device)
         stream = main if self.side is None else self.side
-        ready = main.record_event()
+        ready = main.record_event() if ready is None else ready
         with torch.cuda.stream(stream):
             stream.wait_event(ready)
             start = torch.cuda.Event(enable_timing=True)

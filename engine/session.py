@@ -106,7 +106,8 @@ class _Clock:
 @dataclass
 class _Launched:
     """A chunk whose transformer work is queued (``Session._launch``) and whose frames are still to be collected:
-    ``parts`` are its decode calls ``(first latent, end latent, drop_first)``, ``tickets`` those submitted so far."""
+    ``parts`` are its decode calls ``(first latent, end latent, drop_first)``, ``tickets`` those submitted so far,
+    ``ready`` the CUDA event after which ``latents`` hold the chunk (None on the CPU)."""
 
     index: int
     new_poses: np.ndarray
@@ -115,7 +116,7 @@ class _Launched:
     parts: list[tuple[int, int, bool]]
     tickets: list
     clock: _Clock
-    written: bool = False
+    ready: object = None
 
 
 LATENTS_PER_PART = 1
@@ -317,10 +318,12 @@ class Session:
     def _launch(self, new_poses: np.ndarray, controller_after: dict | None) -> _Launched:
         """Queue the next chunk's work and advance the session to the following chunk.
 
-        Denoise passes, then every decode part, then the cache-writing pass, so a chunk's first frames never wait
-        for the write. With the decode overlap the parts run on the side stream, reading a copy of the clean latents
-        that the main stream no longer touches, and the write pass starts once the first part is decoded (it then
-        runs beside the other parts); without it everything is in that order on one stream."""
+        Denoise passes, the first decode part, then the cache-writing pass, so a chunk's first frames never wait
+        for the write; the other parts are queued one ahead of the consumer (``_collect``: a whole chunk of eager
+        decode launches queued at once fills CUDA's launch queue and blocks the host past the first part). With the
+        decode overlap the parts run on the side stream, reading a copy of the clean latents that the main stream no
+        longer touches, and the write pass starts once the first part is decoded (it then runs beside the other
+        parts); without it everything runs in that order on one stream."""
         state = self.state
         setup = state.setup
         world = self._world
@@ -341,9 +344,9 @@ class Session:
         # the graph's output buffer is rewritten by the next chunk's denoise; the side stream reads a copy
         latents = out.clone() if graphs.enabled or pipe.overlapped else out
         clock.mark("denoise")
-        launched = _Launched(c, new_poses, latents, start_frame, decode_parts(c, n_lat), [], clock)
-        for lo, hi, drop in launched.parts:
-            launched.tickets.append(pipe.submit(state.decoder, latents[:, :, lo:hi], drop_first=drop))
+        ready = torch.cuda.current_stream(world.device).record_event() if clock.cuda else None
+        launched = _Launched(c, new_poses, latents, start_frame, decode_parts(c, n_lat), [], clock, ready)
+        self._submit_next(launched)
         if pipe.overlapped:  # the first part decodes alone (frame latency), the write pass runs beside the others
             torch.cuda.current_stream(world.device).wait_event(launched.tickets[0].done)
         clock.mark("write_begin")
@@ -363,6 +366,8 @@ class Session:
         parts: list[np.ndarray] = []
         try:
             for k, (lo, hi, drop) in enumerate(launched.parts):
+                if k + 1 < len(launched.parts) and len(launched.tickets) == k + 1:
+                    self._submit_next(launched)  # queued while this part is awaited
                 frames = pipe.frames(launched.tickets[k])[0].copy()  # the pinned slot is reused later
                 parts.append(frames)
                 first = LATENT_STRIDE * (start_frame + lo + drop) - (LATENT_STRIDE - 1)
@@ -391,10 +396,15 @@ class Session:
         latent frame in order) and order later main-stream work after the side stream's. Nothing once closed."""
         if self._state is None:
             return
-        pipe = self._frame_pipe()
-        for lo, hi, drop in launched.parts[len(launched.tickets) :]:
-            launched.tickets.append(pipe.submit(self.state.decoder, launched.latents[:, :, lo:hi], drop))
-        pipe.join()
+        while len(launched.tickets) < len(launched.parts):
+            self._submit_next(launched)
+        self._frame_pipe().join()
+
+    def _submit_next(self, launched: _Launched) -> None:
+        """Queue the decode of the launched chunk's next part (after its latents are ready, not after later work)."""
+        lo, hi, drop = launched.parts[len(launched.tickets)]
+        ticket = self._frame_pipe().submit(self.state.decoder, launched.latents[:, :, lo:hi], drop, launched.ready)
+        launched.tickets.append(ticket)
 
     def pipeline(self, inputs: Iterable) -> Iterator[Chunk]:
         """Generate one chunk per item of ``inputs`` (camera inputs known in advance, e.g. a whole path) and yield

@@ -98,7 +98,7 @@ def test_cuda_overlapped_session_equals_sequential(image, decoder_options):
         for actions in INPUTS:
             streamed = list(s.stream(actions))
             assert [len(p.frames) for p in streamed] == [8, 8, 8]
-            assert ("cache_write" in streamed[0].timings) == (not overlap)
+            assert "cache_write" not in streamed[0].timings  # queued after the first part's decode
             parts += [p.frames for p in streamed]
         stream = s.stream("w-24")
         next(stream)
