@@ -164,6 +164,7 @@ class Session:
         self._sampler = StreamingSampler(world.transformer, state.setup.steps)
         self._busy = False
         self._pipe: FramePipe | None = None
+        self._last: _Launched | None = None  # the last launched chunk (its later parts may still be unsubmitted)
         self.on_chunk = on_chunk
 
     # ------------------------------------------------------------------ properties
@@ -319,8 +320,9 @@ class Session:
         """Queue the next chunk's work and advance the session to the following chunk.
 
         Denoise passes, the first decode part, then the cache-writing pass, so a chunk's first frames never wait
-        for the write; the other parts are queued one ahead of the consumer (``_collect``: a whole chunk of eager
-        decode launches queued at once fills CUDA's launch queue and blocks the host past the first part). With the
+        for the write; each later part is queued when the one before it reached the host (``_collect``: a whole
+        chunk of eager decode launches queued at once fills CUDA's launch queue and blocks the host past the first
+        part), or before the next chunk's first part. With the
         decode overlap the parts run on the side stream, reading a copy of the clean latents that the main stream no
         longer touches, and the write pass starts once the first part is decoded (it then runs beside the other
         parts); without it everything runs in that order on one stream."""
@@ -346,6 +348,10 @@ class Session:
         clock.mark("denoise")
         ready = torch.cuda.current_stream(world.device).record_event() if clock.cuda else None
         launched = _Launched(c, new_poses, latents, start_frame, decode_parts(c, n_lat), [], clock, ready)
+        if self._last is not None:  # the decoder must see every latent frame in order (pipeline: chunk N's last parts)
+            while len(self._last.tickets) < len(self._last.parts):
+                self._submit_next(self._last)
+        self._last = launched
         self._submit_next(launched)
         if pipe.overlapped:  # the first part decodes alone (frame latency), the write pass runs beside the others
             torch.cuda.current_stream(world.device).wait_event(launched.tickets[0].done)
@@ -366,9 +372,9 @@ class Session:
         parts: list[np.ndarray] = []
         try:
             for k, (lo, hi, drop) in enumerate(launched.parts):
-                if k + 1 < len(launched.parts) and len(launched.tickets) == k + 1:
-                    self._submit_next(launched)  # queued while this part is awaited
                 frames = pipe.frames(launched.tickets[k])[0].copy()  # the pinned slot is reused later
+                if len(launched.tickets) == k + 1 < len(launched.parts):
+                    self._submit_next(launched)
                 parts.append(frames)
                 first = LATENT_STRIDE * (start_frame + lo + drop) - (LATENT_STRIDE - 1)
                 idx = np.arange(first, first + len(frames))
@@ -532,6 +538,7 @@ class Session:
                 graphs.release(self._state.cache)
         self._state = None
         self._pipe = None
+        self._last = None
 
     def __enter__(self) -> Session:
         return self
