@@ -14,8 +14,9 @@ in place, so the byte size never depends on how many chunks have been streamed.
 
 Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
 F = ``(chunk_size + 1) + window_chunks * chunk_size + chunk_size`` frames laid out
-``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``. Every stream pass copies its T
-frames' K/V to the token offset :meth:`kv_offset` and attends the buffer prefix ``[0, kv_offset() + T*S)``: one
+``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``. Every stream pass writes its T
+frames' K/V at the token offset :meth:`kv_offset` (on CUDA the q/k preparation kernels store them there directly,
+the reference path copies them) and attends the buffer prefix ``[0, kv_offset() + T*S)``: one
 contiguous view with no mask (SDPA's flash / cuDNN path), no concatenation. Keys stay in slot order, not by age
 (softmax does not care):
 

@@ -175,7 +175,8 @@ def test_dispatch_uses_triton_on_cuda_and_reference_when_disabled():
 def test_chunk_graph_replays_equal_eager_chunks():
     """Chunks 1..3 through ChunkGraphs == the eager sampler on a copy of the cache.
 
-    Two captures: chunk 1 attends a partly written softmax window (masked), chunks 2 and 3 replay the unmasked graph.
+    Two captures: chunk 1 writes its K/V into its own ring slot (the window is filling), chunks 2 and 3 write the
+    'current' slot and replay one graph.
     """
     from engine.graphs import ChunkGraphs
     from server import bench
