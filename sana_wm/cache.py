@@ -194,6 +194,6 @@ class StreamingCache:
         """Bookkeeping after a cache-writing forward of ``num_frames`` frames."""
         slot = self._next_slot()
         if slot is not None:
-            self.kv_valid[slot] = True
+            self.kv_valid[slot : slot + 1].fill_(True)  # `t[i] = True` copies a CPU scalar: a host sync on CUDA
         self.frames_written += num_frames
         self.chunks_written += 1

@@ -135,3 +135,23 @@ def test_cuda_render_path_pipelined_equals_sequential(image):
     got = list(s.pipeline(padded[i : i + 24] for i in (0, 24, 48)))  # the pipeline's chunks carry their timings
     assert [c.index for c in got] == [0, 1, 2] and all(c.timings["total"] > 0 for c in got)
     np.testing.assert_array_equal(np.concatenate([c.frames for c in got]), ref)
+
+
+@pytest.mark.gpu
+def test_cuda_chunk_has_no_host_synchronisation(image):
+    """A steady chunk's transformer work (chunk inputs, denoise graph, cache-write graph, cache bookkeeping) and the
+    queuing of its first decode part never block the host (CUDA's sync debug mode raises on a synchronising call)."""
+    world = _cuda_world()
+    s = world.start(image, PROMPT, seed=3)
+    for actions in INPUTS:  # chunk 0 eager, then the graphs are captured and replayed
+        s.step(actions)
+    new_poses, after = s._next_poses("w-24", None, None)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        launched = s._launch(new_poses, after)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    chunk = s._drain(launched)
+    assert chunk.frames.shape == (24, H, W, 3)
+    s.close()
