@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from sana_wm.ops import kernels
 from sana_wm.ops import modulation as ref
 from sana_wm.ops.temporal_conv import short_conv_k
+from triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,17 +104,7 @@ def test_bad_shapes_are_named():
 # CPU: Triton's interpreter
 # ----------------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = textwrap.dedent(
-    """
-    import torch
-    import triton.runtime.interpreter as interp
-
-    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
-    _patch = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
+_INTERPRETED = """
 
     from test_block_glue import glue_inputs, rel
     from sana_wm.ops import modulation as ref
@@ -162,17 +151,12 @@ _INTERPRETED = textwrap.dedent(
                     worst[dtype] = max(worst[dtype], rel(a, b))
     print("WORST", worst[torch.float32], worst[torch.bfloat16])
     """
-)
 
 
 def test_glue_kernels_in_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], check=False, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    f32, bf16 = (float(v) for v in proc.stdout.split("WORST")[-1].split())
+    numbers = run_interpreted(_INTERPRETED, timeout=300)
+    f32, bf16 = numbers
     assert f32 < 1e-6  # fp32: the kernels reproduce the references to rounding
     assert bf16 < 6e-3  # bf16 in / out: one output rounding (2^-9 relative) over the fp32 reference
 

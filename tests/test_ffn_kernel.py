@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sana_wm.ops.ffn import glu_dwconv
+from triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,17 +98,7 @@ def test_kernel_rejects_bad_tiles():
             glu_dwconv_triton(h, weight, bias, height=3, width=4, **tile)
 
 
-_INTERPRETED = textwrap.dedent(
-    """
-    import torch
-    import triton.runtime.interpreter as interp
-
-    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
-    _patch = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
+_INTERPRETED = """
 
     from test_ffn_kernel import ffn_inputs, rel
     from sana_wm.ops.ffn import glu_dwconv
@@ -135,17 +123,12 @@ _INTERPRETED = textwrap.dedent(
                            glu_dwconv(h, weight, bias, height=3, width=5)))
     print("WORST", worst)
     """
-)
 
 
 def test_kernel_in_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], check=False, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
+    numbers = run_interpreted(_INTERPRETED, timeout=300)
+    worst = numbers[0]
     assert worst < 1e-5  # fp32: the kernel reproduces the reference to rounding
 
 

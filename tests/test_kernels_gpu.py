@@ -8,10 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ from sana_wm.ops import gdn as gdn_ref
 from sana_wm.ops import qk_prep as prep_ref
 from sana_wm.ops.rope import rope_frequencies, slice_rope_for_camera
 from sana_wm.ops.ucpe import invert_se3, ray_matrices
+from triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
@@ -224,17 +221,7 @@ def test_frame_pipe_matches_inline_decode():
 # CPU: Triton's interpreter and offline compilation
 # ----------------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = textwrap.dedent(
-    """
-    import torch
-    import triton.runtime.interpreter as interp
-
-    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
-    _patch = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
+_INTERPRETED = """
 
     from test_kernels_gpu import gdn_inputs, prep_inputs, rel
     from sana_wm.ops import gdn as gdn_ref, qk_prep as prep_ref
@@ -307,15 +294,12 @@ _INTERPRETED = textwrap.dedent(
     worst = max(worst, *(rel(a, b) for a, b in zip(stream(True), stream(False))))
     print("WORST", worst)
     """
-)
 
 
 def test_kernels_in_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
+    numbers = run_interpreted(_INTERPRETED, timeout=600)
+    worst = numbers[0]
     assert worst < 1e-5  # fp32 inputs: the kernels reproduce the references to rounding
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ import torch
 from test_transformer_streaming import REL_TOL, _inputs, _model, _rel, _stream_and_compare
 
 from sana_wm import SanaWMTransformer
+from triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[1]
 MERGE_TOL = 1e-6  # fp32: the merged GEMM only changes how the columns are grouped
@@ -132,17 +131,7 @@ def test_streaming_matches_chunk_causal_with_merged_layout(window):
 # Triton interpreter: the prep kernels' cache-slot outputs
 # ----------------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = textwrap.dedent(
-    """
-    import torch
-    import triton.runtime.interpreter as interp
-
-    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
-    _patch = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
+_INTERPRETED = """
 
     from test_kernels_gpu import prep_inputs, rel
     from sana_wm.ops import qk_prep as ref
@@ -195,17 +184,12 @@ _INTERPRETED = textwrap.dedent(
 
     print("WORST", worst)
     """
-)
 
 
 def test_prep_kernels_write_cache_slots_in_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
+    numbers = run_interpreted(_INTERPRETED, timeout=600)
+    worst = numbers[0]
     assert worst < 1e-5  # fp32: the kernels reproduce the references to rounding
     # (a merged tiny model streamed through all kernels: test_kernels_gpu.py::test_kernels_in_triton_interpreter)
 

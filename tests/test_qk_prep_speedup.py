@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import torch
 from test_kernels_gpu import prep_inputs, rel
 
 from sana_wm.ops import qk_prep as prep_ref
+from triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,18 +97,7 @@ def worst_error(pairs) -> float:
     return worst
 
 
-_INTERPRETED = textwrap.dedent(
-    """
-    import torch
-    import triton.runtime.interpreter as interp
-
-    # numpy >= 2 refuses int() of 1-element arrays, which Triton 3.6's interpreter uses for loop bounds
-    # (the same patch as tests/test_kernels_gpu.py)
-    _patch = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
+_INTERPRETED = """
 
     from test_qk_prep_speedup import all_pairs, worst_error
 
@@ -120,17 +108,12 @@ _INTERPRETED = textwrap.dedent(
         worst = max(worst, worst_error(all_pairs(*case, seed=10 + i, dtype=torch.float32, device="cpu")))
     print("WORST", worst)
     """
-)
 
 
 def test_tiled_prep_kernels_in_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
+    numbers = run_interpreted(_INTERPRETED, timeout=600)
+    worst = numbers[0]
     assert worst < 1e-6  # fp32 inputs: same fp32 math as the references, up to summation order
 
 
