@@ -305,7 +305,8 @@ def test_kernels_in_triton_interpreter():
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    """Every kernel variant the streaming model launches compiles to an sm_90a cubin (no GPU needed)."""
+    """The GDN kernels and the beta discount compile to sm_90a cubins (no GPU needed); the q/k preparation and UCPE
+    decode kernels: tests/test_qk_prep_speedup.py (with a spill check)."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -341,36 +342,4 @@ def test_kernels_compile_for_sm90():
     compile_(G._gdn_scan_kernel, scan_ptrs, NJOBS=3, HAS_Z=True, BLOCK_D=128, BLOCK_V=32, BLOCK_K=32)
     out_ptrs = {"qr_ptr": bf, "q_ptr": bf, "work_ptr": f32, "work_z_ptr": f32, "out_ptr": bf}
     compile_(G._gdn_out_kernel, out_ptrs, floats=("eps",), HAS_Z=True, BLOCK_S=64, BLOCK_D=128, DOT_F32=False)
-    prep_ptrs = {
-        n: bf
-        for n in (
-            "q_ptr",
-            "k_ptr",
-            "v_ptr",
-            "q_out",
-            "k_out",
-            "v_out",
-            "q_plain_out",
-            "k_plain_out",
-            "wq_ptr",
-            "wk_ptr",
-        )
-    } | {n: f32 for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
-    compile_(Q._prep_kernel_rms, prep_ptrs, floats=("eps",), num_warps=4, BLOCK_N=4, BLOCK_C=512)
-    for mode, relu, plain, infl in ((0, True, True, False), (0, False, False, False), (1, True, False, True)):
-        compile_(
-            Q._prep_kernel,
-            prep_ptrs,
-            floats=("key_scale",),
-            MODE=mode,
-            RELU=relu,
-            PLAIN=plain,
-            DOWNSCALE=False,
-            INFLATION=infl,
-            BLOCK_N=16,
-            BLOCK_D=128,
-            num_warps=4,
-        )
     compile_(Q._beta_discount_kernel, {"beta_ptr": bf, "infl_ptr": f32, "out_ptr": bf}, num_warps=4, BLOCK_S=1024)
-    dec_ptrs = {"x_ptr": bf, "rope_ptr": f32, "mat_ptr": f32, "out_ptr": bf}
-    compile_(Q._ucpe_decode_kernel, dec_ptrs, num_warps=4, BLOCK_N=16, BLOCK_D=128)

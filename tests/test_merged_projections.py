@@ -203,21 +203,9 @@ def test_copy_v_variant_compiles_for_sm90_without_spills():
 
     from sana_wm.ops import qk_prep_triton as Q
 
-    ptrs = {
-        n: "*bf16"
-        for n in (
-            "q_ptr",
-            "k_ptr",
-            "v_ptr",
-            "q_out",
-            "k_out",
-            "v_out",
-            "q_plain_out",
-            "k_plain_out",
-            "wq_ptr",
-            "wk_ptr",
-        )
-    } | {n: "*fp32" for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+    from test_qk_prep_speedup import PREP_POINTERS
+
+    ptrs = PREP_POINTERS
     constexprs = {
         "MODE": 0,
         "RELU": False,

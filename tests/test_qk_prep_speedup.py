@@ -97,6 +97,13 @@ def worst_error(pairs) -> float:
     return worst
 
 
+# pointer argument types of the prep kernels (offline sm_90a compiles)
+PREP_POINTERS = {
+    n: "*bf16"
+    for n in ("q_ptr", "k_ptr", "v_ptr", "q_out", "k_out", "v_out", "q_plain_out", "k_plain_out", "wq_ptr", "wk_ptr")
+} | {n: "*fp32" for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+
+
 _INTERPRETED = """
 
     from test_qk_prep_speedup import all_pairs, worst_error
@@ -158,21 +165,7 @@ def test_tiled_prep_kernels_compile_for_sm90_without_spills():
         BLOCK_N=4,
         BLOCK_C=512,
     )
-    ptrs = {
-        n: bf
-        for n in (
-            "q_ptr",
-            "k_ptr",
-            "v_ptr",
-            "q_out",
-            "k_out",
-            "v_out",
-            "q_plain_out",
-            "k_plain_out",
-            "wq_ptr",
-            "wk_ptr",
-        )
-    } | {n: f32 for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+    ptrs = PREP_POINTERS
     # GDN main, softmax main, GDN camera (streaming), softmax camera with the down-scale (bidirectional)
     for mode, relu, plain, downscale, inflation in (
         (0, True, True, False, False),
