@@ -19,9 +19,7 @@ S 880 tokens per frame; sink 4 frames, window 1 chunk of 3, current 3 frames; bf
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from types import SimpleNamespace
 
 import torch
@@ -29,32 +27,15 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sana_wm.transformer import SanaWMAttention
+from server.bench import time_ms
 
 B, H, D, S = 1, 20, 112, 880
 SINK, WINDOW, CURRENT = 4, 3, 3  # frames
 
 
 def _ms(fn, reps: int) -> float:
-    """Median ms of ``fn`` (CUDA events; wall clock on the CPU)."""
-    for _ in range(3):
-        fn()
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    """Median ms of ``fn`` after 3 warm-up calls (CUDA events; wall clock on the CPU)."""
+    return time_ms(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reps, warmup=3)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,8 +69,10 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
 
     def new(offset: int = cached_tokens, write: bool = False) -> torch.Tensor:
         frames = SimpleNamespace(mode="stream", kv_offset=offset, write_tokens=(sink, cached_tokens) if write else None)
-        slots = (buffer["k"][:, :, offset : offset + n], buffer["v"][:, :, offset : offset + n])
-        return SanaWMAttention._sdpa(None, q, k, v, frames, scale, buffer, "k", "v", write, slots)
+        k_slot, v_slot = buffer["k"][:, :, offset : offset + n], buffer["v"][:, :, offset : offset + n]
+        k_slot.copy_(k)  # in the model the prep kernels store k / v here; the copies bound that from above
+        v_slot.copy_(v)
+        return SanaWMAttention._sdpa(None, q, k_slot, v_slot, frames, scale, buffer, "k", "v", write)
 
     def flash_only() -> torch.Tensor:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

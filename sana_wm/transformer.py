@@ -32,7 +32,6 @@ from torch import nn
 
 from .cache import StreamingCache
 from .config import SanaWMConfig
-from .ops._triton import runnable_on
 from .ops.gdn import chunk_segments
 from .ops.kernels import (
     gated_output,
@@ -46,7 +45,6 @@ from .ops.kernels import (
     prep_softmax_qk,
     residual_layernorm_modulate,
     short_conv_k,
-    triton_enabled,
     ucpe_decode,
 )
 from .ops.rope import rope_frequencies, slice_rope_for_camera
@@ -440,18 +438,16 @@ class SanaWMAttention(nn.Module):
 
     def _kv_slots(
         self, x: torch.Tensor, frames: _Frames, cache: dict | None, keys: tuple[str, str]
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, bool]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Softmax blocks, stream mode: views ``cache[key][:, :, a : a + N]`` (a = ``frames.kv_offset``) of this
-        pass's K/V slot for the two ``keys``, and whether the prep kernels write them (Triton runs for x: they take
-        the slots as ``k_out`` / ``v_out``; the references' outputs are copied in by :meth:`_sdpa`).
-        Other modes: (None, False)."""
+        pass's K/V slot for the two ``keys``, which the q/k preparation writes (``k_out`` / ``v_out``). Other modes:
+        None."""
         if frames.mode != "stream":
-            return None, False
+            return None
         if frames.kv_offset is None:
             raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
         a, n = frames.kv_offset, x.shape[1]
-        slots = (cache[keys[0]][:, :, a : a + n], cache[keys[1]][:, :, a : a + n])
-        return slots, triton_enabled() and runnable_on(x)
+        return cache[keys[0]][:, :, a : a + n], cache[keys[1]][:, :, a : a + n]
 
     def _sdpa(
         self,
@@ -464,10 +460,9 @@ class SanaWMAttention(nn.Module):
         k_key: str,
         v_key: str,
         write: bool,
-        slots: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream); stream:
-        ``slots`` from :meth:`_kv_slots` (k / v that are these very views were written there by the prep kernel)."""
+        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream); stream: k / v
+        are this pass's slot of the cache (:meth:`_kv_slots`, written by the q/k preparation)."""
         if frames.mode == "full":
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if frames.mode == "causal":
@@ -483,11 +478,8 @@ class SanaWMAttention(nn.Module):
                     )
                 )
             return torch.cat(outs, dim=2)
-        # stream: this pass's K/V go into the preallocated buffer at kv_offset (cache.py), then one unmasked SDPA over
-        # the contiguous prefix [committed sink + ring | this pass]: no concatenation, the flash path
-        for src, slot in zip((k, v), slots):
-            if src is not slot:
-                slot.copy_(src)
+        # stream: this pass's K/V are in the preallocated buffer at kv_offset (cache.py); one unmasked SDPA over the
+        # contiguous prefix [committed sink + ring | this pass]: no concatenation, the flash path
         cached_k, cached_v = cache[k_key], cache[v_key]
         a = frames.kv_offset
         end = a + k.shape[2]
@@ -502,11 +494,11 @@ class SanaWMAttention(nn.Module):
     def _main(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
         B, N, C = q.shape
         if self.softmax:
-            slots, direct = self._kv_slots(q, frames, cache, ("k", "v"))
-            into = {"k_out": slots[0], "v": v, "v_out": slots[1]} if direct else {}
+            slots = self._kv_slots(q, frames, cache, ("k", "v"))
+            into = {} if slots is None else {"k_out": slots[0], "v": v, "v_out": slots[1]}
             q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, **into)
-            v = slots[1] if direct else self._split(v)
-            out = self._sdpa(q, k, v, frames, self.cfg.softmax_scale, cache, "k", "v", write, slots)
+            v = self._split(v) if slots is None else slots[1]
+            out = self._sdpa(q, k, v, frames, self.cfg.softmax_scale, cache, "k", "v", write)
             return out.transpose(1, 2).reshape(B, N, C)
         k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
         q, k, q_rot, k_rot = prep_gdn_qk(
@@ -528,9 +520,9 @@ class SanaWMAttention(nn.Module):
         return out
 
     def _camera(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
-        slots, direct = (None, False)
+        slots = None
         if self.softmax:
-            slots, direct = self._kv_slots(q, frames, cache, ("cam_k", "cam_v"))
+            slots = self._kv_slots(q, frames, cache, ("cam_k", "cam_v"))
         else:
             k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
         q_u, k_u, v_u, beta = prep_camera(
@@ -546,11 +538,11 @@ class SanaWMAttention(nn.Module):
             key_scale=None if self.softmax else self._key_scale(frames),
             beta=beta,
             rms_downscale=self.cfg.post_ucpe_rms_downscale,
-            **({"k_out": slots[0], "v_out": slots[1]} if direct else {}),
+            **({} if slots is None else {"k_out": slots[0], "v_out": slots[1]}),
         )
         if self.softmax:
             scale = self.cfg.cam_softmax_scale
-            out = self._sdpa(q_u, k_u, v_u, frames, scale, cache, "cam_k", "cam_v", write, slots)
+            out = self._sdpa(q_u, k_u, v_u, frames, scale, cache, "cam_k", "cam_v", write)
         else:
             out5, state = gdn_cam(
                 *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),

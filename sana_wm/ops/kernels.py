@@ -102,22 +102,37 @@ def prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs):
     return _prep_ref.prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs)
 
 
-def prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs):
-    """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible."""
+def _into(out, x):
+    """``x`` stored into ``out`` (returned as it), or ``x`` itself when there is no ``out``."""
+    return x if out is None else out.copy_(x)
+
+
+def prep_softmax_qk(q, k, q_weight, k_weight, rope, *, k_out=None, v=None, v_out=None, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible. ``k_out``: (B, H, N, D) that receives
+    the rotated k (e.g. the pass's K/V cache slot) and is returned as it; ``v`` (B, N, C) with ``v_out``: the raw v per
+    head stored there too (the Triton kernel writes both in its launch, the reference path copies)."""
     if _triton_for(q):
         from .qk_prep_triton import prep_softmax_qk_triton
 
-        return prep_softmax_qk_triton(q, k, q_weight, k_weight, rope, **kwargs)
-    return _prep_ref.prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs)
+        return prep_softmax_qk_triton(q, k, q_weight, k_weight, rope, k_out=k_out, v=v, v_out=v_out, **kwargs)
+    q_rot, k_rot = _prep_ref.prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs)
+    if v_out is not None:
+        B, N, C = v.shape
+        v_out.copy_(v.reshape(B, N, v_out.shape[1], C // v_out.shape[1]).transpose(1, 2))
+    return q_rot, _into(k_out, k_rot)
 
 
-def prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs):
-    """:func:`sana_wm.ops.qk_prep.prep_camera`, on Triton when possible."""
+def prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, *, k_out=None, v_out=None, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_camera`, on Triton when possible; ``k_out`` / ``v_out``: (B, H, N, D) that
+    receive k_u / v_u and are returned as them (the Triton kernel writes them, the reference path copies)."""
     if _triton_for(q):
         from .qk_prep_triton import prep_camera_triton
 
-        return prep_camera_triton(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
-    return _prep_ref.prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
+        return prep_camera_triton(
+            q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, k_out=k_out, v_out=v_out, **kwargs
+        )
+    q_u, k_u, v_u, beta = _prep_ref.prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
+    return q_u, _into(k_out, k_u), _into(v_out, v_u), beta
 
 
 def ucpe_decode(x, ray_out, rope_cam):
