@@ -26,7 +26,6 @@ import contextlib
 import importlib
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -114,18 +113,9 @@ def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cuda_ms(fn, reps: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return round(statistics.median(times), 4)
+    from server.bench import time_ms
+
+    return round(time_ms(fn, DEV, reps, warmup), 4)
 
 
 @contextlib.contextmanager

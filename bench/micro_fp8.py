@@ -11,11 +11,15 @@ inputs, and the per-forward totals weighted by how often each shape occurs. Deci
 from __future__ import annotations
 
 import json
-import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.bench import time_ms  # noqa: E402
 
 TOKENS = 2640
 # (in, out, calls per forward): 8 square projections per block, qkv, FFN inverted / point, temporal-conv taps
@@ -23,22 +27,6 @@ SHAPES = [(2240, 2240, 160 + 60), (2240, 6720, 20), (2240, 13440, 20), (6720, 22
 E4M3_MAX = 448.0
 
 
-def _ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = (
-            torch.cuda.Event(enable_timing=True),
-            torch.cuda.Event(enable_timing=True),
-        )
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +79,11 @@ def _shape_row(k: int, n: int, calls: int, device: str, reps: int) -> dict:
     row = {
         "shape": [TOKENS, k, n],
         "calls": calls,
-        "bf16_ms": _ms(lambda: F.linear(x, w, bias), reps),
-        "fp8_gemm_ms": _ms(fp8, reps),
-        "fp8_fast_ms": _ms(lambda: fp8(True), reps),
-        "fp8_tensorwise_ms": _ms(fp8_tensorwise, reps),
-        "quant_ms": _ms(lambda: quantize_rows(x), reps),
+        "bf16_ms": time_ms(lambda: F.linear(x, w, bias), x.device, reps, warmup=3),
+        "fp8_gemm_ms": time_ms(fp8, x.device, reps, warmup=3),
+        "fp8_fast_ms": time_ms(lambda: fp8(True), x.device, reps, warmup=3),
+        "fp8_tensorwise_ms": time_ms(fp8_tensorwise, x.device, reps, warmup=3),
+        "quant_ms": time_ms(lambda: quantize_rows(x), x.device, reps, warmup=3),
         "bf16_rel_err": _rel(F.linear(x, w, bias), ref),
         "fp8_rel_err": _rel(fp8(), ref),
         "fp8_fast_rel_err": _rel(fp8(True), ref),

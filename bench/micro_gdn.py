@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from server.bench import time_ms  # noqa: E402
 
 B, H, T, D = 1, 20, 3, 112
 BLOCKS = 15  # GDN blocks; each calls gdn_main and gdn_cam once per forward
@@ -43,18 +44,8 @@ BASELINE_REV = "9f693bd^"  # gdn_triton.py as GPU run 3 measured it (one program
 
 
 def _us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return round(statistics.median(times), 2)
+    """Median microseconds of ``fn`` on the GPU after 3 warm-up calls."""
+    return round(time_ms(fn, torch.device("cuda"), reps, warmup=3) * 1e3, 2)
 
 
 def _errors(got, want) -> dict:
