@@ -14,16 +14,14 @@ the per-forward saving of the fastest tile.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from baseline import module_at
 
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
@@ -83,22 +81,6 @@ def _old_path(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     return value * F.silu(gate)
 
 
-def _baseline_module(rev: str):
-    """``sana_wm/ops/ffn_triton.py`` at git revision ``rev``, imported beside the current one (same package, so its
-    relative imports resolve); (None, reason) when git or the revision is not there."""
-    try:
-        src = subprocess.run(
-            ["git", "show", f"{rev}:sana_wm/ops/ffn_triton.py"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        return None, f"unavailable: {e}"
-    path = Path(tempfile.mkdtemp()) / "ffn_triton_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("sana_wm.ops._ffn_triton_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, rev
-
 
 def run(device: str = "cuda", reps: int = 10) -> dict:
     """Times and errors at the streaming shape on ``device`` (a CUDA device); returns a JSON-able dict."""
@@ -145,7 +127,7 @@ def run(device: str = "cuda", reps: int = 10) -> dict:
         except Exception as exc:  # noqa: BLE001 - a tile that fails to compile or launch is reported
             tiles[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     out["triton_tiles"] = tiles
-    base, rev = _baseline_module(BASELINE_REV)
+    base, rev = module_at(BASELINE_REV, "ffn_triton")
     out["baseline"] = {"rev": rev}
     if base is not None:
 

@@ -14,11 +14,8 @@ git is there, the same for ``gdn_triton.py`` before the re-tiling (``BASELINE_RE
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from baseline import module_at  # noqa: E402
 
 from server.bench import time_ms  # noqa: E402
 
@@ -70,22 +69,6 @@ def _kernel_us(fn, reps: int) -> dict[str, float]:
     totals = {evt.key: evt.device_time_total for evt in prof.key_averages() if evt.device_time_total}
     return {name: round(t / reps, 2) for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
-
-def _baseline_module(rev: str):
-    """``sana_wm/ops/gdn_triton.py`` at git revision ``rev``, imported beside the current one (same package, so its
-    relative imports resolve); None with the reason when git or the revision is not there."""
-    try:
-        src = subprocess.run(
-            ["git", "show", f"{rev}:sana_wm/ops/gdn_triton.py"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        return None, f"unavailable: {e}"
-    path = Path(tempfile.mkdtemp()) / "gdn_triton_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("sana_wm.ops._gdn_triton_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, rev
 
 
 def run(device: str = "cuda", reps: int = 50) -> dict:
@@ -165,7 +148,7 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
         "triton_token_major": (m["triton_token_major_us"] + c["triton_us"]) * BLOCKS / 1e3,
         "reference": (m["reference_us"] + c["reference_us"]) * BLOCKS / 1e3,
     }
-    base, rev = _baseline_module(BASELINE_REV)
+    base, rev = module_at(BASELINE_REV, "gdn_triton")
     result["baseline"] = {"rev": rev}
     if base is not None:
 

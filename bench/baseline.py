@@ -1,0 +1,29 @@
+"""An earlier version of one of our kernel modules, imported beside the current one for a same-run comparison."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_at(rev: str, name: str) -> tuple[ModuleType | None, str]:
+    """``sana_wm/ops/<name>.py`` at git revision ``rev``, imported as ``sana_wm.ops._<name>_baseline`` (same
+    package, so its relative imports resolve): (module, rev), or (None, reason) when git or the revision is absent
+    (e.g. on a device machine without the repository's history)."""
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:sana_wm/ops/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"unavailable: {e}"
+    path = Path(tempfile.mkdtemp()) / f"{name}_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"sana_wm.ops._{name}_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, rev
