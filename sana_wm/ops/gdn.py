@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["chunk_segments", "gdn_cam", "gdn_main"]
+__all__ = ["chunk_segments", "gdn_cam", "gdn_gates", "gdn_main"]
 
 
 def chunk_segments(num_frames: int, chunk_starts: Sequence[int] | None) -> list[tuple[int, int]]:
@@ -36,6 +36,35 @@ def chunk_segments(num_frames: int, chunk_starts: Sequence[int] | None) -> list[
             f"chunk_starts must be strictly increasing, start at 0 and lie below T={num_frames}, got {starts}."
         )
     return list(zip(starts, [*starts[1:], num_frames]))
+
+
+def gdn_gates(
+    beta_logits: torch.Tensor, gate_logits: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GDN gates of a block from its per-token projections (``beta_proj`` / ``gate_proj`` outputs, bias included).
+
+    ``beta = sigmoid(beta_logits)`` per token; the per-frame decay ``g = exp(-exp(A_log) softplus(mean_S(gate) +
+    dt_bias))``: the gate projection of the frame's mean token, taken as the mean of the per-token projections (the
+    projection is affine, so the two are equal; the mean is in float32).
+
+    Args:
+        beta_logits, gate_logits: (B, N, H), any strides (e.g. column slices of a merged projection).
+        A_log, dt_bias: (H,). frames: T, with N = T * S.
+
+    Returns:
+        beta (B, H, T, S) in the logits' dtype (a permuted view of a contiguous (B, N, H)), g (B, H, T) float32.
+    """
+    B, N, H = beta_logits.shape
+    if tuple(gate_logits.shape) != (B, N, H) or N % frames:
+        raise ValueError(
+            f"beta_logits and gate_logits must both be (B, N, H) with N divisible by frames={frames}, got "
+            f"{tuple(beta_logits.shape)} and {tuple(gate_logits.shape)}."
+        )
+    S = N // frames
+    beta = torch.sigmoid(beta_logits).view(B, frames, S, H).permute(0, 3, 1, 2)
+    gate = gate_logits.to(torch.float32).view(B, frames, S, H).mean(dim=2)
+    g = torch.exp(-A_log.float().exp() * torch.nn.functional.softplus(gate + dt_bias.float()))
+    return beta, g.transpose(1, 2)
 
 
 def _frame_terms(keys: torch.Tensor, values: torch.Tensor | None, beta: torch.Tensor):
