@@ -142,17 +142,38 @@ def test_prep_kernels_match_reference(dtype, downscale):
             assert rel(a, b) <= TOL[dtype]
 
 
-@pytest.mark.gpu
-def test_temporal_conv_gemm_matches_conv():
-    from sana_wm.ops.temporal_conv import ffn_temporal_conv, tap_major
-
-    gen = torch.Generator().manual_seed(0)
-    C, S = 2240, 880
+def _temporal_conv_case(C: int, S: int, seed: int):
+    """Channel-first h (1, C, 3, S), the frame before it (1, C, 1, S), a weight, ``h + conv([hist | h | 0])``."""
+    gen = torch.Generator().manual_seed(seed)
     h = torch.randn(1, 3, C, S, generator=gen).permute(0, 2, 1, 3)
     hist = torch.randn(1, C, 1, S, generator=gen)
     w = torch.randn(C, C, 3, 1, generator=gen) / C**0.5
     want = h + torch.nn.functional.conv2d(torch.cat([hist, h, torch.zeros_like(hist)], 2), w)
-    got = ffn_temporal_conv(h.cuda().bfloat16(), tap_major(w.cuda().bfloat16()), history=hist.cuda().bfloat16())
+    return h, hist, w, want
+
+
+def _past_context(hist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """past_tap of a channel-first frame (1, C, 1, S), channel-first."""
+    from sana_wm.ops.temporal_conv import past_tap
+
+    return past_tap(hist.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2)
+
+
+def test_temporal_conv_past_context_matches_conv():
+    """CPU fp32: the GEMM temporal conv with the preceding frame's past tap added equals the padded convolution."""
+    from sana_wm.ops.temporal_conv import ffn_temporal_conv, tap_major
+
+    h, hist, w, want = _temporal_conv_case(48, 20, seed=1)
+    assert rel(ffn_temporal_conv(h, tap_major(w), past=_past_context(hist, w)), want) < 1e-6
+
+
+@pytest.mark.gpu
+def test_temporal_conv_gemm_matches_conv():
+    from sana_wm.ops.temporal_conv import ffn_temporal_conv, tap_major
+
+    h, hist, w, want = _temporal_conv_case(2240, 880, seed=0)
+    wc = tap_major(w.cuda().bfloat16())
+    got = ffn_temporal_conv(h.cuda().bfloat16(), wc, past=_past_context(hist.cuda().bfloat16(), wc))
     assert rel(got, want) <= 2e-2
 
 

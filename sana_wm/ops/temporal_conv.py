@@ -6,9 +6,10 @@
 - :func:`ffn_temporal_conv_tokens`: the FFN's residual temporal conv ``h + Conv2d(C, C, (3, 1))(h)`` (as matrix
   products) on token-major (B, T, S, C) activations; :func:`ffn_temporal_conv` the same on channel-first ones.
 
-Both take ``chunk_starts`` (segment starts of a chunk-causal forward; ``None`` = one segment) and history frames
-from before the first frame (the streaming cache tails). Future taps never cross a segment end (they see zeros);
-past taps see the previous frames, across segments unless ``cross_chunk=False``.
+Both take ``chunk_starts`` (segment starts of a chunk-causal forward; ``None`` = one segment) and what the frames
+before the first one contribute (the streaming cache tails: raw K frames; the FFN's past tap of its last
+frame). Future taps never cross a segment end (they see zeros); past taps see the previous frames, across segments
+unless ``cross_chunk=False``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from .gdn import chunk_segments
 
-__all__ = ["ffn_temporal_conv", "ffn_temporal_conv_tokens", "short_conv_k", "tap_major"]
+__all__ = ["ffn_temporal_conv", "ffn_temporal_conv_tokens", "past_tap", "short_conv_k", "tap_major"]
 
 
 def _future_taps(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ def ffn_temporal_conv_tokens(
     weight: torch.Tensor,
     *,
     chunk_starts: Sequence[int] | None = None,
-    history: torch.Tensor | None = None,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Residual temporal conv ``h + conv(h)`` of the FFN on token-major activations, as matrix products (cuBLAS runs
     them several times faster than cuDNN's (3, 1) convolution) with no padded copy: the centre tap and the residual
@@ -99,17 +100,17 @@ def ffn_temporal_conv_tokens(
             (:func:`tap_major`) each tap is a contiguous matrix.
         chunk_starts: segment starts; a segment's last frame sees zeros on the right, its first frame sees the
             previous frame (of the previous segment) on the left.
-        history: (B, 1, S, C) frame preceding ``h`` (streaming FFN tail); zeros if None.
+        past: (B, 1, S, C) the past tap already applied to the frame preceding ``h`` (:func:`past_tap`; the
+            streaming cache keeps it, so a pass adds it instead of running the product again); zeros if None.
 
     Returns:
         (B, T, S, C), contiguous.
     """
     B, T, S, C = h.shape
-    if tuple(weight.shape) != (C, C, 3, 1):
-        raise ValueError(f"ffn_temporal_conv expects a ({C}, {C}, 3, 1) weight, got {tuple(weight.shape)}.")
-    if history is not None and tuple(history.shape) != (B, 1, S, C):
-        raise ValueError(f"history must have shape {(B, 1, S, C)}, got {tuple(history.shape)}.")
-    past, centre, future = (weight[:, :, j, 0].to(h.dtype).t() for j in range(3))  # (C_in, C_out) each
+    _check_tconv_weight(weight, C)
+    if past is not None and tuple(past.shape) != (B, 1, S, C):
+        raise ValueError(f"past must have shape {(B, 1, S, C)}, got {tuple(past.shape)}.")
+    past_w, centre, future = (weight[:, :, j, 0].to(h.dtype).t() for j in range(3))  # (C_in, C_out) each
     h = h.contiguous()
     flat = h.view(B * T * S, C)
     out = torch.addmm(flat, flat, centre).view(B, T, S, C)
@@ -117,12 +118,25 @@ def ffn_temporal_conv_tokens(
         for b in range(B):
             if e - s > 1:
                 out[b, s : e - 1].view(-1, C).addmm_(h[b, s + 1 : e].view(-1, C), future)
-                out[b, s + 1 : e].view(-1, C).addmm_(h[b, s : e - 1].view(-1, C), past)
+                out[b, s + 1 : e].view(-1, C).addmm_(h[b, s : e - 1].view(-1, C), past_w)
             if s > 0:
-                out[b, s].addmm_(h[b, s - 1], past)
-            elif history is not None:
-                out[b, 0].addmm_(history[b, 0].to(h.dtype), past)
+                out[b, s].addmm_(h[b, s - 1], past_w)
+    if past is not None:
+        out[:, :1] += past.to(h.dtype)
     return out
+
+
+def past_tap(frame: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The temporal conv's past tap applied to ``frame`` (B, 1, S, C): what the next frame's output adds (the
+    ``past`` argument of :func:`ffn_temporal_conv_tokens`)."""
+    C = frame.shape[-1]
+    _check_tconv_weight(weight, C)
+    return frame @ weight[:, :, 0, 0].to(frame.dtype).t()
+
+
+def _check_tconv_weight(weight: torch.Tensor, C: int) -> None:
+    if tuple(weight.shape) != (C, C, 3, 1):
+        raise ValueError(f"ffn_temporal_conv expects a ({C}, {C}, 3, 1) weight, got {tuple(weight.shape)}.")
 
 
 def ffn_temporal_conv(
@@ -130,15 +144,15 @@ def ffn_temporal_conv(
     weight: torch.Tensor,
     *,
     chunk_starts: Sequence[int] | None = None,
-    history: torch.Tensor | None = None,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`ffn_temporal_conv_tokens` on channel-first tensors: h (B, C, T, S), history (B, C, 1, S) ->
+    """:func:`ffn_temporal_conv_tokens` on channel-first tensors: h (B, C, T, S), past (B, C, 1, S) ->
     (B, C, T, S), stored token-major (``out.permute(0, 2, 3, 1)`` is contiguous)."""
     out = ffn_temporal_conv_tokens(
         h.permute(0, 2, 3, 1),
         weight,
         chunk_starts=chunk_starts,
-        history=None if history is None else history.permute(0, 2, 3, 1),
+        past=None if past is None else past.permute(0, 2, 3, 1),
     )
     return out.permute(0, 3, 1, 2)
 
