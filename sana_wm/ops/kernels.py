@@ -1,7 +1,7 @@
 """One import point for the ops that have a Triton kernel: the Triton version where it can run, else the PyTorch
 reference (same signatures, same results within the kernels' tolerance).
 
-    from sana_wm.ops.kernels import gdn_main, gdn_cam, prep_gdn_qk, prep_softmax_qk, prep_camera, ucpe_decode
+    from sana_wm.ops.kernels import gdn_main, gdn_cam, gdn_gates, prep_gdn_qk, prep_softmax_qk, prep_camera, ucpe_decode
     from sana_wm.ops.kernels import glu_dwconv
     from sana_wm.ops.kernels import layernorm_modulate, residual_layernorm_modulate, gated_residual, gated_output
     from sana_wm.ops.kernels import short_conv_k
@@ -26,6 +26,7 @@ from ._triton import HAS_TRITON, runnable_on
 __all__ = [
     "gdn_main",
     "gdn_cam",
+    "gdn_gates",
     "prep_gdn_qk",
     "prep_softmax_qk",
     "prep_camera",
@@ -93,6 +94,15 @@ def gdn_cam(q, k, v, beta, g, **kwargs):
     return _gdn_ref.gdn_cam(q, k, v, beta, g, **kwargs)
 
 
+def gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames: int):
+    """:func:`sana_wm.ops.gdn.gdn_gates`, on Triton when possible."""
+    if _triton_for(beta_logits):
+        from .gdn_gates_triton import gdn_gates_triton
+
+        return gdn_gates_triton(beta_logits, gate_logits, A_log, dt_bias, frames)
+    return _gdn_ref.gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames)
+
+
 def prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs):
     """:func:`sana_wm.ops.qk_prep.prep_gdn_qk`, on Triton when possible."""
     if _triton_for(q):
@@ -107,32 +117,38 @@ def _into(out, x):
     return x if out is None else out.copy_(x)
 
 
-def prep_softmax_qk(q, k, q_weight, k_weight, rope, *, k_out=None, v=None, v_out=None, **kwargs):
-    """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible. ``k_out``: (B, H, N, D) that receives
-    the rotated k (e.g. the pass's K/V cache slot) and is returned as it; ``v`` (B, N, C) with ``v_out``: the raw v per
-    head stored there too (the Triton kernel writes both in its launch, the reference path copies)."""
+def prep_softmax_qk(q, k, q_weight, k_weight, rope, *, q_out=None, k_out=None, v=None, v_out=None, **kwargs):
+    """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible. ``q_out`` / ``k_out``: (B, H, N, D)
+    that receive the rotated q / k (e.g. half of a two-branch query buffer, the pass's K/V cache slot) and are
+    returned as them; ``v`` (B, N, C) with ``v_out``: the raw v per head stored there too (the Triton kernel writes
+    them all in its launch, the reference path copies)."""
     if _triton_for(q):
         from .qk_prep_triton import prep_softmax_qk_triton
 
-        return prep_softmax_qk_triton(q, k, q_weight, k_weight, rope, k_out=k_out, v=v, v_out=v_out, **kwargs)
+        return prep_softmax_qk_triton(
+            q, k, q_weight, k_weight, rope, q_out=q_out, k_out=k_out, v=v, v_out=v_out, **kwargs
+        )
     q_rot, k_rot = _prep_ref.prep_softmax_qk(q, k, q_weight, k_weight, rope, **kwargs)
     if v_out is not None:
         B, N, C = v.shape
         v_out.copy_(v.reshape(B, N, v_out.shape[1], C // v_out.shape[1]).transpose(1, 2))
-    return q_rot, _into(k_out, k_rot)
+    return _into(q_out, q_rot), _into(k_out, k_rot)
 
 
-def prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, *, k_out=None, v_out=None, **kwargs):
-    """:func:`sana_wm.ops.qk_prep.prep_camera`, on Triton when possible; ``k_out`` / ``v_out``: (B, H, N, D) that
-    receive k_u / v_u and are returned as them (the Triton kernel writes them, the reference path copies)."""
+def prep_camera(
+    q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, *, q_out=None, k_out=None, v_out=None, **kwargs
+):
+    """:func:`sana_wm.ops.qk_prep.prep_camera`, on Triton when possible; ``q_out`` / ``k_out`` / ``v_out``:
+    (B, H, N, D) that receive q_u / k_u / v_u and are returned as them (the Triton kernel writes them, the reference
+    path copies)."""
     if _triton_for(q):
         from .qk_prep_triton import prep_camera_triton
 
         return prep_camera_triton(
-            q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, k_out=k_out, v_out=v_out, **kwargs
+            q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, q_out=q_out, k_out=k_out, v_out=v_out, **kwargs
         )
     q_u, k_u, v_u, beta = _prep_ref.prep_camera(q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, **kwargs)
-    return q_u, _into(k_out, k_u), _into(v_out, v_u), beta
+    return _into(q_out, q_u), _into(k_out, k_u), _into(v_out, v_u), beta
 
 
 def ucpe_decode(x, ray_out, rope_cam):
@@ -153,13 +169,13 @@ def layernorm_modulate(x, shift, scale):
     return _mod_ref.layernorm_modulate(x, shift, scale)
 
 
-def residual_layernorm_modulate(x, y, shift, scale):
+def residual_layernorm_modulate(x, y, shift, scale, gate=None):
     """:func:`sana_wm.ops.modulation.residual_layernorm_modulate`, on Triton when possible."""
     if _triton_for(x):
         from .modulation_triton import residual_layernorm_modulate_triton
 
-        return residual_layernorm_modulate_triton(x, y, shift, scale)
-    return _mod_ref.residual_layernorm_modulate(x, y, shift, scale)
+        return residual_layernorm_modulate_triton(x, y, shift, scale, gate)
+    return _mod_ref.residual_layernorm_modulate(x, y, shift, scale, gate)
 
 
 def gated_residual(x, gate, y, extra=None):

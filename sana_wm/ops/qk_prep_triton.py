@@ -184,6 +184,9 @@ if HAS_TRITON:
         q_plain_out,
         k_plain_out,
         infl_out,
+        qo_sb,
+        qo_sh,
+        qo_sn,
         ko_sb,
         ko_sh,
         ko_sn,
@@ -201,16 +204,16 @@ if HAS_TRITON:
         DOWNSCALE: tl.constexpr,
         INFLATION: tl.constexpr,
         COPY_V: tl.constexpr,
-        KV_STRIDES: tl.constexpr,
+        OUT_STRIDES: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         """One (head, BLOCK_N tokens, batch entry) tile (grid: H x token blocks x B), inv-RMS from
-        :func:`_prep_kernel_rms`. Outputs (B, H, N, D): q_out encoded q (contiguous); k_out encoded k and MODE 1's
-        v_out (UCPE'd raw v) at strides ``ko_*`` / ``vo_*`` when KV_STRIDES (e.g. a slot of the K/V cache), else
-        contiguous; COPY_V (MODE 0): raw v
-        copied to v_out; PLAIN: q_plain_out / k_plain_out the normalised q, k before RoPE (contiguous); INFLATION:
-        infl_out (B, H, N) fp32 (|k_u| / |k|)^2 with both norms clamped at 1e-6."""
+        :func:`_prep_kernel_rms`. Outputs (B, H, N, D): q_out encoded q, k_out encoded k and MODE 1's v_out (UCPE'd
+        raw v) at strides ``qo_*`` / ``ko_*`` / ``vo_*`` when OUT_STRIDES (e.g. a slot of the K/V cache, half of a
+        two-branch query buffer), else contiguous; COPY_V (MODE 0): raw v copied to v_out; PLAIN: q_plain_out /
+        k_plain_out the normalised q, k before RoPE (contiguous); INFLATION: infl_out (B, H, N) fp32 (|k_u| / |k|)^2
+        with both norms clamped at 1e-6."""
         h = tl.program_id(0)
         b = tl.program_id(2)
         B = tl.num_programs(2)
@@ -233,7 +236,8 @@ if HAS_TRITON:
         q_enc = _encode(q, cos, sin, mq_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
         if DOWNSCALE:
             q_enc = _downscale(q, q_enc, D)
-        tl.store(q_out + out_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
+        q_offs = _out_offsets(out_offs, b, h, rn, rd, qo_sb, qo_sh, qo_sn, OUT_STRIDES)
+        tl.store(q_out + q_offs, q_enc.to(q_out.dtype.element_ty), mask=mask)
         if PLAIN:
             tl.store(q_plain_out + out_offs, q.to(q_plain_out.dtype.element_ty), mask=mask)
 
@@ -247,7 +251,7 @@ if HAS_TRITON:
         if DOWNSCALE:
             k_enc = _downscale(k, k_enc, D)
         tl.store(
-            k_out + _out_offsets(out_offs, b, h, rn, rd, ko_sb, ko_sh, ko_sn, KV_STRIDES),
+            k_out + _out_offsets(out_offs, b, h, rn, rd, ko_sb, ko_sh, ko_sn, OUT_STRIDES),
             k_enc.to(k_out.dtype.element_ty),
             mask=mask,
         )
@@ -264,11 +268,11 @@ if HAS_TRITON:
             v_enc = _encode(v, cos, sin, mkv_ptr + b * N * 16, rn, mn, rd, D, MODE, BLOCK_N, BLOCK_D)
             if DOWNSCALE:
                 v_enc = _downscale(v, v_enc, D)
-            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, KV_STRIDES)
+            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, OUT_STRIDES)
             tl.store(v_out + v_offs, v_enc.to(v_out.dtype.element_ty), mask=mask)
         elif COPY_V:
             v = tl.load(v_ptr + b * v_sb + h * D + rn[:, None] * v_sn + rd[None, :], mask=mask, other=0.0)
-            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, KV_STRIDES)
+            v_offs = _out_offsets(out_offs, b, h, rn, rd, vo_sb, vo_sh, vo_sn, OUT_STRIDES)
             tl.store(v_out + v_offs, v.to(v_out.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -288,8 +292,8 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
     ):
         """One (head, BLOCK_N tokens, batch entry) tile of x (B, H, N, D) (grid: H x token blocks x B): UCPE with
-        ``mat`` (B, N, 4, 4) fp32 and the (already conjugated) RoPE table, written token-major into out (B, N, H*D)
-        (programs next in launch order write the neighbouring heads of the same rows)."""
+        ``mat`` (B, N, 4, 4) fp32 and the conjugate of the RoPE table (the inverse rotation), written token-major
+        into out (B, N, H*D) (programs next in launch order write the neighbouring heads of the same rows)."""
         h = tl.program_id(0)
         b = tl.program_id(2)
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -298,7 +302,7 @@ if HAS_TRITON:
         mask = mn[:, None] & (rd < D)[None, :]
         cos, sin = _rope_tables(rope_ptr, rn, mn, D // 4, ROPE_PAIRS, BLOCK_N, BLOCK_D)
         x = _load_tile(x_ptr + b * x_sb + h * x_sh, x_sn, rn, rd, mask)
-        enc = _encode(x, cos, sin, mat_ptr + b * N * 16, rn, mn, rd, D, 1, BLOCK_N, BLOCK_D)
+        enc = _encode(x, cos, -sin, mat_ptr + b * N * 16, rn, mn, rd, D, 1, BLOCK_N, BLOCK_D)
         offs = (b * N + rn[:, None]) * (H * D) + h * D + rd[None, :]
         tl.store(out_ptr + offs, enc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -370,12 +374,14 @@ def _launch(
     inflation,
     eps,
     *,
+    q_out=None,
     k_out=None,
     v_out=None,
     copy_v=False,
 ):
-    """Both launches; ``k_out`` / ``v_out``: (B, H, N, D) tensors (any token / head / batch strides) that receive
-    the encoded k / v instead of new ones; ``copy_v`` (main mode): raw v copied into ``v_out`` by the same tiles."""
+    """Both launches; ``q_out`` / ``k_out`` / ``v_out``: (B, H, N, D) tensors (any token / head / batch strides)
+    that receive the encoded q / k / v instead of new ones; ``copy_v`` (main mode): raw v copied into ``v_out`` by
+    the same tiles."""
     B, N, C = q.shape
     if C % heads:
         raise ValueError(f"channels ({C}) must be a multiple of heads ({heads}).")
@@ -387,8 +393,8 @@ def _launch(
     def new() -> torch.Tensor:
         return torch.empty(shape, dtype=q.dtype, device=q.device)
 
-    kv_strided = k_out is not None or v_out is not None
-    q_out = new()
+    strided = q_out is not None or k_out is not None or v_out is not None
+    q_out = new() if q_out is None else _check_out("q_out", q_out, shape, q)
     k_out = new() if k_out is None else _check_out("k_out", k_out, shape, q)
     if mode == _CAMERA or copy_v:
         v_out = new() if v_out is None else _check_out("v_out", v_out, shape, q)
@@ -423,6 +429,7 @@ def _launch(
         q_plain,
         k_plain,
         infl,
+        *q_out.stride()[:3],
         *k_out.stride()[:3],
         *v_out.stride()[:3],
         N,
@@ -436,7 +443,7 @@ def _launch(
         DOWNSCALE=downscale,
         INFLATION=inflation,
         COPY_V=copy_v,
-        KV_STRIDES=kv_strided,
+        OUT_STRIDES=strided,
         BLOCK_N=_BLOCK_N,
         BLOCK_D=_block_d(D),
         num_warps=4,
@@ -493,15 +500,17 @@ def prep_softmax_qk_triton(
     *,
     heads: int,
     eps: float = 1e-5,
+    q_out: torch.Tensor | None = None,
     k_out: torch.Tensor | None = None,
     v: torch.Tensor | None = None,
     v_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton :func:`sana_wm.ops.qk_prep.prep_softmax_qk`.
 
-    ``k_out``: a (B, H, N, D) tensor (e.g. the pass's slot of the K/V cache, any token / head / batch strides) that
-    receives the rotated k and is returned as it; ``v`` (B, N, C) with ``v_out`` (B, H, N, D): the raw v per head
-    copied into ``v_out`` by the same launch (the cache's v slot: no separate copy kernel)."""
+    ``q_out`` / ``k_out``: (B, H, N, D) tensors (e.g. half of a two-branch query buffer, the pass's slot of the K/V
+    cache; any token / head / batch strides) that receive the rotated q / k and are returned as them; ``v``
+    (B, N, C) with ``v_out`` (B, H, N, D): the raw v per head copied into ``v_out`` by the same launch (the cache's v
+    slot: no separate copy kernel)."""
     k = _check_proj("k", k, q)
     if (v is None) != (v_out is None):
         raise ValueError("prep_softmax_qk_triton: give v and v_out together (or neither).")
@@ -525,6 +534,7 @@ def prep_softmax_qk_triton(
         downscale=False,
         inflation=False,
         eps=eps,
+        q_out=q_out,
         k_out=k_out,
         v_out=v_out,
         copy_v=v is not None,
@@ -547,12 +557,13 @@ def prep_camera_triton(
     beta: torch.Tensor | None = None,
     rms_downscale: bool = False,
     eps: float = 1e-5,
+    q_out: torch.Tensor | None = None,
     k_out: torch.Tensor | None = None,
     v_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Triton :func:`sana_wm.ops.qk_prep.prep_camera` (same arguments and returns); ``k_out`` / ``v_out``:
-    (B, H, N, D) tensors (any token / head / batch strides, e.g. the cache's cam_k / cam_v slot) that receive k_u /
-    v_u and are returned as them."""
+    """Triton :func:`sana_wm.ops.qk_prep.prep_camera` (same arguments and returns); ``q_out`` / ``k_out`` /
+    ``v_out``: (B, H, N, D) tensors (any token / head / batch strides, e.g. the camera half of a two-branch query
+    buffer and of the cache's K/V slot) that receive q_u / k_u / v_u and are returned as them."""
     k = _check_proj("k", k, q)
     v = _check_proj("v", v, q)
     q = last_dim_contiguous(q)
@@ -582,6 +593,7 @@ def prep_camera_triton(
         downscale=rms_downscale,
         inflation=gdn,
         eps=eps,
+        q_out=q_out,
         k_out=k_out,
         v_out=v_out,
     )
@@ -615,7 +627,7 @@ def ucpe_decode_triton(x: torch.Tensor, ray_out: torch.Tensor, rope_cam: torch.T
         raise ValueError(f"rope_cam must have shape {(N, D // 4)}, got {tuple(rope_cam.shape)}.")
     x = last_dim_contiguous(x)
     mat = ray_out.to(torch.float32).contiguous()
-    table = torch.view_as_real(rope_cam.to(torch.complex64).conj().resolve_conj().contiguous())
+    table = _rope_table(rope_cam)
     out = torch.empty(B, N, H * D, dtype=x.dtype, device=x.device)
     _ucpe_decode_kernel[(H, triton.cdiv(N, _BLOCK_N), B)](
         x,
