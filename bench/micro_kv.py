@@ -7,10 +7,10 @@ Shape of one softmax branch of one block in a forward over 3 latent frames with 
 S 880 tokens per frame; sink 4 frames, window 1 chunk of 3, current 3 frames; bf16). Per call, median of ``reps``:
 
 - ``old_ms``: ``torch.cat`` of the 7 cached frames and this pass's K and V, then SDPA (the code before the buffer);
-- ``new_ms``: copy this pass's K and V into the ``current`` slot, SDPA on the 10-frame prefix view (the real
-  ``_sdpa``); ``new_flash_only_ms``: the same under ``sdpa_kernel(FLASH_ATTENTION)`` (an error entry instead if
-  the view is not eligible for the flash kernel); ``new_write_ms``: the cache-writing pass (also commits ``current``
-  to its ring slot); ``max_abs_diff``: old vs new outputs (identical inputs and key order: expected 0);
+- ``new_ms``: copy this pass's K and V into the ``current`` slot, SDPA on the 10-frame prefix view (one branch of
+  ``SanaWMAttention._softmax_stream``, which attends both branches' heads in one call); ``new_flash_only_ms``: the
+  same under ``sdpa_kernel(FLASH_ATTENTION)`` (an error entry instead if the view is not eligible for the flash
+  kernel); ``new_write_ms``: the cache-writing pass (also commits ``current`` to its ring slot); ``max_abs_diff``: old vs new outputs (identical inputs and key order: expected 0);
 - ``old_filling_ms`` / ``new_filling_ms``: chunk 1, whose window slot is not written yet: old = concatenation + SDPA
   with an additive mask over the unwritten slot, new = K/V written into that slot, unmasked SDPA over [sink | chunk];
   ``filling_rel_err`` between the two (same softmax, fewer keys: bf16 rounding only).
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 import sys
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sana_wm.transformer import SanaWMAttention
 from server.bench import time_ms
 
 B, H, D, S = 1, 20, 112, 880
@@ -68,11 +66,15 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
 
     def new(offset: int = cached_tokens, write: bool = False) -> torch.Tensor:
-        frames = SimpleNamespace(mode="stream", kv_offset=offset, write_tokens=(sink, cached_tokens) if write else None)
-        k_slot, v_slot = buffer["k"][:, :, offset : offset + n], buffer["v"][:, :, offset : offset + n]
+        end = offset + n
+        k_slot, v_slot = buffer["k"][:, :, offset:end], buffer["v"][:, :, offset:end]
         k_slot.copy_(k)  # in the model the prep kernels store k / v here; the copies bound that from above
         v_slot.copy_(v)
-        return SanaWMAttention._sdpa(None, q, k_slot, v_slot, frames, scale, buffer, "k", "v", write)
+        out = F.scaled_dot_product_attention(q, buffer["k"][:, :, :end], buffer["v"][:, :, :end], scale=scale)
+        if write:  # the cache-writing pass commits `current` to the ring slot it replaces
+            buffer["k"][:, :, sink:cached_tokens].copy_(k_slot)
+            buffer["v"][:, :, sink:cached_tokens].copy_(v_slot)
+        return out
 
     def flash_only() -> torch.Tensor:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

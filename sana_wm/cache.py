@@ -10,11 +10,13 @@ in place, so the byte size never depends on how many chunks have been streamed.
 - ``k_tail`` (B, K-1, S, C): raw (pre-conv) main K of the last ``conv_kernel_size - 1`` frames;
 - ``cam_k_tail`` (B, K-1, S, C): raw camera K tail (only when ``cfg.cam_conv_cross_chunk``; the streaming variant's
   camera conv has no cross-chunk state);
-- ``ffn_tail`` (B, 1, S, C): last frame of the FFN point-conv output (left context of the temporal conv).
+- ``ffn_past`` (B, 1, S, C): the FFN temporal conv's past tap applied to the last frame of its input (what the
+  next chunk's first frame adds; kept projected so that a pass adds it instead of running that product).
 
-Softmax blocks: ``k``, ``v`` (post-RoPE main) and ``cam_k``, ``cam_v`` (post-UCPE camera), each (B, H, F*S, D) with
-F = ``(chunk_size + 1) + window_chunks * chunk_size + chunk_size`` frames laid out
-``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_tail``. Every stream pass writes its T
+Softmax blocks: ``kv`` (2, B, 2H, F*S, D): keys (``kv[0]``) and values (``kv[1]``) of the main branch (heads
+``[:H]``, post-RoPE) and the camera branch (heads ``[H:]``, post-UCPE) side by side, so that both branches attend in
+one SDPA call, with F = ``(chunk_size + 1) + window_chunks * chunk_size + chunk_size`` frames laid out
+``[sink: chunk 0 | window slot 1 | ... | slot w | current]``, plus ``ffn_past``. Every stream pass writes its T
 frames' K/V at the token offset :meth:`kv_offset` (on CUDA the q/k preparation kernels store them there directly,
 the reference path copies them) and attends the buffer prefix ``[0, kv_offset() + T*S)``: one
 contiguous view with no mask (SDPA's flash / cuDNN path), no concatenation. Keys stay in slot order, not by age
@@ -80,10 +82,9 @@ class StreamingCache:
 
         self.blocks: list[dict[str, torch.Tensor]] = []
         for i in range(cfg.num_layers):
-            entry = {"ffn_tail": zeros(B, 1, S, C)}
+            entry = {"ffn_past": zeros(B, 1, S, C)}
             if cfg.is_softmax_block(i):
-                for key in ("k", "v", "cam_k", "cam_v"):
-                    entry[key] = zeros(B, H, kv_tokens, D)
+                entry["kv"] = zeros(2, B, 2 * H, kv_tokens, D)
             else:
                 entry["state_kv"] = zeros(B, H, D, D, dtype=torch.float32)
                 entry["state_z"] = zeros(B, H, D, dtype=torch.float32)

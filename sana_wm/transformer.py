@@ -37,6 +37,7 @@ from .ops.kernels import (
     gated_output,
     gated_residual,
     gdn_cam,
+    gdn_gates,
     gdn_main,
     glu_dwconv,
     layernorm_modulate,
@@ -48,7 +49,7 @@ from .ops.kernels import (
     ucpe_decode,
 )
 from .ops.rope import rope_frequencies, slice_rope_for_camera
-from .ops.temporal_conv import ffn_temporal_conv_tokens, tap_major
+from .ops.temporal_conv import ffn_temporal_conv_tokens, past_tap, tap_major
 from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
 __all__ = ["SanaWMTransformer"]
@@ -177,14 +178,11 @@ class GLUMBConvTemp(nn.Module):
         """x (B, N, C) -> (B, N, C)."""
         B, N, C = x.shape
         h = self.spatial(x, frames)
-        out = ffn_temporal_conv_tokens(
-            h,
-            self.t_conv.weight,
-            chunk_starts=frames.chunk_starts,
-            history=None if cache is None else cache["ffn_tail"],
-        )
+        weight = self.t_conv.weight
+        past = None if cache is None else cache["ffn_past"]
+        out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, past=past)
         if write:
-            cache["ffn_tail"].copy_(h[:, -1:])
+            past.copy_(past_tap(h[:, -1:], weight))
         return out.view(B, N, C)
 
 
@@ -209,7 +207,7 @@ class CrossAttention(nn.Module):
         return torch.stack([k, v])
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, N, C), kv (2, B, H, L, D) from :meth:`text_kv`, mask (B, 1, 1, L) bool -> (B, N, C)."""
+        """x (B, N, C), kv (2, B, H, L, D) from :meth:`text_kv`, mask (B, 1, 1, L) additive (or bool) -> (B, N, C)."""
         B, N, C = x.shape
         q = self.q_norm(self.q_linear(x)).view(B, N, self.heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
@@ -224,13 +222,21 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, out_channels)
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """x (B, N, D), t (B, T, D) -> (B, N, C_out)."""
-        B, N, C = x.shape
-        shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unbind(2)
-        h = F.layer_norm(x, (C,), eps=1e-6).view(B, num_frames, -1, C)
-        h = h * (1 + scale[:, :, None]) + shift[:, :, None]
-        return self.linear(h.reshape(B, N, C))
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        num_frames: int,
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual (gate, y), added to
+        x in the LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
+        shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unsqueeze(3).unbind(2)  # (B, T, 1, D)
+        if pending is None:
+            h = layernorm_modulate(x, shift, scale)
+        else:
+            h = residual_layernorm_modulate(x, pending[1], shift, scale, gate=pending[0])[1]
+        return self.linear(h)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,9 +253,10 @@ class _Frames:
     ``mode``: ``"full"`` (bidirectional), ``"causal"`` (chunk-causal, ``chunk_starts`` set) or ``"stream"`` (one chunk
     against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
     (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``y`` (B, L, C) embedded
-    text with ``y_mask`` (B, 1, 1, L) bool; ``text_kv`` (num_layers, 2, B, H, L, D) cross-attention keys / values
-    per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P blocks that have one, row
-    ``plucker_rows[i]`` for block i (None: no projection).
+    text with ``y_mask`` (B, 1, 1, L) its padding as an additive mask (0 / -inf, the activation dtype: SDPA takes it
+    as is, a boolean mask costs a conversion per call); ``text_kv`` (num_layers, 2, B, H, L, D) cross-attention
+    keys / values per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P blocks that have one,
+    row ``plucker_rows[i]`` for block i (None: no projection).
     """
 
     mode: str
@@ -331,9 +338,10 @@ class SanaWMAttention(nn.Module):
 
     # -- merged input projection -----------------------------------------------------------------------------------
     def _input_linears(self) -> tuple[nn.Linear, ...]:
-        """The linears of the block input in merged row order (beta only where it is used: GDN blocks)."""
+        """The linears of the block input in merged row order (beta and the decay gate only where they are used: GDN
+        blocks)."""
         linears = (self.qkv, self.q_proj_cam, self.k_proj_cam, self.v_proj_cam, self.output_gate)
-        return linears if self.softmax else (*linears, self.beta_proj)
+        return linears if self.softmax else (*linears, self.beta_proj, self.gate_proj)
 
     @torch.no_grad()
     def merge_input_projections(self) -> None:
@@ -375,16 +383,19 @@ class SanaWMAttention(nn.Module):
         return self
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x (B, N, C) -> q, k, v, q_cam, k_cam, v_cam, output-gate (B, N, C) and beta logits (B, N, H) (None in
-        softmax blocks): with the merged layout one GEMM and strided row views of its output, else one linear each."""
+        """x (B, N, C) -> q, k, v, q_cam, k_cam, v_cam, output-gate (B, N, C), beta and decay-gate logits (B, N, H)
+        (None in softmax blocks): with the merged layout one GEMM and strided row views of its output, else one
+        linear each."""
         B, N, C = x.shape
+        H = self.heads
         if self._merged is not None:
             out = F.linear(x, *self._merged)
-            beta = None if self.softmax else out[..., 7 * C : 7 * C + self.heads]
-            return (*out[..., : 7 * C].view(B, N, 7, C).unbind(2), beta)
+            gates = (None, None) if self.softmax else (out[..., 7 * C : 7 * C + H], out[..., 7 * C + H : 7 * C + 2 * H])
+            return (*out[..., : 7 * C].view(B, N, 7, C).unbind(2), *gates)
         q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
         cam = (self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x))
-        return q, k, v, *cam, self.output_gate(x), None if self.softmax else self.beta_proj(x)
+        gates = (None, None) if self.softmax else (self.beta_proj(x), self.gate_proj(x))
+        return q, k, v, *cam, self.output_gate(x), *gates
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -400,15 +411,6 @@ class SanaWMAttention(nn.Module):
     def _key_scale(self, frames: _Frames) -> float:
         """GDN key scale ``(head_dim * S)^-1/2``."""
         return self.head_dim**-0.5 * frames.S**-0.5
-
-    def _gates(self, x: torch.Tensor, beta_logits: torch.Tensor, frames: _Frames) -> tuple[torch.Tensor, torch.Tensor]:
-        """beta (B, H, T, S) per token from ``beta_proj(x)`` (B, N, H), g (B, H, T) per frame (float32)."""
-        B, _, C = x.shape
-        beta = torch.sigmoid(beta_logits).view(B, frames.T, frames.S, self.heads).permute(0, 3, 1, 2)
-        gate = self.gate_proj(x.view(B, frames.T, frames.S, C).mean(dim=2)).float()
-        rate = self.A_log.float().exp()
-        g = torch.exp(-rate * F.softplus(gate + self.dt_bias.float())).transpose(1, 2)
-        return beta, g
 
     def _short_conv(
         self,
@@ -436,69 +438,79 @@ class SanaWMAttention(nn.Module):
             history.copy_(torch.cat([history, k4], dim=1)[:, -keep:])
         return out.reshape(B, N, C)
 
-    def _kv_slots(
-        self, x: torch.Tensor, frames: _Frames, cache: dict | None, keys: tuple[str, str]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Softmax blocks, stream mode: views ``cache[key][:, :, a : a + N]`` (a = ``frames.kv_offset``) of this
-        pass's K/V slot for the two ``keys``, which the q/k preparation writes (``k_out`` / ``v_out``). Other modes:
-        None."""
-        if frames.mode != "stream":
-            return None
-        if frames.kv_offset is None:
-            raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
-        a, n = frames.kv_offset, x.shape[1]
-        return cache[keys[0]][:, :, a : a + n], cache[keys[1]][:, :, a : a + n]
-
-    def _sdpa(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        frames: _Frames,
-        scale: float,
-        cache: dict | None,
-        k_key: str,
-        v_key: str,
-        write: bool,
-    ) -> torch.Tensor:
-        """Softmax attention (B, H, N, D) under the forward's mode (full / chunk-causal / cached stream); stream: k / v
-        are this pass's slot of the cache (:meth:`_kv_slots`, written by the q/k preparation)."""
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: _Frames, scale: float) -> torch.Tensor:
+        """Softmax attention (B, H, N, D) of a forward without a cache (full / chunk-causal); streamed passes attend in
+        :meth:`_softmax_stream`."""
         if frames.mode == "full":
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        if frames.mode == "causal":
-            S = frames.S
-            segments = chunk_segments(frames.T, frames.chunk_starts)
-            outs = []
-            for c, (s, e) in enumerate(segments):
-                visible = sorted({0, *range(max(1, c - frames.window_chunks), c + 1)})
-                idx = torch.cat([torch.arange(segments[j][0] * S, segments[j][1] * S) for j in visible]).to(q.device)
-                outs.append(
-                    F.scaled_dot_product_attention(
-                        q[:, :, s * S : e * S], k.index_select(2, idx), v.index_select(2, idx), scale=scale
-                    )
+        S = frames.S
+        segments = chunk_segments(frames.T, frames.chunk_starts)
+        outs = []
+        for c, (s, e) in enumerate(segments):
+            visible = sorted({0, *range(max(1, c - frames.window_chunks), c + 1)})
+            idx = torch.cat([torch.arange(segments[j][0] * S, segments[j][1] * S) for j in visible]).to(q.device)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, s * S : e * S], k.index_select(2, idx), v.index_select(2, idx), scale=scale
                 )
-            return torch.cat(outs, dim=2)
-        # stream: this pass's K/V are in the preallocated buffer at kv_offset (cache.py); one unmasked SDPA over the
-        # contiguous prefix [committed sink + ring | this pass]: no concatenation, the flash path
-        cached_k, cached_v = cache[k_key], cache[v_key]
-        a = frames.kv_offset
-        end = a + k.shape[2]
-        out = F.scaled_dot_product_attention(q, cached_k[:, :, :end], cached_v[:, :, :end], scale=scale)
+            )
+        return torch.cat(outs, dim=2)
+
+    def _softmax_stream(self, q, k, v, q_cam, k_cam, v_cam, frames, cache, write) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches of a softmax block against the cache: (B, N, C) projections -> main output (B, N, C) and
+        camera output (B, H, N, D) before the UCPE decode.
+
+        The q/k preparation writes both branches' queries into one (B, 2H, N, D) buffer and their K/V into this
+        pass's slot ``[a, a + N)`` of ``cache["kv"]`` (a = ``frames.kv_offset``); one unmasked SDPA over 2H heads
+        and the contiguous prefix [committed sink + ring | this pass] follows (both branches share the scale in the
+        streaming models; two calls otherwise): no concatenation, no mask, the flash / cuDNN path. The
+        cache-writing pass then commits ``current`` to its ring slot (``frames.write_tokens``)."""
+        if frames.kv_offset is None:
+            raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
+        B, N, C = q.shape
+        H = self.heads
+        kv = cache["kv"]
+        a, end = frames.kv_offset, frames.kv_offset + N
+        slot = kv[:, :, :, a:end]
+        queries = q.new_empty(B, 2 * H, N, self.head_dim)
+        main_out = {"q_out": queries[:, :H], "k_out": slot[0, :, :H], "v": v, "v_out": slot[1, :, :H]}
+        prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=H, **main_out)
+        prep_camera(
+            q_cam,
+            k_cam,
+            v_cam,
+            self.q_norm_cam.weight,
+            self.k_norm_cam.weight,
+            frames.ray_q,
+            frames.ray_kv,
+            frames.rope_cam,
+            heads=H,
+            rms_downscale=self.cfg.post_ucpe_rms_downscale,
+            q_out=queries[:, H:],
+            k_out=slot[0, :, H:],
+            v_out=slot[1, :, H:],
+        )
+        keys, values = kv[0, :, :, :end], kv[1, :, :, :end]
+        scale, cam_scale = self.cfg.softmax_scale, self.cfg.cam_softmax_scale
+        if scale == cam_scale:
+            out = F.scaled_dot_product_attention(queries, keys, values, scale=scale)
+            main, cam = out[:, :H], out[:, H:]
+        else:
+            main, cam = (
+                F.scaled_dot_product_attention(queries[:, h], keys[:, h], values[:, h], scale=sc)
+                for h, sc in ((slice(None, H), scale), (slice(H, None), cam_scale))
+            )
         if write and frames.write_tokens is not None:  # commit the chunk from `current` to its ring slot
             lo, hi = frames.write_tokens
-            cached_k[:, :, lo:hi].copy_(cached_k[:, :, a:end])
-            cached_v[:, :, lo:hi].copy_(cached_v[:, :, a:end])
-        return out
+            kv[:, :, :, lo:hi].copy_(slot)
+        return main.transpose(1, 2).reshape(B, N, C), cam
 
     # -- branches --------------------------------------------------------------------------------------------------
     def _main(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
         B, N, C = q.shape
         if self.softmax:
-            slots = self._kv_slots(q, frames, cache, ("k", "v"))
-            into = {} if slots is None else {"k_out": slots[0], "v": v, "v_out": slots[1]}
-            q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, **into)
-            v = self._split(v) if slots is None else slots[1]
-            out = self._sdpa(q, k, v, frames, self.cfg.softmax_scale, cache, "k", "v", write)
+            q, k = prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads)
+            out = self._sdpa(q, k, self._split(v), frames, self.cfg.softmax_scale)
             return out.transpose(1, 2).reshape(B, N, C)
         k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
         q, k, q_rot, k_rot = prep_gdn_qk(
@@ -520,10 +532,8 @@ class SanaWMAttention(nn.Module):
         return out
 
     def _camera(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
-        slots = None
-        if self.softmax:
-            slots = self._kv_slots(q, frames, cache, ("cam_k", "cam_v"))
-        else:
+        """Camera branch up to the UCPE decode's input (B, H, N, D)."""
+        if not self.softmax:
             k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
         q_u, k_u, v_u, beta = prep_camera(
             q,
@@ -538,30 +548,32 @@ class SanaWMAttention(nn.Module):
             key_scale=None if self.softmax else self._key_scale(frames),
             beta=beta,
             rms_downscale=self.cfg.post_ucpe_rms_downscale,
-            **({} if slots is None else {"k_out": slots[0], "v_out": slots[1]}),
         )
         if self.softmax:
-            scale = self.cfg.cam_softmax_scale
-            out = self._sdpa(q_u, k_u, v_u, frames, scale, cache, "cam_k", "cam_v", write)
-        else:
-            out5, state = gdn_cam(
-                *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
-                beta,
-                g,
-                chunk_starts=frames.chunk_starts,
-                state_kv=None if cache is None else cache["cam_state_kv"],
-            )
-            if write:
-                cache["cam_state_kv"].copy_(state)
-            out = out5.flatten(2, 3)
-        return ucpe_decode(out, frames.ray_out, frames.rope_cam)
+            return self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale)
+        out5, state = gdn_cam(
+            *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
+            beta,
+            g,
+            chunk_starts=frames.chunk_starts,
+            state_kv=None if cache is None else cache["cam_state_kv"],
+        )
+        if write:
+            cache["cam_state_kv"].copy_(state)
+        return out5.flatten(2, 3)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
         """x (B, N, C) modulated tokens -> (B, N, C)."""
-        q, k, v, q_cam, k_cam, v_cam, gate, beta_logits = self._project(x)
-        beta, g = (None, None) if self.softmax else self._gates(x, beta_logits, frames)
-        main = self._main(q, k, v, frames, beta, g, cache, write)
-        cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
+        q, k, v, q_cam, k_cam, v_cam, gate, beta_logits, decay_logits = self._project(x)
+        if self.softmax and frames.mode == "stream":
+            main, cam = self._softmax_stream(q, k, v, q_cam, k_cam, v_cam, frames, cache, write)
+        else:
+            beta, g = (None, None)
+            if not self.softmax:  # beta (B, H, T, S) per token, decay g (B, H, T) per frame
+                beta, g = gdn_gates(beta_logits, decay_logits, self.A_log, self.dt_bias, frames.T)
+            main = self._main(q, k, v, frames, beta, g, cache, write)
+            cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
+        cam = ucpe_decode(cam, frames.ray_out, frames.rope_cam)
         return self.proj(gated_output(main, self.out_proj_cam(cam), gate))
 
 
@@ -586,22 +598,36 @@ class SanaWMBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        t0: torch.Tensor,
+        modulation: torch.Tensor,
         frames: _Frames,
         cache: dict | None = None,
         write: bool = False,
         index: int = 0,
-    ) -> torch.Tensor:
-        """x (B, N, C) tokens; t0 (B, T, 6, C) per-frame modulation; ``index`` this block's position."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            (self.scale_shift_table[None, None] + t0).unsqueeze(3).unbind(2)
-        )  # each (B, T, 1, C)
-        attn = self.attn(layernorm_modulate(x, shift_msa, scale_msa), frames, cache, write)
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One block, its FFN residual left pending (the next block adds it in the pass of its first LayerNorm).
+
+        Args:
+            x: (B, N, C) tokens, before ``pending`` is added.
+            modulation: (B, T, 6, C) per-frame ``scale_shift_table + t0``.
+            pending: the previous block's FFN residual (gate (B, T, 1, C), y (B, N, C)): the block input is
+                ``x + gate * y``; None: x is the input.
+            index: this block's position.
+
+        Returns:
+            (x, (gate, y)): the block output is ``x + gate * y`` (``gated_residual(x, gate, y)``).
+        """
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(3).unbind(2)
+        if pending is None:  # each per-frame parameter (B, T, 1, C)
+            h = layernorm_modulate(x, shift_msa, scale_msa)
+        else:
+            x, h = residual_layernorm_modulate(x, pending[1], shift_msa, scale_msa, gate=pending[0])
+        attn = self.attn(h, frames, cache, write)
         row = frames.plucker_rows[index]
         x = gated_residual(x, gate_msa, attn, None if row is None else frames.plucker_add[row])
         cross = self.cross_attn(x, frames.text_kv[index], frames.y_mask)
         x, h = residual_layernorm_modulate(x, cross, shift_mlp, scale_mlp)
-        return gated_residual(x, gate_mlp, self.mlp(h, frames, cache, write))
+        return x, (gate_mlp, self.mlp(h, frames, cache, write))
 
 
 class SanaWMTransformer(nn.Module):
@@ -682,7 +708,9 @@ class SanaWMTransformer(nn.Module):
             ray_out=ray,
             window_chunks=self.config.window_chunks,
             y=y,
-            y_mask=text_mask.bool()[:, None, None, :],
+            y_mask=torch.zeros(text_mask.shape, dtype=y.dtype, device=y.device)
+            .masked_fill(~text_mask.bool(), float("-inf"))
+            .view(text_mask.shape[0], 1, 1, -1),
             text_kv=torch.stack([b.cross_attn.text_kv(y) for b in self.blocks]),
             plucker_add=torch.stack(projections) if projections else None,
             plucker_rows=tuple(rows),
@@ -697,9 +725,12 @@ class SanaWMTransformer(nn.Module):
         t = self.t_embedder(timestep_sinusoid(timestep.long().to(torch.float32).flatten()).to(dtype))
         t0 = self.t_block(t).view(B, T, 6, -1)
         t = t.view(B, T, -1)
+        tables = torch.stack([block.scale_shift_table for block in self.blocks])
+        modulation = tables[:, None, None] + t0  # (num_layers, B, T, 6, C): one add for all blocks
+        pending = None
         for i, block in enumerate(self.blocks):
-            x = block(x, t0, frames, None if cache is None else cache.blocks[i], write, i)
-        out = self.final_layer(x, t, T)
+            x, pending = block(x, modulation[i], frames, None if cache is None else cache.blocks[i], write, i, pending)
+        out = self.final_layer(x, t, T, pending)
         return out.view(B, T, H, W, -1).permute(0, 4, 1, 2, 3)
 
     # -- public forwards -------------------------------------------------------------------------------------------

@@ -12,19 +12,32 @@ import torch
 from test_transformer_streaming import B, H, W, _chunk, _inputs, _model, _noisy, _write
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sana_wm import transformer
 from sana_wm.transformer import SanaWMAttention
 
-SOFTMAX_KEYS = ("k", "v", "cam_k", "cam_v")
 
 
 class _CountCats(TorchDispatchMode):
+    """Counts ``aten.cat`` calls, except while ``paused`` (the reference q/k preparation's own RoPE / UCPE ops)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.cats = 0
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.cats += func.overloadpacket is torch.ops.aten.cat
+        self.cats += func.overloadpacket is torch.ops.aten.cat and not self.paused
         return func(*args, **(kwargs or {}))
+
+    def pausing(self, fn):
+        def run(*args, **kwargs):
+            self.paused = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.paused = False
+
+        return run
 
 
 def _outside_the_pass(cache) -> list[torch.Tensor]:
@@ -36,8 +49,8 @@ def _outside_the_pass(cache) -> list[torch.Tensor]:
     b = a + cache.expected_chunk_frames() * cache.tokens_per_frame
     out = []
     for entry in cache.blocks:
-        for key, t in entry.items():
-            out += [t[:, :, :a].clone(), t[:, :, b:].clone()] if key in SOFTMAX_KEYS else [t.clone()]
+        for key, t in entry.items():  # "kv": (2, B, 2H, tokens, D)
+            out += [t[..., :a, :].clone(), t[..., b:, :].clone()] if key == "kv" else [t.clone()]
     return out + [cache.kv_valid.clone()]
 
 
@@ -49,8 +62,8 @@ def test_layout_offsets_per_chunk():
     sink, slot = cfg.first_chunk_size * S, cfg.chunk_size * S
     current = sink + 2 * slot
     assert (cache.sink_tokens, cache.slot_tokens, cache.current_offset) == (sink, slot, current)
-    k = cache.blocks[next(i for i in range(cfg.num_layers) if cfg.is_softmax_block(i))]["k"]
-    assert k.shape[2] == sink + 3 * slot  # sink | 2 ring slots | current
+    kv = cache.blocks[next(i for i in range(cfg.num_layers) if cfg.is_softmax_block(i))]["kv"]
+    assert kv.shape == (2, B, 2 * cfg.num_heads, sink + 3 * slot, cfg.head_dim)  # sink | 2 ring slots | current
 
     clean, _, text, mask, raymap, plucker = _inputs(cfg, 5)
     expected = [  # (kv_offset, ring range the write pass copies `current` into) before each chunk
@@ -82,21 +95,23 @@ def test_stream_softmax_attention_does_not_concatenate(monkeypatch):
     clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=3)
     cond = (text, mask, raymap, plucker)
     counter, calls = _CountCats(), []
-    sdpa = SanaWMAttention._sdpa
+    stream = SanaWMAttention._softmax_stream
 
     def counted(self, *args, **kwargs):
-        calls.append(args[3].mode)
+        calls.append(args[6].mode)
         with counter:
-            return sdpa(self, *args, **kwargs)
+            return stream(self, *args, **kwargs)
 
-    monkeypatch.setattr(SanaWMAttention, "_sdpa", counted)
+    monkeypatch.setattr(SanaWMAttention, "_softmax_stream", counted)
+    for name in ("prep_softmax_qk", "prep_camera"):  # K/V concatenation is the question, not the references' RoPE
+        monkeypatch.setattr(transformer, name, counter.pausing(getattr(transformer, name)))
     cache = model.new_cache(B, height=H, width=W)
     with torch.no_grad():
         for s, e in cfg.chunk_bounds(clean.shape[2]):
             _chunk(model, cache, *_noisy(clean, noise, s, e, 889), cond, s, e)
             _write(model, cache, clean, cond, s, e)
     softmax_blocks = sum(cfg.is_softmax_block(i) for i in range(cfg.num_layers))
-    assert calls == ["stream"] * (2 * softmax_blocks * 2 * 3)  # main + camera, read + write pass, 3 chunks
+    assert calls == ["stream"] * (softmax_blocks * 2 * 3)  # both branches at once, read + write pass, 3 chunks
     assert counter.cats == 0
 
 

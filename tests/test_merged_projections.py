@@ -213,7 +213,7 @@ def test_copy_v_variant_compiles_for_sm90_without_spills():
         "DOWNSCALE": False,
         "INFLATION": False,
         "COPY_V": True,
-        "KV_STRIDES": True,
+        "OUT_STRIDES": True,
     }
     constexprs |= {"BLOCK_N": Q._BLOCK_N, "BLOCK_D": 128}
     sig = {
@@ -256,7 +256,7 @@ def _stream_full(model: SanaWMTransformer, scene) -> list[torch.Tensor]:
             outs.append(model.forward_chunk(*args, cache=cache, start_frame=start))
             if c < 3:
                 model.forward_chunk(lat, 0 * t, *args[2:], cache=cache, start_frame=start, write_cache=True)
-    kv = [t for i, e in enumerate(cache.blocks) if cfg.is_softmax_block(i) for k, t in e.items() if k != "ffn_tail"]
+    kv = [t for i, e in enumerate(cache.blocks) if cfg.is_softmax_block(i) for k, t in e.items() if k != "ffn_past"]
     return outs + kv
 
 
