@@ -1,7 +1,8 @@
-"""Triton GDN gates: :func:`sana_wm.ops.gdn.gdn_gates` in one launch (one program per frame).
+"""Triton GDN gates: :func:`sana_wm.ops.gdn.gdn_gates` in one launch (one program per frame and head).
 
-Each program reads its frame's S x H beta and gate logits (strided column slices of the merged input projection),
-stores ``sigmoid(beta)`` and reduces the gate logits over the frame's tokens in float32 for the decay ``g``. It
+Each program reads its frame's S beta and gate logits of one head (strided columns of the merged input projection,
+all loads of a program in flight at once), stores ``sigmoid(beta)`` and reduces the gate logits over the frame's
+tokens in float32 for the decay ``g``. It
 replaces a strided mean over the whole (S, C) activations, a small GEMM and a dozen elementwise launches.
 """
 
@@ -31,29 +32,26 @@ if HAS_TRITON:
         S,
         H,
         BLOCK_S: tl.constexpr,
-        BLOCK_H: tl.constexpr,
     ):
-        """beta_out (B, N, H) contiguous = sigmoid(beta logits); g_out (B, H, T) float32 per (b, t) program."""
+        """One (b, t, head) program: beta_out (B, N, H) contiguous = sigmoid(beta logits) over the frame's S tokens,
+        g_out (B, H, T) float32 from the mean of the gate logits (summed in a fixed order: deterministic)."""
         pid = tl.program_id(0)
+        h = tl.program_id(1)
         b = pid // T
         t = pid % T
-        rh = tl.arange(0, BLOCK_H)
-        mh = rh < H
-        acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_S,), dtype=tl.float32)
         for s0 in range(0, S, BLOCK_S):
             rs = s0 + tl.arange(0, BLOCK_S)
+            ms = rs < S
             n = (t * S + rs).to(tl.int64)
-            mask = (rs < S)[:, None] & mh[None, :]
-            logits = tl.load(beta_ptr + b * beta_sb + n[:, None] * beta_sn + rh[None, :], mask=mask, other=0.0)
-            beta = 1.0 / (1.0 + tl.exp(-logits.to(tl.float32)))
-            out = beta_out + (b * T * S + n[:, None]) * H + rh[None, :]
-            tl.store(out, beta.to(beta_out.dtype.element_ty), mask=mask)
-            gate = tl.load(gate_ptr + b * gate_sb + n[:, None] * gate_sn + rh[None, :], mask=mask, other=0.0)
-            acc += tl.sum(gate.to(tl.float32), axis=0)
-        x = acc / S + tl.load(dt_bias_ptr + rh, mask=mh, other=0.0).to(tl.float32)
+            logits = tl.load(beta_ptr + b * beta_sb + n * beta_sn + h, mask=ms, other=0.0).to(tl.float32)
+            beta = 1.0 / (1.0 + tl.exp(-logits))
+            tl.store(beta_out + (b * T * S + n) * H + h, beta.to(beta_out.dtype.element_ty), mask=ms)
+            acc += tl.load(gate_ptr + b * gate_sb + n * gate_sn + h, mask=ms, other=0.0).to(tl.float32)
+        x = tl.sum(acc, axis=0) / S + tl.load(dt_bias_ptr + h).to(tl.float32)
         softplus = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-        rate = tl.exp(tl.load(a_log_ptr + rh, mask=mh, other=0.0).to(tl.float32))
-        tl.store(g_out + (b * H + rh) * T + t, tl.exp(-rate * softplus), mask=mh)
+        rate = tl.exp(tl.load(a_log_ptr + h).to(tl.float32))
+        tl.store(g_out + (b * H + h) * T + t, tl.exp(-rate * softplus))
 
 
 def gdn_gates_triton(
@@ -71,7 +69,7 @@ def gdn_gates_triton(
     S = N // frames
     beta = torch.empty(B, N, H, dtype=beta_logits.dtype, device=beta_logits.device)
     g = torch.empty(B, H, frames, dtype=torch.float32, device=beta_logits.device)
-    _gdn_gates_kernel[(B * frames,)](
+    _gdn_gates_kernel[(B * frames, H)](
         beta_logits,
         beta_logits.stride(0),
         beta_logits.stride(1),
@@ -85,8 +83,7 @@ def gdn_gates_triton(
         frames,
         S,
         H,
-        BLOCK_S=min(256, triton.next_power_of_2(S)),
-        BLOCK_H=max(16, triton.next_power_of_2(H)),
-        num_warps=8,
+        BLOCK_S=min(1024, triton.next_power_of_2(S)),
+        num_warps=4,
     )
     return beta.view(B, frames, S, H).permute(0, 3, 1, 2), g
