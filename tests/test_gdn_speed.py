@@ -32,6 +32,7 @@ _INTERPRETED = """
         (1, 1, 3, 5, 112, None, True),
         (2, 1, 4, 6, 48, [0, 2, 3], False),
         (2, 2, 5, 3, 24, [0, 1, 3], True),
+        (1, 1, 2, 4, 64, None, True),  # D == BLOCK_D: no padding column, the normaliser sum per step
     ]:
         (q, k, qr, kr, v), beta, g, skv, sz = fresh_inputs(B, H, T, S, D, seed=D)
         skv, sz = (skv, sz) if seeded else (None, None)
@@ -118,17 +119,19 @@ def test_gdn_launch_shapes_fit_sm90():
     out_ptrs = {"qr_ptr": bf, "q_ptr": bf, "work_ptr": f32, "work_z_ptr": f32, "out_ptr": bf}
     for has_z in (True, False):
         njobs = 3 if has_z else 2
-        gram = dict(G.GRAM_LAUNCH)
-        regs, stack = usage(
-            G._gdn_gram_kernel,
-            gram_ptrs,
-            {"num_warps": gram.pop("num_warps")},
-            NJOBS=njobs,
-            BLOCK_D=128,
-            DOT_F32=False,
-            **gram,
-        )
-        assert regs <= 255 and stack == 0, (regs, stack)
+        for ones_col in (True, False):  # head dim 112 (the normaliser sum from the padding column) / 128
+            gram = dict(G.GRAM_LAUNCH)
+            regs, stack = usage(
+                G._gdn_gram_kernel,
+                gram_ptrs,
+                {"num_warps": gram.pop("num_warps")},
+                NJOBS=njobs,
+                BLOCK_D=128,
+                DOT_F32=False,
+                ONES_COL=ones_col,
+                **gram,
+            )
+            assert regs <= 255 and stack == 0, (regs, stack)
         regs, stack = usage(
             G._gdn_scan_kernel,
             scan_ptrs,

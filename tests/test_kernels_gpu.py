@@ -345,7 +345,7 @@ def test_kernels_compile_for_sm90():
     bf = "*bf16"
     f32 = "*fp32"
     gram_ptrs = {"ka_ptr": bf, "kz_ptr": bf, "v_ptr": bf, "be_ptr": bf, "gram_ptr": f32, "bsum_ptr": f32}
-    compile_(G._gdn_gram_kernel, gram_ptrs, NJOBS=3, BLOCK_S=64, BLOCK_D=128, DOT_F32=False)
+    compile_(G._gdn_gram_kernel, gram_ptrs, NJOBS=3, BLOCK_S=64, BLOCK_D=128, DOT_F32=False, ONES_COL=True)
     scan_ptrs = {
         n: f32
         for n in (

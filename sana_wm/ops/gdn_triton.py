@@ -45,11 +45,12 @@ if HAS_TRITON:
         BLOCK_S: tl.constexpr,
         BT: tl.constexpr,
         DOT_F32: tl.constexpr,
-        WITH_SUM: tl.constexpr,
+        SUM_MODE: tl.constexpr,
     ):
-        """Tile [r0, r0+BT) x [c0, c0+BT) of sum_s x_s^T beta_s y_s over the frame's tokens (fp32), and (WITH_SUM)
-        sum_s beta_s x_s on the rows [r0, r0+BT). beta scales the y operand, so x feeds the dot straight from
-        memory (transposed)."""
+        """Tile [r0, r0+BT) x [c0, c0+BT) of sum_s x_s^T beta_s y_s over the frame's tokens (fp32), and sum_s beta_s
+        x_s on the rows [r0, r0+BT): SUM_MODE 1 as a reduction per step; 2 from the dot itself, with y's padding
+        column D (D < BLOCK_D) taken as ones (in the tile that holds it; zeros elsewhere); 0 none. beta scales the y
+        operand, so x feeds the dot straight from memory (transposed)."""
         rr = r0 + tl.arange(0, BT)
         rc = c0 + tl.arange(0, BT)
         mr = rr < D
@@ -71,12 +72,16 @@ if HAS_TRITON:
             )
             beta = tl.load(be_base + rs * be_ss, mask=ms, other=0.0).to(tl.float32)
             yb = y.to(tl.float32) * beta[:, None]
-            if WITH_SUM:
+            if SUM_MODE == 1:
                 colsum += tl.sum(x.to(tl.float32) * beta[:, None], axis=0)
+            if SUM_MODE == 2:
+                yb = tl.where(rc[None, :] == D, beta[:, None], yb)
             if DOT_F32:
                 acc = tl.dot(tl.trans(x.to(tl.float32)), yb, acc, input_precision="tf32x3")
             else:
                 acc = tl.dot(tl.trans(x), yb.to(x.dtype), acc)
+        if SUM_MODE == 2:
+            colsum = tl.sum(tl.where(rc[None, :] == D, acc, 0.0), axis=1)
         return acc, colsum
 
     @triton.jit
@@ -111,8 +116,10 @@ if HAS_TRITON:
         BLOCK_S: tl.constexpr,
         BLOCK_D: tl.constexpr,
         DOT_F32: tl.constexpr,
+        ONES_COL: tl.constexpr,
     ):
-        """gram (B*H*T, NJOBS, D, D) fp32: job 0 P, job 1 A, job 2 P^z; bsum (B*H*T, D) = b^z (job 2).
+        """gram (B*H*T, NJOBS, D, D) fp32: job 0 P, job 1 A, job 2 P^z; bsum (B*H*T, D) = b^z (job 2: the product's
+        padding column D taken as ones when ONES_COL, i.e. D < BLOCK_D; else summed per step in the c0 = 0 tiles).
 
         Grid (NJOBS * NT * NT, frames): one program per frame, product and BT x BT output tile (BT <= 64), so a
         frame's programs are adjacent (its keys are read from L2 after the first) and a 112-wide head gives 4 tiles
@@ -144,7 +151,7 @@ if HAS_TRITON:
                 BLOCK_S,
                 BT,
                 DOT_F32,
-                False,
+                0,
             )
         elif job == 1:
             v_base = v_ptr + b * v_sb + h * v_sh + t * v_st
@@ -162,7 +169,7 @@ if HAS_TRITON:
                 BLOCK_S,
                 BT,
                 DOT_F32,
-                False,
+                0,
             )
         else:
             kz_base = kz_ptr + b * kz_sb + h * kz_sh + t * kz_st
@@ -180,14 +187,14 @@ if HAS_TRITON:
                 BLOCK_S,
                 BT,
                 DOT_F32,
-                True,
+                2 if ONES_COL else 1,
             )
         rr = r0 + tl.arange(0, BT)
         rc = c0 + tl.arange(0, BT)
         mr = rr < D
         out = gram_ptr + (pid * NJOBS + job) * D * D + rr[:, None] * D + rc[None, :]
         tl.store(out, acc, mask=mr[:, None] & (rc < D)[None, :])
-        if job == 2 and c0 == 0:
+        if job == 2 and ((c0 <= D and D < c0 + BT) if ONES_COL else c0 == 0):
             tl.store(bsum_ptr + pid * D + rr, colsum, mask=mr)
 
     @triton.jit
@@ -567,6 +574,7 @@ def _run(
         NJOBS=njobs,
         BLOCK_D=block_d,
         DOT_F32=dot_f32,
+        ONES_COL=D < block_d,
         **GRAM_LAUNCH,
     )
     work = torch.empty(B * H, 2 * T + 1, D, D, dtype=f32, device=device)
