@@ -67,6 +67,9 @@ def test_references_equal_old_block_expressions(dtype, T):
     # gated: the FFN residual of one block taken into the next block's first LayerNorm
     got_x, got_h = ref.residual_layernorm_modulate(x, y, i["shift"], i["scale"], gate=i["gate"])
     assert torch.equal(got_x, old_x) and torch.equal(got_h, ref.layernorm_modulate(old_x, i["shift"], i["scale"]))
+    # ... with the FFN's temporal-conv residual (skip) added to y first
+    got_x, _ = ref.residual_layernorm_modulate(x, y, i["shift"], i["scale"], gate=i["gate"], skip=i["extra"])
+    assert torch.equal(got_x, ref.gated_residual(x, i["gate"], y + i["extra"]))
 
     combined = i["main"] + i["cam"]
     old = (combined * F.silu(i["gate_out"].to(torch.float32))).to(dtype)
@@ -136,6 +139,9 @@ _INTERPRETED = """
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift2"], up["scale2"])),
             (residual_layernorm_modulate_triton(xs, y, i["shift"], i["scale"], gate=i["gate2"]),
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"], gate=up["gate2"])),
+            (residual_layernorm_modulate_triton(x, y, i["shift"], i["scale"], gate=i["gate2"], skip=xs),
+             ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"], gate=up["gate2"],
+                                             skip=up["x"])),
             ((gated_residual_triton(xs, i["gate"], y, i["extra"]), gated_residual_triton(x, i["gate2"], y)),
              (ref.gated_residual(up["x"], up["gate"], up["y"], up["extra"]), ref.gated_residual(up["x"], up["gate2"], up["y"]))),
             ((gated_output_triton(i["main"], i["cam"], i["gate_out"]),
@@ -194,9 +200,10 @@ def test_glue_kernels_compile_for_sm90_without_spills():
         cubin.unlink()
         return sum(int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", usage.stdout))
 
-    ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "g_ptr", "sum_ptr", "h_ptr")
-    for has_y, has_gate in ((False, False), (True, False), (True, True)):
-        assert spills(M._ln_modulate_kernel, ln, 8, HAS_Y=has_y, HAS_GATE=has_gate, BLOCK_C=4096) == 0
+    ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "g_ptr", "k_ptr", "sum_ptr", "h_ptr")
+    for has_y, has_gate, has_skip in ((False, False, False), (True, False, False), (True, True, True)):
+        flags = {"HAS_Y": has_y, "HAS_GATE": has_gate, "HAS_SKIP": has_skip}
+        assert spills(M._ln_modulate_kernel, ln, 8, **flags, BLOCK_C=4096) == 0
     res = ("x_ptr", "y_ptr", "e_ptr", "g_ptr", "out_ptr")
     assert spills(M._gated_residual_kernel, res, 4, HAS_EXTRA=True, BLOCK_C=1024) == 0
     assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, C=2240, BLOCK=2048) == 0
@@ -239,8 +246,11 @@ def test_glue_kernels_match_fp32_reference_at_full_size():
     ]
     got = residual_layernorm_modulate_triton(g["x"], g["y"], g["shift"], g["scale"])
     checks += zip(got, ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"]))
-    got = residual_layernorm_modulate_triton(g["x"], g["y"], g["shift"], g["scale"], gate=g["gate"])
-    checks += zip(got, ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"], gate=up["gate"]))
+    got = residual_layernorm_modulate_triton(g["x"], g["y"], g["shift"], g["scale"], gate=g["gate"], skip=g["extra"])
+    want = ref.residual_layernorm_modulate(
+        up["x"], up["y"], up["shift"], up["scale"], gate=up["gate"], skip=up["extra"]
+    )
+    checks += zip(got, want)
     k = torch.cat([i["y"], i["x"], i["y"]], -1).view(1, 3, 880, 3, 2240)[:, :, :, 1]
     w, hist = (0.5 * torch.randn(2240, 1, 4)).bfloat16(), torch.randn(1, 3, 880, 2240).bfloat16()
     checks.append(

@@ -169,13 +169,13 @@ def layernorm_modulate(x, shift, scale):
     return _mod_ref.layernorm_modulate(x, shift, scale)
 
 
-def residual_layernorm_modulate(x, y, shift, scale, gate=None):
+def residual_layernorm_modulate(x, y, shift, scale, gate=None, skip=None):
     """:func:`sana_wm.ops.modulation.residual_layernorm_modulate`, on Triton when possible."""
     if _triton_for(x):
         from .modulation_triton import residual_layernorm_modulate_triton
 
-        return residual_layernorm_modulate_triton(x, y, shift, scale, gate)
-    return _mod_ref.residual_layernorm_modulate(x, y, shift, scale, gate)
+        return residual_layernorm_modulate_triton(x, y, shift, scale, gate, skip)
+    return _mod_ref.residual_layernorm_modulate(x, y, shift, scale, gate, skip)
 
 
 def gated_residual(x, gate, y, extra=None):

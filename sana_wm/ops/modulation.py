@@ -49,15 +49,23 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
 
 
 def residual_layernorm_modulate(
-    x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    skip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add (gated per frame when ``gate`` is given: :func:`gated_residual`) followed by the modulated
     LayerNorm of the sum.
 
-    x, y (B, N, C); shift, scale, gate (B, T, 1, C) -> (r, LayerNorm(r) * (1 + scale) + shift), both (B, N, C), with
-    r = x + y or x + gate * y."""
+    x, y, skip (B, N, C); shift, scale, gate (B, T, 1, C) -> (r, LayerNorm(r) * (1 + scale) + shift), both
+    (B, N, C), with r = x + y or x + gate * y; ``skip`` is added to y first (e.g. the FFN's residual inside its
+    temporal conv)."""
     check_per_frame("shift", x, shift)
     check_per_frame("scale", x, scale)
+    if skip is not None:
+        y = y + skip
     x = x + y if gate is None else gated_residual(x, gate, y)
     return x, _modulate(x, shift, scale)
 

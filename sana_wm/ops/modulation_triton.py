@@ -1,8 +1,8 @@
 """Triton block glue: same contract as :mod:`sana_wm.ops.modulation`, one memory pass per function.
 
-- ``_ln_modulate_kernel``: one program per token row: [(gated) residual add, stored] -> LayerNorm row statistics
-  in fp32 -> ``* (1 + scale) + shift`` of the row's frame. The torch version is 2 passes (LayerNorm, addcmul), 3 with
-  the residual add, each reading and writing the whole activation.
+- ``_ln_modulate_kernel``: one program per token row: [(gated) residual add of y (+ skip), stored] -> LayerNorm row
+  statistics in fp32 -> ``* (1 + scale) + shift`` of the row's frame. The torch version is 2 passes (LayerNorm,
+  addcmul), 3 with the residual add, each reading and writing the whole activation.
 - ``_gated_residual_kernel``: ``x + gate * y [+ extra]`` in one pass (torch: addcmul + add).
 - ``_gated_output_kernel``: ``(main + cam) * silu(gate)`` in fp32 registers, stored once in the activation dtype
   (torch: an add, an fp32 copy, fp32 SiLU, fp32 product and the copy back: five passes, three of them fp32).
@@ -44,6 +44,9 @@ if HAS_TRITON:
         g_ptr,
         g_sb,
         g_st,
+        k_ptr,
+        k_sb,
+        k_sn,
         sum_ptr,
         h_ptr,
         N,
@@ -52,6 +55,7 @@ if HAS_TRITON:
         eps,
         HAS_Y: tl.constexpr,
         HAS_GATE: tl.constexpr,
+        HAS_SKIP: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         row = tl.program_id(0)
@@ -63,6 +67,8 @@ if HAS_TRITON:
         x = tl.load(x_ptr + b * x_sb + n * x_sn + cols, mask=mask, other=0.0)
         if HAS_Y:
             y = tl.load(y_ptr + b * y_sb + n * y_sn + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SKIP:
+                y += tl.load(k_ptr + b * k_sb + n * k_sn + cols, mask=mask, other=0.0).to(tl.float32)
             if HAS_GATE:
                 y *= tl.load(g_ptr + b * g_sb + t * g_st + cols, mask=mask, other=0.0).to(tl.float32)
             x = (x.to(tl.float32) + y).to(sum_ptr.dtype.element_ty)  # the stored residual stream
@@ -132,17 +138,19 @@ def _row_block(C: int) -> tuple[int, int]:
     return block, 8 if block >= 2048 else 4
 
 
-def _ln_modulate(x, y, shift, scale, gate=None):
+def _ln_modulate(x, y, shift, scale, gate=None, skip=None):
     check_per_frame("shift", x, shift)
     T = check_per_frame("scale", x, scale)
     if gate is not None:
         check_per_frame("gate", x, gate)
     B, N, C = x.shape
-    if y is not None and y.shape != x.shape:
-        raise ValueError(f"y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}.")
+    for name, t in (("y", y), ("skip", skip)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}.")
     x, shift, scale = (last_dim_contiguous(t) for t in (x, shift, scale))
     y = x if y is None else last_dim_contiguous(y)
     g = shift if gate is None else last_dim_contiguous(gate)
+    k = x if skip is None else last_dim_contiguous(skip)
     h = torch.empty(B, N, C, dtype=x.dtype, device=x.device)
     total = torch.empty_like(h) if y is not x else h
     block, warps = _row_block(C)
@@ -162,6 +170,9 @@ def _ln_modulate(x, y, shift, scale, gate=None):
         g,
         g.stride(0),
         g.stride(1),
+        k,
+        k.stride(0),
+        k.stride(1),
         total,
         h,
         N,
@@ -170,6 +181,7 @@ def _ln_modulate(x, y, shift, scale, gate=None):
         LN_EPS,
         HAS_Y=y is not x,
         HAS_GATE=gate is not None,
+        HAS_SKIP=skip is not None,
         BLOCK_C=block,
         num_warps=warps,
     )
@@ -182,11 +194,16 @@ def layernorm_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch
 
 
 def residual_layernorm_modulate_triton(
-    x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    skip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton :func:`sana_wm.ops.modulation.residual_layernorm_modulate` (one pass; the LayerNorm sees the sum
-    rounded to the activation dtype, as stored)."""
-    return _ln_modulate(x, y, shift, scale, gate)
+    """Triton :func:`sana_wm.ops.modulation.residual_layernorm_modulate` (one pass; ``y + skip`` stays in fp32, the
+    LayerNorm sees the sum rounded to the activation dtype, as stored)."""
+    return _ln_modulate(x, y, shift, scale, gate, skip)
 
 
 def gated_residual_triton(

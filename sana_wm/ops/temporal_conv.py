@@ -90,10 +90,13 @@ def ffn_temporal_conv_tokens(
     *,
     chunk_starts: Sequence[int] | None = None,
     past: torch.Tensor | None = None,
+    residual: bool = True,
 ) -> torch.Tensor:
     """Residual temporal conv ``h + conv(h)`` of the FFN on token-major activations, as matrix products (cuBLAS runs
-    them several times faster than cuDNN's (3, 1) convolution) with no padded copy: the centre tap and the residual
-    are one ``addmm`` over all tokens; the past / future taps accumulate into the frame-shifted rows of each segment.
+    them several times faster than cuDNN's (3, 1) convolution) with no padded copy: the centre tap (and the
+    residual: one ``addmm``) over all tokens; the past / future taps accumulate into the frame-shifted rows of each
+    segment. ``residual=False`` returns ``conv(h)`` alone (the caller adds ``h`` later, e.g. in the next LayerNorm's
+    pass: no copy of h into the GEMM's output first).
 
     Args:
         h: (B, T, S, C) point-conv output. weight: (C, C, 3, 1) (``mlp.t_conv.weight``); stored tap-major
@@ -113,7 +116,7 @@ def ffn_temporal_conv_tokens(
     past_w, centre, future = (weight[:, :, j, 0].to(h.dtype).t() for j in range(3))  # (C_in, C_out) each
     h = h.contiguous()
     flat = h.view(B * T * S, C)
-    out = torch.addmm(flat, flat, centre).view(B, T, S, C)
+    out = (torch.addmm(flat, flat, centre) if residual else flat @ centre).view(B, T, S, C)
     for s, e in chunk_segments(T, chunk_starts):
         for b in range(B):
             if e - s > 1:
