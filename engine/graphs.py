@@ -147,7 +147,7 @@ class ChunkGraphs:
         *,
         pinned: torch.Tensor | None,
         text: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_mask: torch.Tensor | None,
         raymap: torch.Tensor,
         plucker: torch.Tensor,
         cache,

@@ -99,7 +99,7 @@ class StreamingSampler:
         return timestep
 
     def denoise(self, noise: torch.Tensor, *, pinned: torch.Tensor | None, text: torch.Tensor,
-                text_mask: torch.Tensor, raymap: torch.Tensor, plucker: torch.Tensor, cache,
+                text_mask: torch.Tensor | None, raymap: torch.Tensor, plucker: torch.Tensor, cache,
                 start_frame: int) -> torch.Tensor:
         """Denoise one chunk.
 
@@ -124,7 +124,7 @@ class StreamingSampler:
             x[:, :, first:] -= dt * v[:, :, first:].float()
         return x
 
-    def write_cache(self, latents: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor,
+    def write_cache(self, latents: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor | None,
                     raymap: torch.Tensor, plucker: torch.Tensor, cache, start_frame: int) -> None:
         """The cache-writing pass at ``t = 0`` on the clean chunk ``latents`` (B,C,F,h,w)."""
         timestep = torch.zeros(latents.shape[0], latents.shape[2], device=latents.device)

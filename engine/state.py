@@ -37,7 +37,7 @@ def tensor_bytes(obj: Any) -> int:
 class SessionSetup:
     """The immutable inputs of a session.
 
-    text (1,L,D) / text_mask (1,L) on the device; first_latent (1,C,1,h,w) fp32, the VAE-encoded first image;
+    text (1,L,D) / text_mask (1,L) on the device (``engine.world.valid_text``: the valid tokens and None); first_latent (1,C,1,h,w) fp32, the VAE-encoded first image;
     first_frame (H,W,3) uint8, the prepared (resized + centre-cropped) image; intrinsics (4,) float64 in pixels of
     the frame; steps: the streaming step list; world: ``id`` of the World (snapshots only restore into its sessions).
     """
@@ -47,7 +47,7 @@ class SessionSetup:
     height: int
     width: int
     text: torch.Tensor
-    text_mask: torch.Tensor
+    text_mask: torch.Tensor | None
     first_latent: torch.Tensor
     first_frame: np.ndarray
     intrinsics: np.ndarray

@@ -45,6 +45,19 @@ _LAYOUTS = (  # (variant, transformer path, VAE folder)
 )
 
 
+def valid_text(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A session's prompt without its padding: (1, L, D) embeddings and (1, L) mask -> the (1, n, D) valid prefix and
+    None (no mask) when the mask is n ones then zeros (the prompt encoder pads on the right); else both unchanged.
+
+    The cross-attention then runs unmasked over n keys instead of masked over L (same result: masked keys weigh
+    zero). Reads the mask on the host: once per session, never per chunk."""
+    flags = mask.detach().to("cpu", torch.bool)
+    n = int(flags.sum())
+    if text.shape[0] != 1 or n == 0 or not bool(flags[0, :n].all()):
+        return text, mask
+    return text[:, :n].contiguous(), None
+
+
 class World:
     """Networks loaded once; any number of sessions.
 
@@ -236,7 +249,7 @@ class World:
         seed = self._check_seed(seed)
         size = self._size(height, width)
         steps = validate_steps(DEFAULT_STEPS if steps is None else steps)
-        text, mask = self.encode_prompt(prompt)
+        text, mask = valid_text(*self.encode_prompt(prompt))
         latent, frame, k = self._prepare(image, intrinsics, fov_deg, size)
         return SessionSetup(prompt=prompt, seed=seed, height=size[0], width=size[1], text=text, text_mask=mask,
                             first_latent=latent, first_frame=frame, intrinsics=k, steps=steps, mapping=mapping,

@@ -174,16 +174,19 @@ class GLUMBConvTemp(nn.Module):
         h = F.linear(h, point.weight.flatten(1))
         return h.view(B, frames.T, frames.H * frames.W, C)
 
-    def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool) -> torch.Tensor:
-        """x (B, N, C) -> (B, N, C)."""
+    def forward(
+        self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, C) -> (conv(h), h), each (B, N, C): the FFN output is their sum (the temporal conv's residual),
+        which the caller adds in its next pass over the tokens."""
         B, N, C = x.shape
         h = self.spatial(x, frames)
         weight = self.t_conv.weight
         past = None if cache is None else cache["ffn_past"]
-        out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, past=past)
+        out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, past=past, residual=False)
         if write:
             past.copy_(past_tap(h[:, -1:], weight))
-        return out.view(B, N, C)
+        return out.view(B, N, C), h.view(B, N, C)
 
 
 class CrossAttention(nn.Module):
@@ -207,11 +210,19 @@ class CrossAttention(nn.Module):
         return torch.stack([k, v])
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, N, C), kv (2, B, H, L, D) from :meth:`text_kv`, mask (B, 1, 1, L) additive (or bool) -> (B, N, C)."""
+        """x (B, N, C), kv (2, B, H, L, D) from :meth:`text_kv`, mask (B, 1, 1, L) additive (or bool; None: every
+        text token valid) -> (B, N, C)."""
         B, N, C = x.shape
         q = self.q_norm(self.q_linear(x)).view(B, N, self.heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(B, N, C).type_as(q))
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) bool / 0-1 padding mask -> (B, 1, 1, L) additive attention mask (0 where valid, -inf where padded)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask.bool(), float("-inf"))[
+        :, None, None
+    ]
 
 
 class FinalLayer(nn.Module):
@@ -227,15 +238,15 @@ class FinalLayer(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         num_frames: int,
-        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual (gate, y), added to
-        x in the LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
+        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual (gate, y, skip),
+        added to x in the LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
         shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unsqueeze(3).unbind(2)  # (B, T, 1, D)
         if pending is None:
             h = layernorm_modulate(x, shift, scale)
         else:
-            h = residual_layernorm_modulate(x, pending[1], shift, scale, gate=pending[0])[1]
+            h = residual_layernorm_modulate(x, pending[1], shift, scale, gate=pending[0], skip=pending[2])[1]
         return self.linear(h)
 
 
@@ -254,9 +265,9 @@ class _Frames:
     against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
     (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``y`` (B, L, C) embedded
     text with ``y_mask`` (B, 1, 1, L) its padding as an additive mask (0 / -inf, the activation dtype: SDPA takes it
-    as is, a boolean mask costs a conversion per call); ``text_kv`` (num_layers, 2, B, H, L, D) cross-attention
-    keys / values per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P blocks that have one,
-    row ``plucker_rows[i]`` for block i (None: no projection).
+    as is, a boolean mask costs a conversion per call; None: no padding); ``text_kv`` (num_layers, 2, B, H, L, D)
+    cross-attention keys / values per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P
+    blocks that have one, row ``plucker_rows[i]`` for block i (None: no projection).
     """
 
     mode: str
@@ -271,7 +282,7 @@ class _Frames:
     ray_out: torch.Tensor
     window_chunks: int
     y: torch.Tensor
-    y_mask: torch.Tensor
+    y_mask: torch.Tensor | None
     text_kv: torch.Tensor
     plucker_add: torch.Tensor | None
     plucker_rows: tuple[int | None, ...]
@@ -603,31 +614,31 @@ class SanaWMBlock(nn.Module):
         cache: dict | None = None,
         write: bool = False,
         index: int = 0,
-        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One block, its FFN residual left pending (the next block adds it in the pass of its first LayerNorm).
 
         Args:
             x: (B, N, C) tokens, before ``pending`` is added.
             modulation: (B, T, 6, C) per-frame ``scale_shift_table + t0``.
-            pending: the previous block's FFN residual (gate (B, T, 1, C), y (B, N, C)): the block input is
-                ``x + gate * y``; None: x is the input.
+            pending: the previous block's FFN residual (gate (B, T, 1, C), y, skip (B, N, C)): the block input is
+                ``x + gate * (y + skip)``; None: x is the input.
             index: this block's position.
 
         Returns:
-            (x, (gate, y)): the block output is ``x + gate * y`` (``gated_residual(x, gate, y)``).
+            (x, (gate, y, skip)): the block output is ``x + gate * (y + skip)``.
         """
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(3).unbind(2)
         if pending is None:  # each per-frame parameter (B, T, 1, C)
             h = layernorm_modulate(x, shift_msa, scale_msa)
         else:
-            x, h = residual_layernorm_modulate(x, pending[1], shift_msa, scale_msa, gate=pending[0])
+            x, h = residual_layernorm_modulate(x, pending[1], shift_msa, scale_msa, gate=pending[0], skip=pending[2])
         attn = self.attn(h, frames, cache, write)
         row = frames.plucker_rows[index]
         x = gated_residual(x, gate_msa, attn, None if row is None else frames.plucker_add[row])
         cross = self.cross_attn(x, frames.text_kv[index], frames.y_mask)
         x, h = residual_layernorm_modulate(x, cross, shift_mlp, scale_mlp)
-        return x, (gate_mlp, self.mlp(h, frames, cache, write))
+        return x, (gate_mlp, *self.mlp(h, frames, cache, write))
 
 
 class SanaWMTransformer(nn.Module):
@@ -661,8 +672,11 @@ class SanaWMTransformer(nn.Module):
             raise ValueError(f"timestep must have shape (B, T) = {(B, T)} or (B,), got {tuple(timestep.shape)}.")
         if text.ndim != 3 or text.shape[0] != B or text.shape[2] != cfg.caption_channels:
             raise ValueError(f"text must have shape (B={B}, L, {cfg.caption_channels}), got {tuple(text.shape)}.")
-        if tuple(text_mask.shape) != tuple(text.shape[:2]):
-            raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}.")
+        if text_mask is not None and tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(
+                f"text_mask must have shape {tuple(text.shape[:2])} (or be None: every token valid), got "
+                f"{tuple(text_mask.shape)}."
+            )
         if tuple(raymap.shape) != (B, T, RAYMAP_CHANNELS):
             raise ValueError(f"raymap must have shape {(B, T, RAYMAP_CHANNELS)}, got {tuple(raymap.shape)}.")
         expected = (B, cfg.chunk_plucker_channels, T, H, W)
@@ -674,7 +688,7 @@ class SanaWMTransformer(nn.Module):
     def chunk_inputs(
         self,
         text: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_mask: torch.Tensor | None,
         raymap: torch.Tensor,
         plucker: torch.Tensor,
         start_frame: int,
@@ -708,9 +722,7 @@ class SanaWMTransformer(nn.Module):
             ray_out=ray,
             window_chunks=self.config.window_chunks,
             y=y,
-            y_mask=torch.zeros(text_mask.shape, dtype=y.dtype, device=y.device)
-            .masked_fill(~text_mask.bool(), float("-inf"))
-            .view(text_mask.shape[0], 1, 1, -1),
+            y_mask=None if text_mask is None else additive_mask(text_mask, y.dtype),
             text_kv=torch.stack([b.cross_attn.text_kv(y) for b in self.blocks]),
             plucker_add=torch.stack(projections) if projections else None,
             plucker_rows=tuple(rows),
@@ -739,7 +751,7 @@ class SanaWMTransformer(nn.Module):
         latents: torch.Tensor,
         timestep: torch.Tensor,
         text: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_mask: torch.Tensor | None,
         raymap: torch.Tensor,
         plucker: torch.Tensor,
         causal: bool = False,
@@ -751,7 +763,8 @@ class SanaWMTransformer(nn.Module):
             latents: (B, C, T, H, W) normalised latents.
             timestep: (B, T) per-frame timesteps on the 0..1000 scale (or (B,) for all frames); truncated with
                 ``.long()`` like diffusers.
-            text: (B, L, caption_channels) prompt embeddings; text_mask: (B, L) bool / 0-1 padding mask.
+            text: (B, L, caption_channels) prompt embeddings; text_mask: (B, L) bool / 0-1 padding mask, or None
+                when every token is valid (e.g. the padding dropped: the cross-attention then runs unmasked).
             raymap: (B, T, 20) flattened relative c2w (16) + fx, fy, cx, cy in latent-grid pixels.
             plucker: (B, 48, T, H, W) chunk Plücker maps.
             causal: False = bidirectional; True = chunk-causal (chunks of ``chunk_size``, first ``chunk_size + 1``).
@@ -776,7 +789,7 @@ class SanaWMTransformer(nn.Module):
         latents: torch.Tensor,
         timestep: torch.Tensor,
         text: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_mask: torch.Tensor | None,
         raymap: torch.Tensor,
         plucker: torch.Tensor,
         *,

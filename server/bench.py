@@ -197,11 +197,15 @@ class Scene:
         self.model, self.height, self.width, self.batch = model, height, width, batch
         self.device, self.dtype, self.seed = torch.device(device), dtype, seed
         self.h, self.w = height // 32, width // 32
+        from engine.world import valid_text
+
         text = torch.randn(batch, TEXT_TOKENS, cfg.caption_channels, generator=gen)
-        self.text = text.to(self.device, dtype)
         mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.bool)
         mask[:, TEXT_TOKENS // 2 :] = False
-        self.text_mask = mask.to(self.device)
+        # the prompt encoder's layout (300 tokens, right padding; what diffusers attends, masked) and what a session
+        # feeds the streaming transformer (one session: the 150 valid tokens, no mask)
+        self.padded_text, self.padded_mask = text.to(self.device, dtype), mask.to(self.device)
+        self.text, self.text_mask = valid_text(self.padded_text, self.padded_mask)
         self.image = torch.rand(batch, 3, 1, height, width, generator=gen) * 2 - 1
         self.intrinsics = np.array([0.8 * width, 0.8 * width, width / 2, height / 2])
 
@@ -386,7 +390,7 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
     except ImportError as e:
         return {"forward_ms": None, "ratio": None, "reason": f"diffusers not importable: {e}"}
     raymap, plucker, _ = (x.to(dtype) if torch.is_tensor(x) else x for x in scene.camera(2))
-    latents, text = scene.noise(2).to(dtype), scene.text.to(dtype)
+    latents, text = scene.noise(2).to(dtype), scene.padded_text.to(dtype)
     timestep = torch.full((scene.batch, 1, 3), 727.0, device=scene.device)
 
     def forward():
@@ -394,7 +398,7 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
             latents,
             timestep,
             text,
-            encoder_attention_mask=scene.text_mask,
+            encoder_attention_mask=scene.padded_mask,
             camera_conditions=raymap,
             chunk_plucker=plucker,
         ).sample
@@ -636,6 +640,9 @@ def run(args: argparse.Namespace) -> dict:
         "height": args.height,
         "width": args.width,
         "tokens_per_chunk": cfg.chunk_size * (args.height // 32) * (args.width // 32),
+        # a session attends the valid prompt tokens unmasked (engine.world.valid_text); diffusers attends all of
+        # them with the padding mask, as its pipeline pads them
+        "text_tokens": {"valid": TEXT_TOKENS // 2, "padded": TEXT_TOKENS},
         "notes": notes,
     }
     scene1 = None

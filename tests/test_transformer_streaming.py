@@ -292,3 +292,37 @@ def test_cache_snapshot_restore_reset_and_errors():
         assert not cache.kv_valid.any()
         assert all(t.abs().sum() == 0 for entry in cache.blocks for t in entry.values())
         assert isinstance(cache, StreamingCache)
+
+
+def test_valid_text_prefix_without_mask_equals_masked_padding():
+    """A session feeds the valid prompt tokens with no mask (``engine.world.valid_text``): the same velocities as
+    the padded prompt with its mask, streamed chunk by chunk (masked keys weigh exactly zero)."""
+    from engine.world import valid_text
+
+    model = _model(8)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=8)
+    short, none = valid_text(text, mask)
+    assert none is None and short.shape[1] == L - 2
+    padded, trimmed = (model.new_cache(B, height=H, width=W) for _ in range(2))
+    with torch.no_grad():
+        for s, e in cfg.chunk_bounds(clean.shape[2]):
+            x, t = _noisy(clean, noise, s, e, 727)
+            want = _chunk(model, padded, x, t, (text, mask, raymap, plucker), s, e)
+            got = _chunk(model, trimmed, x, t, (short, None, raymap, plucker), s, e)
+            assert _rel(got, want) < REL_TOL
+            _write(model, padded, clean, (text, mask, raymap, plucker), s, e)
+            _write(model, trimmed, clean, (short, None, raymap, plucker), s, e)
+
+
+def test_valid_text_keeps_what_it_cannot_trim():
+    from engine.world import valid_text
+
+    text = torch.randn(2, 5, 8)
+    holes = torch.tensor([[True, False, True, False, False]])
+    batch = torch.ones(2, 5, dtype=torch.bool)
+    for t, m in ((text[:1], holes), (text, batch), (text[:1], torch.zeros(1, 5, dtype=torch.bool))):
+        got_text, got_mask = valid_text(t, m)
+        assert got_text is t and got_mask is m
+    got_text, got_mask = valid_text(text[:1], torch.ones(1, 5, dtype=torch.bool))
+    assert got_mask is None and torch.equal(got_text, text[:1])
