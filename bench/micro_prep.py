@@ -9,7 +9,8 @@ time (CUDA events) of the PyTorch reference (``sana_wm.ops.qk_prep``) and of the
 (``sana_wm.ops.qk_prep_triton``), both on the same bf16 inputs; the Triton outputs' error against the fp32
 reference of those inputs (norm ratio ``rel`` and ``max_rel`` = max abs error / max |reference|); the bytes one
 call must move (inputs read once, outputs written once) and the Triton path's effective bandwidth. Also: the row
-statistics kernel alone, the Triton path at other token-block sizes (``_BLOCK_N``), and the per-forward totals.
+statistics kernel alone and at other tiles (``RMS_SWEEP``), the Triton path at other token-block sizes
+(``_BLOCK_N``), and the per-forward totals.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ HEADS, HEAD_DIM, FRAMES = 20, 112, 3
 CALLS_PER_FORWARD = {"prep_gdn_qk": 15, "prep_camera_gdn": 15, "prep_softmax_qk": 5, "prep_camera_softmax": 5}
 DECODE_CALLS_PER_FORWARD = 20
 BLOCK_N_SWEEP = (8, 16, 32)
+RMS_SWEEP = ((4, 512, 4), (4, 1024, 4), (8, 512, 8), (2, 1024, 4), (1, 4096, 4), (2, 4096, 8), (16, 256, 8))
 
 
 def _errors(got: tuple, want: tuple) -> dict:
@@ -153,6 +155,16 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
         )
 
     out["row_stats_kernel_us"] = round(1e3 * cuda_ms(rms_only, reps), 1)
+    sweep = {}
+    for block_n, block_c, warps in RMS_SWEEP:
+
+        def rms_variant(block_n=block_n, block_c=block_c, warps=warps):
+            tri._prep_kernel_rms[(-(-N // block_n), 1)](
+                q, *strides, inv, N, C, 1e-5, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps
+            )
+
+        sweep[f"{block_n} tokens x {block_c} channels, {warps} warps"] = round(1e3 * cuda_ms(rms_variant, reps), 1)
+    out["row_stats_sweep_us"] = sweep
     out["row_stats_error_vs_fp32"] = float(
         (inv[0, 0] - torch.rsqrt(q.float().pow(2).mean(-1) + 1e-5)[0]).abs().max() / inv[0, 0].abs().max()
     )
