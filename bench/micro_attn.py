@@ -13,7 +13,9 @@ Per call, median of ``reps``:
 - ``cross``: the text cross-attention (2,640 queries, 300 text tokens of which 150 are valid) with the boolean
   padding mask (today), a precomputed additive mask, and no mask over the valid tokens only;
 - ``gemm``: the FFN's input projection (2,640 x 2,240 -> 13,440) with and without its bias in the GEMM, and the
-  2,240 -> 2,240 projections with and without bias.
+  2,240 -> 2,240 projections with and without bias;
+- ``layouts``: the 40-head call with q and K / V stored head-major or token-major;
+- ``gemm_layouts``: ``F.linear`` against ``addmm`` on a transposed weight copy at the block's GEMM shapes.
 """
 
 from __future__ import annotations
@@ -103,6 +105,59 @@ def self_attention(reps: int) -> dict:
     return out
 
 
+def layouts(reps: int) -> dict:
+    """The 40-head call with q / output and K / V stored head-major (B, H, N, D: "bhsd") or token-major (B, N, H, D:
+    "bshd", the views transposed), each with the default backend choice and cuDNN alone."""
+    dt, dev = torch.bfloat16, "cuda"
+    scale = 128**-0.5
+    ref_q = torch.randn(B, 2 * H, N, D, device=dev, dtype=dt)
+    ref_k = torch.randn(B, 2 * H, KEYS, D, device=dev, dtype=dt)
+    ref_v = torch.randn(B, 2 * H, KEYS, D, device=dev, dtype=dt)
+    ref = F.scaled_dot_product_attention(ref_q, ref_k, ref_v, scale=scale)
+
+    def stored(x: torch.Tensor, layout: str) -> torch.Tensor:
+        return x.contiguous() if layout == "bhsd" else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+    out = {}
+    for ql in ("bhsd", "bshd"):
+        for kl in ("bhsd", "bshd"):
+            q, k, v = stored(ref_q, ql), stored(ref_k, kl), stored(ref_v, kl)
+            for name in ("auto", "cudnn"):
+                fn = lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, scale=scale)  # noqa: E731
+                row = _timed(fn, reps, ref, BACKENDS[name])
+                if "ms" in row:
+                    got = fn() if BACKENDS[name] is None else None
+                    row["out_token_major"] = None if got is None else bool(got.transpose(1, 2).is_contiguous())
+                out[f"q_{ql}_kv_{kl}_{name}"] = row
+    return out
+
+
+def gemm_layouts(reps: int) -> dict:
+    """F.linear (weight (out, in)) against addmm on a weight stored transposed (in, out), at the block's shapes."""
+    dt, dev = torch.bfloat16, "cuda"
+    x = torch.randn(N, 2240, device=dev, dtype=dt)
+    out = {}
+    for rows in (2240, 13440, 15744, 15872, 16128):
+        w = torch.randn(rows, 2240, device=dev, dtype=dt) * 0.02
+        wt = w.t().contiguous()
+        b = torch.randn(rows, device=dev, dtype=dt)
+        flops = 2 * N * 2240 * rows
+        for tag, fn in (
+            ("linear", lambda w=w, b=b: F.linear(x, w, b)),
+            ("addmm_wt", lambda wt=wt, b=b: torch.addmm(b, x, wt)),
+        ):
+            ms = _ms(fn, reps)
+            out[f"{rows}_{tag}"] = {"ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
+    h = torch.randn(N, 6720, device=dev, dtype=dt)
+    w = torch.randn(2240, 6720, device=dev, dtype=dt) * 0.02
+    wt = w.t().contiguous()
+    flops = 2 * N * 6720 * 2240
+    for tag, fn in (("linear", lambda: F.linear(h, w)), ("mm_wt", lambda: h @ wt)):
+        ms = _ms(fn, reps)
+        out[f"down_6720_{tag}"] = {"ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
+    return out
+
+
 def cross_attention(reps: int) -> dict:
     dt, dev = torch.bfloat16, "cuda"
     q = torch.randn(B, N, H, D, device=dev, dtype=dt).transpose(1, 2)
@@ -144,8 +199,10 @@ def run(reps: int = 50) -> dict:
     return {
         "device": torch.cuda.get_device_name(),
         "self": self_attention(reps),
+        "layouts": layouts(reps),
         "cross": cross_attention(reps),
         "gemm": gemms(reps),
+        "gemm_layouts": gemm_layouts(reps),
     }
 
 
