@@ -70,11 +70,19 @@ def test_references_equal_old_block_expressions(dtype, T):
     # ... with the FFN's temporal-conv residual (skip) added to y first
     got_x, _ = ref.residual_layernorm_modulate(x, y, i["shift"], i["scale"], gate=i["gate"], skip=i["extra"])
     assert torch.equal(got_x, ref.gated_residual(x, i["gate"], y + i["extra"]))
+    # ... and the previous chunk's past tap on the first frame's rows
+    first = i["cam"][:, : N // T].unsqueeze(1)
+    got_x, _ = ref.residual_layernorm_modulate(x, y, i["shift"], i["scale"], gate=i["gate"], skip=x, first=first)
+    y_first = (y + x).clone()
+    y_first[:, : N // T] += first[:, 0]
+    assert torch.equal(got_x, ref.gated_residual(x, i["gate"], y_first))
 
     combined = i["main"] + i["cam"]
     old = (combined * F.silu(i["gate_out"].to(torch.float32))).to(dtype)
     got = ref.gated_output(i["main"], i["cam"], i["gate_out"])
     assert got.dtype == dtype and torch.equal(got, old)
+    per_head = i["main"].view(B, N, 4, C // 4).transpose(1, 2)  # (B, H, N, D), as SDPA returns it
+    assert torch.equal(ref.gated_output(per_head, i["cam"], i["gate_out"]), old)
 
 
 def test_dispatch_uses_references_on_cpu():
@@ -121,6 +129,14 @@ _INTERPRETED = """
 
     torch.set_num_threads(1)
 
+    def heads(x):
+        '''(B, N, C) -> the first half of a (B, 2H, N, D) per-head buffer holding it (strided batch).'''
+        B, N, C = x.shape
+        H = 2 if C % 2 == 0 else 1
+        buf = torch.zeros(B, 2 * H, N, C // H, dtype=x.dtype)
+        buf[:, :H] = x.view(B, N, H, C // H).transpose(1, 2)
+        return buf[:, :H]
+
     def pairs(i, f32):
         '''(kernel outputs, reference outputs) of every kernel; the reference in fp32 on the same inputs.'''
         up = {n: t.float() for n, t in i.items()} if f32 else i
@@ -139,14 +155,17 @@ _INTERPRETED = """
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift2"], up["scale2"])),
             (residual_layernorm_modulate_triton(xs, y, i["shift"], i["scale"], gate=i["gate2"]),
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"], gate=up["gate2"])),
-            (residual_layernorm_modulate_triton(x, y, i["shift"], i["scale"], gate=i["gate2"], skip=xs),
+            (residual_layernorm_modulate_triton(x, y, i["shift"], i["scale"], gate=i["gate2"], skip=xs,
+                                                first=i["cam"][:, : N // T].unsqueeze(1)),
              ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"], gate=up["gate2"],
-                                             skip=up["x"])),
+                                             skip=up["x"], first=up["cam"][:, : N // T].unsqueeze(1))),
             ((gated_residual_triton(xs, i["gate"], y, i["extra"]), gated_residual_triton(x, i["gate2"], y)),
              (ref.gated_residual(up["x"], up["gate"], up["y"], up["extra"]), ref.gated_residual(up["x"], up["gate2"], up["y"]))),
             ((gated_output_triton(i["main"], i["cam"], i["gate_out"]),
-              gated_output_triton(i["main"], i["cam"], torch.cat([y, i["gate_out"]], -1)[..., C:])),
+              gated_output_triton(i["main"], i["cam"], torch.cat([y, i["gate_out"]], -1)[..., C:]),
+              gated_output_triton(heads(i["main"]), i["cam"], i["gate_out"])),
              (ref.gated_output(up["main"], up["cam"], up["gate_out"]),
+              ref.gated_output(up["main"], up["cam"], up["gate_out"]),
               ref.gated_output(up["main"], up["cam"], up["gate_out"]))),
             ((short_conv_k_triton(k, w, history=hist), short_conv_k_triton(k, w)),
              (short_conv_k(kf, wf, history=hf), short_conv_k(kf, wf, cross_chunk=False))),
@@ -200,13 +219,15 @@ def test_glue_kernels_compile_for_sm90_without_spills():
         cubin.unlink()
         return sum(int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", usage.stdout))
 
-    ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "g_ptr", "k_ptr", "sum_ptr", "h_ptr")
+    ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "g_ptr", "k_ptr", "f_ptr", "sum_ptr", "h_ptr")
     for has_y, has_gate, has_skip in ((False, False, False), (True, False, False), (True, True, True)):
-        flags = {"HAS_Y": has_y, "HAS_GATE": has_gate, "HAS_SKIP": has_skip}
+        flags = {"HAS_Y": has_y, "HAS_GATE": has_gate, "HAS_SKIP": has_skip, "HAS_FIRST": has_skip}
         assert spills(M._ln_modulate_kernel, ln, 8, **flags, BLOCK_C=4096) == 0
     res = ("x_ptr", "y_ptr", "e_ptr", "g_ptr", "out_ptr")
     assert spills(M._gated_residual_kernel, res, 4, HAS_EXTRA=True, BLOCK_C=1024) == 0
-    assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, C=2240, BLOCK=2048) == 0
+    for head_major in (False, True):
+        flags = {"C": 2240, "D": 112, "HEAD_MAJOR": head_major, "BLOCK": 2048}
+        assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, **flags) == 0
     conv = ("x_ptr", "hist_ptr", "w_ptr", "out_ptr")
     for has_hist in (False, True):
         assert spills(SC._short_conv_kernel, conv, 4, HAS_HIST=has_hist, K=4, BLOCK_S=8, BLOCK_C=128) == 0
@@ -230,6 +251,7 @@ def test_glue_kernels_match_fp32_reference_at_full_size():
     i = glue_inputs(1, 3, 880, 2240, seed=0, dtype=torch.bfloat16)
     up = {n: t.float() for n, t in i.items()}
     g = {n: t.cuda() for n, t in i.items()}
+    heads = g["main"].view(1, 2640, 20, 112).transpose(1, 2).contiguous()  # (B, H, N, D), as SDPA returns it
     checks = [
         (
             layernorm_modulate_triton(g["x"], g["shift"], g["scale"]),
@@ -243,12 +265,19 @@ def test_glue_kernels_match_fp32_reference_at_full_size():
             gated_output_triton(g["main"], g["cam"], g["gate_out"]),
             ref.gated_output(up["main"], up["cam"], up["gate_out"]),
         ),
+        (
+            gated_output_triton(heads, g["cam"], g["gate_out"]),
+            ref.gated_output(up["main"], up["cam"], up["gate_out"]),
+        ),
     ]
     got = residual_layernorm_modulate_triton(g["x"], g["y"], g["shift"], g["scale"])
     checks += zip(got, ref.residual_layernorm_modulate(up["x"], up["y"], up["shift"], up["scale"]))
-    got = residual_layernorm_modulate_triton(g["x"], g["y"], g["shift"], g["scale"], gate=g["gate"], skip=g["extra"])
+    first = {n: t["cam"][:, :880].unsqueeze(1) for n, t in (("g", g), ("up", up))}
+    got = residual_layernorm_modulate_triton(
+        g["x"], g["y"], g["shift"], g["scale"], gate=g["gate"], skip=g["extra"], first=first["g"]
+    )
     want = ref.residual_layernorm_modulate(
-        up["x"], up["y"], up["shift"], up["scale"], gate=up["gate"], skip=up["extra"]
+        up["x"], up["y"], up["shift"], up["scale"], gate=up["gate"], skip=up["extra"], first=first["up"]
     )
     checks += zip(got, want)
     k = torch.cat([i["y"], i["x"], i["y"]], -1).view(1, 3, 880, 3, 2240)[:, :, :, 1]

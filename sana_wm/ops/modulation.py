@@ -15,6 +15,7 @@ __all__ = [
     "check_per_frame",
     "gated_output",
     "gated_residual",
+    "heads_to_tokens",
     "layernorm_modulate",
     "residual_layernorm_modulate",
 ]
@@ -55,17 +56,23 @@ def residual_layernorm_modulate(
     scale: torch.Tensor,
     gate: torch.Tensor | None = None,
     skip: torch.Tensor | None = None,
+    first: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add (gated per frame when ``gate`` is given: :func:`gated_residual`) followed by the modulated
     LayerNorm of the sum.
 
-    x, y, skip (B, N, C); shift, scale, gate (B, T, 1, C) -> (r, LayerNorm(r) * (1 + scale) + shift), both
-    (B, N, C), with r = x + y or x + gate * y; ``skip`` is added to y first (e.g. the FFN's residual inside its
-    temporal conv)."""
-    check_per_frame("shift", x, shift)
+    x, y, skip (B, N, C); shift, scale, gate (B, T, 1, C); first (B, 1, S, C) -> (r, LayerNorm(r) * (1 + scale) +
+    shift), both (B, N, C), with r = x + y or x + gate * y, where ``skip`` is added to y first and ``first`` to its
+    first frame's S rows (the FFN's temporal conv: its residual, and the previous chunk's past tap)."""
+    T = check_per_frame("shift", x, shift)
     check_per_frame("scale", x, scale)
     if skip is not None:
         y = y + skip
+    if first is not None:
+        B, N, C = x.shape
+        if tuple(first.shape) != (B, 1, N // T, C):
+            raise ValueError(f"first must have shape {(B, 1, N // T, C)}, got {tuple(first.shape)}.")
+        y = torch.cat([y[:, : N // T] + first[:, 0], y[:, N // T :]], dim=1)
     x = x + y if gate is None else gated_residual(x, gate, y)
     return x, _modulate(x, shift, scale)
 
@@ -85,10 +92,19 @@ def gated_residual(
     return out if extra is None else out + extra
 
 
+def heads_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D) per-head attention output -> (B, N, H*D) token-major (a copy unless already laid out so)."""
+    B, H, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * D)
+
+
 def gated_output(main: torch.Tensor, cam: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Attention output gate: ``(main + cam) * silu(gate)``, the product in float32, returned in ``main.dtype``.
 
-    main, cam, gate (B, N, C) (``cam`` = ``out_proj_cam`` output, ``gate`` = ``output_gate`` output)."""
+    main, cam, gate (B, N, C) (``cam`` = ``out_proj_cam`` output, ``gate`` = ``output_gate`` output); ``main`` may
+    also be the attention output per head (B, H, N, D), C = H * D (:func:`heads_to_tokens`)."""
+    if main.dim() == 4:
+        main = heads_to_tokens(main)
     if main.shape != cam.shape or main.shape != gate.shape:
         raise ValueError(
             f"main, cam and gate must have one shape, got {tuple(main.shape)}, {tuple(cam.shape)}, {tuple(gate.shape)}."

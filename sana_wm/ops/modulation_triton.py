@@ -1,8 +1,8 @@
 """Triton block glue: same contract as :mod:`sana_wm.ops.modulation`, one memory pass per function.
 
-- ``_ln_modulate_kernel``: one program per token row: [(gated) residual add of y (+ skip), stored] -> LayerNorm row
-  statistics in fp32 -> ``* (1 + scale) + shift`` of the row's frame. The torch version is 2 passes (LayerNorm,
-  addcmul), 3 with the residual add, each reading and writing the whole activation.
+- ``_ln_modulate_kernel``: one program per token row: [(gated) residual add of y (+ skip, + first on frame 0),
+  stored] -> LayerNorm row statistics in fp32 -> ``* (1 + scale) + shift`` of the row's frame. The torch version is
+  2 passes (LayerNorm, addcmul), 3 with the residual add, each reading and writing the whole activation.
 - ``_gated_residual_kernel``: ``x + gate * y [+ extra]`` in one pass (torch: addcmul + add).
 - ``_gated_output_kernel``: ``(main + cam) * silu(gate)`` in fp32 registers, stored once in the activation dtype
   (torch: an add, an fp32 copy, fp32 SiLU, fp32 product and the copy back: five passes, three of them fp32).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import HAS_TRITON, last_dim_contiguous, tl, triton
-from .modulation import LN_EPS, check_per_frame
+from .modulation import LN_EPS, check_per_frame, heads_to_tokens
 
 __all__ = [
     "gated_output_triton",
@@ -47,6 +47,9 @@ if HAS_TRITON:
         k_ptr,
         k_sb,
         k_sn,
+        f_ptr,
+        f_sb,
+        f_sn,
         sum_ptr,
         h_ptr,
         N,
@@ -56,6 +59,7 @@ if HAS_TRITON:
         HAS_Y: tl.constexpr,
         HAS_GATE: tl.constexpr,
         HAS_SKIP: tl.constexpr,
+        HAS_FIRST: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         row = tl.program_id(0)
@@ -69,6 +73,9 @@ if HAS_TRITON:
             y = tl.load(y_ptr + b * y_sb + n * y_sn + cols, mask=mask, other=0.0).to(tl.float32)
             if HAS_SKIP:
                 y += tl.load(k_ptr + b * k_sb + n * k_sn + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_FIRST:
+                if t == 0:
+                    y += tl.load(f_ptr + b * f_sb + n * f_sn + cols, mask=mask, other=0.0).to(tl.float32)
             if HAS_GATE:
                 y *= tl.load(g_ptr + b * g_sb + t * g_st + cols, mask=mask, other=0.0).to(tl.float32)
             x = (x.to(tl.float32) + y).to(sum_ptr.dtype.element_ty)  # the stored residual stream
@@ -119,13 +126,32 @@ if HAS_TRITON:
 
     @triton.jit
     def _gated_output_kernel(
-        main_ptr, cam_ptr, gate_ptr, gate_sr, out_ptr, numel, C: tl.constexpr, BLOCK: tl.constexpr
+        main_ptr,
+        m_sb,
+        m_sh,
+        cam_ptr,
+        gate_ptr,
+        gate_sr,
+        out_ptr,
+        numel,
+        N,
+        C: tl.constexpr,
+        D: tl.constexpr,
+        HEAD_MAJOR: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
-        """Flat contiguous main / cam / out; gate rows of C channels ``gate_sr`` apart (a slice of a wider GEMM
-        output)."""
+        """Flat contiguous cam / out (B, N, C); gate rows of C channels ``gate_sr`` apart (a slice of a wider GEMM
+        output); main flat like cam, or HEAD_MAJOR: (B, H, N, D) with contiguous (N, D) per head at batch / head
+        strides ``m_sb`` / ``m_sh``."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
-        main = tl.load(main_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HEAD_MAJOR:
+            row = offs // C
+            c = offs % C
+            m_offs = (row // N) * m_sb + (c // D) * m_sh + (row % N) * D + c % D
+        else:
+            m_offs = offs
+        main = tl.load(main_ptr + m_offs, mask=mask, other=0.0).to(tl.float32)
         cam = tl.load(cam_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         gate = tl.load(gate_ptr + (offs // C) * gate_sr + offs % C, mask=mask, other=0.0).to(tl.float32)
         out = (main + cam) * (gate / (1.0 + tl.exp(-gate)))
@@ -138,7 +164,7 @@ def _row_block(C: int) -> tuple[int, int]:
     return block, 8 if block >= 2048 else 4
 
 
-def _ln_modulate(x, y, shift, scale, gate=None, skip=None):
+def _ln_modulate(x, y, shift, scale, gate=None, skip=None, first=None):
     check_per_frame("shift", x, shift)
     T = check_per_frame("scale", x, scale)
     if gate is not None:
@@ -147,10 +173,13 @@ def _ln_modulate(x, y, shift, scale, gate=None, skip=None):
     for name, t in (("y", y), ("skip", skip)):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}.")
+    if first is not None and tuple(first.shape) != (B, 1, N // T, C):
+        raise ValueError(f"first must have shape {(B, 1, N // T, C)}, got {tuple(first.shape)}.")
     x, shift, scale = (last_dim_contiguous(t) for t in (x, shift, scale))
     y = x if y is None else last_dim_contiguous(y)
     g = shift if gate is None else last_dim_contiguous(gate)
     k = x if skip is None else last_dim_contiguous(skip)
+    f = x if first is None else last_dim_contiguous(first).flatten(1, 2)
     h = torch.empty(B, N, C, dtype=x.dtype, device=x.device)
     total = torch.empty_like(h) if y is not x else h
     block, warps = _row_block(C)
@@ -173,6 +202,9 @@ def _ln_modulate(x, y, shift, scale, gate=None, skip=None):
         k,
         k.stride(0),
         k.stride(1),
+        f,
+        f.stride(0),
+        f.stride(1),
         total,
         h,
         N,
@@ -182,6 +214,7 @@ def _ln_modulate(x, y, shift, scale, gate=None, skip=None):
         HAS_Y=y is not x,
         HAS_GATE=gate is not None,
         HAS_SKIP=skip is not None,
+        HAS_FIRST=first is not None,
         BLOCK_C=block,
         num_warps=warps,
     )
@@ -200,10 +233,11 @@ def residual_layernorm_modulate_triton(
     scale: torch.Tensor,
     gate: torch.Tensor | None = None,
     skip: torch.Tensor | None = None,
+    first: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton :func:`sana_wm.ops.modulation.residual_layernorm_modulate` (one pass; ``y + skip`` stays in fp32, the
-    LayerNorm sees the sum rounded to the activation dtype, as stored)."""
-    return _ln_modulate(x, y, shift, scale, gate, skip)
+    """Triton :func:`sana_wm.ops.modulation.residual_layernorm_modulate` (one pass; ``y + skip [+ first]`` stays in
+    fp32, the LayerNorm sees the sum rounded to the activation dtype, as stored)."""
+    return _ln_modulate(x, y, shift, scale, gate, skip, first)
 
 
 def gated_residual_triton(
@@ -247,17 +281,37 @@ def gated_residual_triton(
 
 
 def gated_output_triton(main: torch.Tensor, cam: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Triton :func:`sana_wm.ops.modulation.gated_output` (one pass; the sum ``main + cam`` stays in fp32)."""
-    if main.shape != cam.shape or main.shape != gate.shape:
+    """Triton :func:`sana_wm.ops.modulation.gated_output` (one pass; the sum ``main + cam`` stays in fp32; a per-head
+    (B, H, N, D) ``main`` is read in place when each head's (N, D) is contiguous)."""
+    head_major = main.dim() == 4 and main.stride(3) == 1 and main.stride(2) == main.shape[3]
+    if main.dim() == 4 and not head_major:
+        main = heads_to_tokens(main)
+    shape = (main.shape[0], main.shape[2], main.shape[1] * main.shape[3]) if head_major else main.shape
+    if shape != cam.shape or shape != gate.shape:
         raise ValueError(
-            f"main, cam and gate must have one shape, got {tuple(main.shape)}, {tuple(cam.shape)}, {tuple(gate.shape)}."
+            f"main, cam and gate must have one shape, got {tuple(shape)}, {tuple(cam.shape)}, {tuple(gate.shape)}."
         )
-    main, cam = main.contiguous(), cam.contiguous()
-    C = main.shape[-1]
+    cam = cam.contiguous()
+    if not head_major:
+        main = main.contiguous()
+    B, N, C = cam.shape
     gate = last_dim_contiguous(gate).reshape(-1, C)  # a view for row slices of a merged projection
-    out = torch.empty_like(main)
+    out = torch.empty_like(cam)
     block = 2048
-    _gated_output_kernel[(triton.cdiv(main.numel(), block),)](
-        main, cam, gate, gate.stride(0), out, main.numel(), C=C, BLOCK=block, num_warps=8
+    _gated_output_kernel[(triton.cdiv(out.numel(), block),)](
+        main,
+        main.stride(0),
+        main.stride(1) if head_major else 0,
+        cam,
+        gate,
+        gate.stride(0),
+        out,
+        out.numel(),
+        N,
+        C=C,
+        D=main.shape[3] if head_major else C,
+        HEAD_MAJOR=head_major,
+        BLOCK=block,
+        num_warps=8,
     )
     return out
