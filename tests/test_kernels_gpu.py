@@ -152,28 +152,30 @@ def _temporal_conv_case(C: int, S: int, seed: int):
     return h, hist, w, want
 
 
-def _past_context(hist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """past_tap of a channel-first frame (1, C, 1, S), channel-first."""
-    from sana_wm.ops.temporal_conv import past_tap
+def _with_history(h: torch.Tensor, hist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The GEMM temporal conv of channel-first h with the frame before it: its past tap (what the streaming cache
+    keeps) added to the first frame, as the transformer does."""
+    from sana_wm.ops.temporal_conv import ffn_temporal_conv, past_tap
 
-    return past_tap(hist.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2)
+    out = ffn_temporal_conv(h, w)
+    out[:, :, :1] += past_tap(hist.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2)
+    return out
 
 
-def test_temporal_conv_past_context_matches_conv():
-    """CPU fp32: the GEMM temporal conv with the preceding frame's past tap added equals the padded convolution."""
-    from sana_wm.ops.temporal_conv import ffn_temporal_conv, tap_major
+def test_temporal_conv_with_past_tap_matches_conv():
+    """CPU fp32: the GEMM temporal conv plus the preceding frame's past tap equals the padded convolution."""
+    from sana_wm.ops.temporal_conv import tap_major
 
     h, hist, w, want = _temporal_conv_case(48, 20, seed=1)
-    assert rel(ffn_temporal_conv(h, tap_major(w), past=_past_context(hist, w)), want) < 1e-6
+    assert rel(_with_history(h, hist, tap_major(w)), want) < 1e-6
 
 
 @pytest.mark.gpu
 def test_temporal_conv_gemm_matches_conv():
-    from sana_wm.ops.temporal_conv import ffn_temporal_conv, tap_major
+    from sana_wm.ops.temporal_conv import tap_major
 
     h, hist, w, want = _temporal_conv_case(2240, 880, seed=0)
-    wc = tap_major(w.cuda().bfloat16())
-    got = ffn_temporal_conv(h.cuda().bfloat16(), wc, past=_past_context(hist.cuda().bfloat16(), wc))
+    got = _with_history(h.cuda().bfloat16(), hist.cuda().bfloat16(), tap_major(w.cuda().bfloat16()))
     assert rel(got, want) <= 2e-2
 
 
@@ -362,5 +364,9 @@ def test_kernels_compile_for_sm90():
     } | {"seg_last_ptr": "*i32"}
     compile_(G._gdn_scan_kernel, scan_ptrs, NJOBS=3, HAS_Z=True, BLOCK_D=128, BLOCK_V=32, BLOCK_K=32)
     out_ptrs = {"qr_ptr": bf, "q_ptr": bf, "work_ptr": f32, "work_z_ptr": f32, "out_ptr": bf}
-    compile_(G._gdn_out_kernel, out_ptrs, floats=("eps",), HAS_Z=True, BLOCK_S=64, BLOCK_D=128, DOT_F32=False)
+    out_ptrs |= {"rope_ptr": f32, "mat_ptr": f32}
+    for has_z in (True, False):
+        flags = {"HAS_Z": has_z, "DECODE": not has_z, "BLOCK_S": 64 if has_z else 32, "BLOCK_D": 128}
+        flags["DOT_F32"] = False
+        compile_(G._gdn_out_kernel, out_ptrs, floats=("eps",), **flags)
     compile_(Q._beta_discount_kernel, {"beta_ptr": bf, "infl_ptr": f32, "out_ptr": bf}, num_warps=4, BLOCK_S=1024)

@@ -89,7 +89,6 @@ def ffn_temporal_conv_tokens(
     weight: torch.Tensor,
     *,
     chunk_starts: Sequence[int] | None = None,
-    past: torch.Tensor | None = None,
     residual: bool = True,
 ) -> torch.Tensor:
     """Residual temporal conv ``h + conv(h)`` of the FFN on token-major activations, as matrix products (cuBLAS runs
@@ -102,17 +101,14 @@ def ffn_temporal_conv_tokens(
         h: (B, T, S, C) point-conv output. weight: (C, C, 3, 1) (``mlp.t_conv.weight``); stored tap-major
             (:func:`tap_major`) each tap is a contiguous matrix.
         chunk_starts: segment starts; a segment's last frame sees zeros on the right, its first frame sees the
-            previous frame (of the previous segment) on the left.
-        past: (B, 1, S, C) the past tap already applied to the frame preceding ``h`` (:func:`past_tap`; the
-            streaming cache keeps it, so a pass adds it instead of running the product again); zeros if None.
+            previous frame (of the previous segment) on the left; the first segment's first frame sees zeros (a
+            streamed chunk's caller adds the cached :func:`past_tap` of the frame before it).
 
     Returns:
         (B, T, S, C), contiguous.
     """
     B, T, S, C = h.shape
     _check_tconv_weight(weight, C)
-    if past is not None and tuple(past.shape) != (B, 1, S, C):
-        raise ValueError(f"past must have shape {(B, 1, S, C)}, got {tuple(past.shape)}.")
     past_w, centre, future = (weight[:, :, j, 0].to(h.dtype).t() for j in range(3))  # (C_in, C_out) each
     h = h.contiguous()
     flat = h.view(B * T * S, C)
@@ -124,14 +120,12 @@ def ffn_temporal_conv_tokens(
                 out[b, s + 1 : e].view(-1, C).addmm_(h[b, s : e - 1].view(-1, C), past_w)
             if s > 0:
                 out[b, s].addmm_(h[b, s - 1], past_w)
-    if past is not None:
-        out[:, :1] += past.to(h.dtype)
     return out
 
 
 def past_tap(frame: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The temporal conv's past tap applied to ``frame`` (B, 1, S, C): what the next frame's output adds (the
-    ``past`` argument of :func:`ffn_temporal_conv_tokens`)."""
+    streaming cache keeps it for the next chunk's first frame)."""
     C = frame.shape[-1]
     _check_tconv_weight(weight, C)
     return frame @ weight[:, :, 0, 0].to(frame.dtype).t()
@@ -143,21 +137,11 @@ def _check_tconv_weight(weight: torch.Tensor, C: int) -> None:
 
 
 def ffn_temporal_conv(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    *,
-    chunk_starts: Sequence[int] | None = None,
-    past: torch.Tensor | None = None,
+    h: torch.Tensor, weight: torch.Tensor, *, chunk_starts: Sequence[int] | None = None
 ) -> torch.Tensor:
-    """:func:`ffn_temporal_conv_tokens` on channel-first tensors: h (B, C, T, S), past (B, C, 1, S) ->
-    (B, C, T, S), stored token-major (``out.permute(0, 2, 3, 1)`` is contiguous)."""
-    out = ffn_temporal_conv_tokens(
-        h.permute(0, 2, 3, 1),
-        weight,
-        chunk_starts=chunk_starts,
-        past=None if past is None else past.permute(0, 2, 3, 1),
-    )
-    return out.permute(0, 3, 1, 2)
+    """:func:`ffn_temporal_conv_tokens` on channel-first tensors: h (B, C, T, S) -> (B, C, T, S), stored token-major
+    (``out.permute(0, 2, 3, 1)`` is contiguous)."""
+    return ffn_temporal_conv_tokens(h.permute(0, 2, 3, 1), weight, chunk_starts=chunk_starts).permute(0, 3, 1, 2)
 
 
 def tap_major(weight: torch.Tensor) -> torch.Tensor:
