@@ -30,7 +30,7 @@ from server.bench import time_ms  # noqa: E402
 
 B, H, T, D = 1, 20, 3, 112
 BLOCKS = 15  # GDN blocks; each calls gdn_main and gdn_cam once per forward
-# launch alternatives of sana_wm.ops.gdn_triton, timed beside its defaults: (name, module attribute, value)
+# launch alternatives of sana_wm.ops.gdn_triton, timed beside its defaults: (name, module attribute(s), value(s))
 VARIANTS = [
     ("gram 64-token steps, 8 warps", "GRAM_LAUNCH", {"BLOCK_S": 64, "num_warps": 8}),
     ("gram 64-token steps, 4 warps", "GRAM_LAUNCH", {"BLOCK_S": 64, "num_warps": 4}),
@@ -40,6 +40,9 @@ VARIANTS = [
     ("gram 32-token steps, 4 warps, 4 stages", "GRAM_LAUNCH", {"BLOCK_S": 32, "num_warps": 4, "num_stages": 4}),
     ("gram 128-token steps, 8 warps, 3 stages", "GRAM_LAUNCH", {"BLOCK_S": 128, "num_warps": 8, "num_stages": 3}),
     ("scan without register cap", "SCAN_MAXNREG", None),
+    ("scan 32-wide K slices", "SCAN_BLOCK_K", 32),
+    ("scan 32-wide K slices, no register cap", ("SCAN_BLOCK_K", "SCAN_MAXNREG"), (32, None)),
+    ("scan 64-wide K slices, no register cap", ("SCAN_BLOCK_K", "SCAN_MAXNREG"), (64, None)),
     ("out 2 waves", "OUT_WAVES", 2),
     ("out 4 waves", "OUT_WAVES", 4),
 ]
@@ -135,8 +138,10 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
     }
     result["variants"] = {}
     for name, attr, value in VARIANTS:
-        default = getattr(G, attr)
-        setattr(G, attr, value)
+        attrs, values = (attr, value) if isinstance(attr, tuple) else ((attr,), (value,))
+        defaults = [getattr(G, a) for a in attrs]
+        for a, v in zip(attrs, values):
+            setattr(G, a, v)
         try:
             result["variants"][name] = {
                 "gdn_main_us": _us(main_triton, reps),
@@ -145,7 +150,8 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
                 "gdn_main_error": _errors(main_triton(), want_main),
             }
         finally:
-            setattr(G, attr, default)
+            for a, v in zip(attrs, defaults):
+                setattr(G, a, v)
     m, c = result["gdn_main"], result["gdn_cam"]
     per_forward = {  # ms per forward (15 blocks x one call of each branch)
         "triton": (m["triton_us"] + c["triton_us"]) * BLOCKS / 1e3,
