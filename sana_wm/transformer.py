@@ -176,17 +176,18 @@ class GLUMBConvTemp(nn.Module):
 
     def forward(
         self, x: torch.Tensor, frames: _Frames, cache: dict | None, write: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, N, C) -> (conv(h), h), each (B, N, C): the FFN output is their sum (the temporal conv's residual),
-        which the caller adds in its next pass over the tokens."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, N, C) -> (conv(h), h, past): the FFN output is conv(h) + h (the temporal conv's residual) plus, on
+        the first frame's rows, ``past`` (B, 1, S, C) (the cached past tap of the previous chunk's last frame; None
+        without a cache), which the caller adds in its next pass over the tokens."""
         B, N, C = x.shape
         h = self.spatial(x, frames)
         weight = self.t_conv.weight
         past = None if cache is None else cache["ffn_past"]
-        out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, past=past, residual=False)
-        if write:
-            past.copy_(past_tap(h[:, -1:], weight))
-        return out.view(B, N, C), h.view(B, N, C)
+        out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, residual=False)
+        if write:  # the cache gets this chunk's tap; this pass still adds the previous one
+            past, _ = past.clone(), past.copy_(past_tap(h[:, -1:], weight))
+        return out.view(B, N, C), h.view(B, N, C), past
 
 
 class CrossAttention(nn.Module):
@@ -225,6 +226,18 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     ]
 
 
+_Pending = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]  # gate, y, skip, first
+
+
+def _add_pending(
+    x: torch.Tensor, pending: _Pending, shift: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's pending FFN residual added to x (B, N, C) in the pass of the next modulated LayerNorm: (x + gate *
+    (y + skip + first on frame 0), LayerNorm(that) * (1 + scale) + shift) (:meth:`SanaWMBlock.forward`)."""
+    gate, y, skip, first = pending
+    return residual_layernorm_modulate(x, y, shift, scale, gate=gate, skip=skip, first=first)
+
+
 class FinalLayer(nn.Module):
     """LayerNorm (no affine) + per-frame shift/scale from ``t`` + table, then Linear(D, C_out)."""
 
@@ -238,15 +251,15 @@ class FinalLayer(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         num_frames: int,
-        pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        pending: _Pending | None = None,
     ) -> torch.Tensor:
-        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual (gate, y, skip),
-        added to x in the LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
+        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual, added to x in the
+        LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
         shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unsqueeze(3).unbind(2)  # (B, T, 1, D)
         if pending is None:
             h = layernorm_modulate(x, shift, scale)
         else:
-            h = residual_layernorm_modulate(x, pending[1], shift, scale, gate=pending[0], skip=pending[2])[1]
+            h = _add_pending(x, pending, shift, scale)[1]
         return self.linear(h)
 
 
@@ -468,8 +481,8 @@ class SanaWMAttention(nn.Module):
         return torch.cat(outs, dim=2)
 
     def _softmax_stream(self, q, k, v, q_cam, k_cam, v_cam, frames, cache, write) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both branches of a softmax block against the cache: (B, N, C) projections -> main output (B, N, C) and
-        camera output (B, H, N, D) before the UCPE decode.
+        """Both branches of a softmax block against the cache: (B, N, C) projections -> main and camera outputs per
+        head (B, H, N, D) (the camera's before the UCPE decode; ``gated_output`` reads the main one in place).
 
         The q/k preparation writes both branches' queries into one (B, 2H, N, D) buffer and their K/V into this
         pass's slot ``[a, a + N)`` of ``cache["kv"]`` (a = ``frames.kv_offset``); one unmasked SDPA over 2H heads
@@ -478,7 +491,7 @@ class SanaWMAttention(nn.Module):
         cache-writing pass then commits ``current`` to its ring slot (``frames.write_tokens``)."""
         if frames.kv_offset is None:
             raise ValueError("a stream forward needs frames.kv_offset = cache.kv_offset() (see forward_chunk).")
-        B, N, C = q.shape
+        B, N, _ = q.shape
         H = self.heads
         kv = cache["kv"]
         a, end = frames.kv_offset, frames.kv_offset + N
@@ -514,7 +527,7 @@ class SanaWMAttention(nn.Module):
         if write and frames.write_tokens is not None:  # commit the chunk from `current` to its ring slot
             lo, hi = frames.write_tokens
             kv[:, :, :, lo:hi].copy_(slot)
-        return main.transpose(1, 2).reshape(B, N, C), cam
+        return main, cam
 
     # -- branches --------------------------------------------------------------------------------------------------
     def _main(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
@@ -543,7 +556,7 @@ class SanaWMAttention(nn.Module):
         return out
 
     def _camera(self, q, k, v, frames, beta, g, cache, write) -> torch.Tensor:
-        """Camera branch up to the UCPE decode's input (B, H, N, D)."""
+        """Camera branch, UCPE-decoded: (B, N, C)."""
         if not self.softmax:
             k = self._short_conv(k, self.conv_k_cam, frames, cache, "cam_k_tail", self.cfg.cam_conv_cross_chunk, write)
         q_u, k_u, v_u, beta = prep_camera(
@@ -561,30 +574,32 @@ class SanaWMAttention(nn.Module):
             rms_downscale=self.cfg.post_ucpe_rms_downscale,
         )
         if self.softmax:
-            return self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale)
-        out5, state = gdn_cam(
+            out = self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale)
+            return ucpe_decode(out, frames.ray_out, frames.rope_cam)
+        out, state = gdn_cam(
             *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
             beta,
             g,
             chunk_starts=frames.chunk_starts,
             state_kv=None if cache is None else cache["cam_state_kv"],
+            decode=(frames.ray_out, frames.rope_cam),
         )
         if write:
             cache["cam_state_kv"].copy_(state)
-        return out5.flatten(2, 3)
+        return out
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
         """x (B, N, C) modulated tokens -> (B, N, C)."""
         q, k, v, q_cam, k_cam, v_cam, gate, beta_logits, decay_logits = self._project(x)
         if self.softmax and frames.mode == "stream":
             main, cam = self._softmax_stream(q, k, v, q_cam, k_cam, v_cam, frames, cache, write)
+            cam = ucpe_decode(cam, frames.ray_out, frames.rope_cam)
         else:
             beta, g = (None, None)
             if not self.softmax:  # beta (B, H, T, S) per token, decay g (B, H, T) per frame
                 beta, g = gdn_gates(beta_logits, decay_logits, self.A_log, self.dt_bias, frames.T)
             main = self._main(q, k, v, frames, beta, g, cache, write)
             cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
-        cam = ucpe_decode(cam, frames.ray_out, frames.rope_cam)
         return self.proj(gated_output(main, self.out_proj_cam(cam), gate))
 
 
@@ -614,25 +629,25 @@ class SanaWMBlock(nn.Module):
         cache: dict | None = None,
         write: bool = False,
         index: int = 0,
-        pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        pending: _Pending | None = None,
+    ) -> tuple[torch.Tensor, _Pending]:
         """One block, its FFN residual left pending (the next block adds it in the pass of its first LayerNorm).
 
         Args:
             x: (B, N, C) tokens, before ``pending`` is added.
             modulation: (B, T, 6, C) per-frame ``scale_shift_table + t0``.
-            pending: the previous block's FFN residual (gate (B, T, 1, C), y, skip (B, N, C)): the block input is
-                ``x + gate * (y + skip)``; None: x is the input.
+            pending: the previous block's FFN residual (gate (B, T, 1, C), y, skip (B, N, C), first (B, 1, S, C) or
+                None): the block input is ``x + gate * (y + skip + first on frame 0)``; None: x is the input.
             index: this block's position.
 
         Returns:
-            (x, (gate, y, skip)): the block output is ``x + gate * (y + skip)``.
+            (x, pending): the block output is x plus its pending FFN residual.
         """
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(3).unbind(2)
         if pending is None:  # each per-frame parameter (B, T, 1, C)
             h = layernorm_modulate(x, shift_msa, scale_msa)
         else:
-            x, h = residual_layernorm_modulate(x, pending[1], shift_msa, scale_msa, gate=pending[0], skip=pending[2])
+            x, h = _add_pending(x, pending, shift_msa, scale_msa)
         attn = self.attn(h, frames, cache, write)
         row = frames.plucker_rows[index]
         x = gated_residual(x, gate_msa, attn, None if row is None else frames.plucker_add[row])
