@@ -499,11 +499,14 @@ def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: t
 # - scan at BLOCK_D 128 (head dim 112): the 8-warp program needs ~123 registers; capped at 80 (64 B of stack) three
 #   programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave
 #   (SCAN_BLOCK_K: P's K dimension per dot; 7 dependent dots per step at 16);
-# - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs.
+# - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs (H100,
+#   main branch: 1 wave 24.1 us, 2 waves 20.9 us, 4 waves 23.8 us); the decoding camera variant (32-token tiles)
+#   takes DECODE_WAVES: at 1-2 waves a program walked 7-14 tiles in a row (~49 us per call in the graph).
 GRAM_LAUNCH = {"BLOCK_S": 64, "num_warps": 4}
 SCAN_MAXNREG = 80
 SCAN_BLOCK_K = 16  # K slice of P per dot in the scan's steps
-OUT_WAVES = 1
+OUT_WAVES = 2
+DECODE_WAVES = 8
 
 
 def _scan_launch(block_d: int) -> dict:
@@ -627,7 +630,8 @@ def _run(
     block_s = 64 if decode is None else 32  # the decode's 4x4 mixing and RoPE need the registers of half the tile
     blocks = triton.cdiv(S, block_s)
     # token blocks per program: the frame's D x D state is read once for all of them
-    per_program = triton.cdiv(blocks, max(1, min(blocks, OUT_WAVES * _sm_count(device) // frames)))
+    waves = OUT_WAVES if decode is None else DECODE_WAVES
+    per_program = triton.cdiv(blocks, max(1, min(blocks, waves * _sm_count(device) // frames)))
     _gdn_out_kernel[(frames, triton.cdiv(blocks, per_program))](
         queries,
         *_strides4(queries),
