@@ -45,8 +45,6 @@ VARIANTS = [
     ("scan 64-wide K slices, no register cap", ("SCAN_BLOCK_K", "SCAN_MAXNREG"), (64, None)),
     ("out 1 wave", "OUT_WAVES", 1),
     ("out 4 waves", "OUT_WAVES", 4),
-    ("decoding camera out 4 waves", "DECODE_WAVES", 4),
-    ("decoding camera out 16 waves", "DECODE_WAVES", 16),
 ]
 BASELINE_REV = "9f693bd^"  # gdn_triton.py as GPU run 3 measured it (one program per frame and product, 2T-step scan)
 
@@ -116,22 +114,6 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
     def cam_ref():
         return gdn_ref.gdn_cam(cqr, ckr, cv, cbeta, cg, state_kv=cskv)
 
-    # the camera branch's UCPE decode: in the output kernel, or the separate decode kernel after it
-    from gpu_check import LAT_H, LAT_W, camera_rays
-
-    from sana_wm.ops.qk_prep_triton import ucpe_decode_triton
-    from sana_wm.ops.rope import rope_frequencies, slice_rope_for_camera
-
-    ray_q, _ = camera_rays(B, T, LAT_H, LAT_W, seed=4)
-    ray_out = ray_q.transpose(-1, -2).contiguous().to(dev)
-    rope_cam = slice_rope_for_camera(rope_frequencies(D, torch.arange(8, 8 + T), LAT_H, LAT_W), D).to(dev)
-
-    def cam_decoded():
-        return gdn_cam_triton(cqr, ckr, cv, cbeta, cg, state_kv=cskv, decode=(ray_out, rope_cam))
-
-    def cam_then_decode():
-        return ucpe_decode_triton(cam_triton()[0].flatten(2, 3), ray_out, rope_cam)
-
     tm = main_triton(token_major=True)[0]
     result = {
         "shape": {"B": B, "H": H, "T": T, "S": S, "D": D, "dtype": "bf16", "calls_per_forward": 2 * BLOCKS},
@@ -152,9 +134,6 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
             "triton_error": _errors(cam_triton(), want_cam),
             "reference_error": _errors(cam_ref(), want_cam),
             "kernels_us": _kernel_us(cam_triton, reps),
-            "decoded_kernels_us": _kernel_us(cam_decoded, reps),
-            "then_decode_kernels_us": _kernel_us(cam_then_decode, reps),
-            "decoded_max_abs_diff": float((cam_decoded()[0].float() - cam_then_decode().float()).abs().max()),
         },
     }
     result["variants"] = {}
@@ -168,7 +147,6 @@ def run(device: str = "cuda", reps: int = 50) -> dict:
                 "gdn_main_us": _us(main_triton, reps),
                 "gdn_cam_us": _us(cam_triton, reps),
                 "gdn_main_kernels_us": _kernel_us(main_triton, reps),
-                "gdn_cam_decoded_kernels_us": _kernel_us(cam_decoded, reps),
                 "gdn_main_error": _errors(main_triton(), want_main),
             }
         finally:

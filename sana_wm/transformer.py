@@ -23,7 +23,7 @@ RoPE positions are absolute latent-frame indices computed on the fly (``sana_wm.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -312,6 +312,28 @@ class _Frames:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_by_side(first: Callable[[], torch.Tensor], second: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``(first(), second())`` on CUDA with ``second``'s kernels on a side stream of the device, so that the two run
+    concurrently (the GDN branches are small, latency-bound kernels that leave most of the GPU idle alone). Forked
+    from and joined back into the current stream, so it also works inside CUDA-graph capture. Tensors cross streams
+    safely without ``record_stream``: the caller's inputs stay referenced until the join, and every side-stream
+    region starts by waiting for the current stream, so memory the side stream hands back is only reused after the
+    current stream's uses of it."""
+    current = torch.cuda.current_stream()
+    side = _SIDE_STREAMS.get(current.device)
+    if side is None:
+        side = _SIDE_STREAMS[current.device] = torch.cuda.Stream(current.device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        b = second()
+    a = first()
+    current.wait_stream(side)
+    return a, b
+
+
 _MERGED_ROW_ALIGN = 64  # merged projection rows padded to this: 16-byte aligned output rows, whole GEMM tiles
 
 
@@ -576,17 +598,16 @@ class SanaWMAttention(nn.Module):
         if self.softmax:
             out = self._sdpa(q_u, k_u, v_u, frames, self.cfg.cam_softmax_scale)
             return ucpe_decode(out, frames.ray_out, frames.rope_cam)
-        out, state = gdn_cam(
+        out5, state = gdn_cam(
             *(self._frames5(t, frames) for t in (q_u, k_u, v_u)),
             beta,
             g,
             chunk_starts=frames.chunk_starts,
             state_kv=None if cache is None else cache["cam_state_kv"],
-            decode=(frames.ray_out, frames.rope_cam),
         )
         if write:
             cache["cam_state_kv"].copy_(state)
-        return out
+        return ucpe_decode(out5.flatten(2, 3), frames.ray_out, frames.rope_cam)
 
     def forward(self, x: torch.Tensor, frames: _Frames, cache: dict | None = None, write: bool = False) -> torch.Tensor:
         """x (B, N, C) modulated tokens -> (B, N, C)."""
@@ -598,8 +619,14 @@ class SanaWMAttention(nn.Module):
             beta, g = (None, None)
             if not self.softmax:  # beta (B, H, T, S) per token, decay g (B, H, T) per frame
                 beta, g = gdn_gates(beta_logits, decay_logits, self.A_log, self.dt_bias, frames.T)
-            main = self._main(q, k, v, frames, beta, g, cache, write)
-            cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
+            if x.is_cuda and not self.softmax:  # the GDN branches are independent: run them side by side
+                main, cam = _side_by_side(
+                    lambda: self._main(q, k, v, frames, beta, g, cache, write),
+                    lambda: self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write),
+                )
+            else:
+                main = self._main(q, k, v, frames, beta, g, cache, write)
+                cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
         return self.proj(gated_output(main, self.out_proj_cam(cam), gate))
 
 

@@ -10,8 +10,7 @@ Three kernels per call (NVlabs' "chunkwise" split, written anew):
   ``M_t = g_t (M_{t-1} - P_t M_{t-1}) + A_t`` forward over all frames from the seed state, and, in separate
   programs running at the same time, the exclusive reverse recurrence inside each segment;
 - **out** (grid frames x groups of token blocks): ``num = Q_hat (M_t + R_t)``, ``den = Q (z_t + r_t)``,
-  ``num / (den + eps)`` (camera: ``num`` only, optionally UCPE-decoded before the store, the decode of
-  ``qk_prep_triton``); ``(B, H, T, S, D)`` or token-major ``(B, T*S, H*D)``.
+  ``num / (den + eps)`` (camera: ``num`` only); ``(B, H, T, S, D)`` or token-major ``(B, T*S, H*D)``.
 
 Inputs may be strided views (last dim contiguous); ``beta`` / ``g`` any strides. States are float32
 ``(B, H, D, D)`` indexed [key, value] and ``(B, H, D)`` like the reference.
@@ -26,12 +25,10 @@ import torch
 
 from ._triton import HAS_TRITON, dot_in_f32, last_dim_contiguous, tl, triton
 from .gdn import chunk_segments
-from .qk_prep_triton import _rope_table
 
 __all__ = ["gdn_cam_triton", "gdn_main_triton"]
 
 if HAS_TRITON:
-    from .qk_prep_triton import _encode, _rope_tables
 
     @triton.jit
     def _tile_gram(
@@ -413,25 +410,19 @@ if HAS_TRITON:
         o_sh,
         o_st,
         o_ss,  # output strides: (B, H, T, S, D) contiguous, or token-major (B, T, S, H, D)
-        rope_ptr,
-        mat_ptr,
         H,
         T,
         S,
         D,
-        ROPE_PAIRS,
         blocks_per_program,
         eps,
         HAS_Z: tl.constexpr,
-        DECODE: tl.constexpr,
         BLOCK_S: tl.constexpr,
         BLOCK_D: tl.constexpr,
         DOT_F32: tl.constexpr,
     ):
         """out = Q_hat (M + R) [/ (Q (z + r) + eps)] for one frame and ``blocks_per_program`` token blocks: the
-        frame's state M_t + R_t is read and summed once per program. DECODE (camera branch): the UCPE decode of each
-        token's output (``mat`` (B, T*S, 4, 4) fp32 on the first half's channel groups, the conjugate of the
-        (T*S, ROPE_PAIRS, 2) RoPE table on the second half) before the store."""
+        frame's state M_t + R_t is read and summed once per program."""
         frame = tl.program_id(0)
         sblk = tl.program_id(1)
         t = frame % T
@@ -465,10 +456,6 @@ if HAS_TRITON:
                 q = tl.load(q_base + rs[:, None] * q_ss + rd[None, :], mask=m2, other=0.0)
                 den = tl.sum(q.to(tl.float32) * z[None, :], axis=1)
                 num = num / (den + eps)[:, None]
-            if DECODE:
-                n = t * S + rs
-                cos, sin = _rope_tables(rope_ptr, n, ms, D // 4, ROPE_PAIRS, BLOCK_S, BLOCK_D)
-                num = _encode(num, cos, -sin, mat_ptr + b * T * S * 16, n, ms, rd, D, 1, BLOCK_S, BLOCK_D)
             tl.store(
                 o_base + rs[:, None] * o_ss + rd[None, :],
                 num.to(out_ptr.dtype.element_ty),
@@ -500,13 +487,13 @@ def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: t
 #   programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave
 #   (SCAN_BLOCK_K: P's K dimension per dot; 7 dependent dots per step at 16);
 # - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs (H100,
-#   main branch: 1 wave 24.1 us, 2 waves 20.9 us, 4 waves 23.8 us); the decoding camera variant (32-token tiles)
-#   takes DECODE_WAVES: at 1-2 waves a program walked 7-14 tiles in a row (~49 us per call in the graph).
+#   main branch: 1 wave 24.1 us, 2 waves 21.0 us, 4 waves 23.8 us). The camera branch's UCPE decode in this
+#   kernel's epilogue (32-token tiles to stay spill-free) measured 53 us against 13 + 11 us for the output kernel
+#   and the separate decode kernel, so the decode stays separate.
 GRAM_LAUNCH = {"BLOCK_S": 64, "num_warps": 4}
 SCAN_MAXNREG = 80
 SCAN_BLOCK_K = 16  # K slice of P per dot in the scan's steps
 OUT_WAVES = 2
-DECODE_WAVES = 8
 
 
 def _scan_launch(block_d: int) -> dict:
@@ -560,7 +547,6 @@ def _run(
     state_z: torch.Tensor | None,
     eps: float,
     token_major: bool,
-    decode: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     B, H, T, S, D = values.shape
     device = values.device
@@ -627,11 +613,10 @@ def _run(
         out = torch.empty(B, H, T, S, D, dtype=values.dtype, device=device)
         o_strides = _strides4(out)
     qz = queries_z if has_z else queries
-    block_s = 64 if decode is None else 32  # the decode's 4x4 mixing and RoPE need the registers of half the tile
+    block_s = 64
     blocks = triton.cdiv(S, block_s)
     # token blocks per program: the frame's D x D state is read once for all of them
-    waves = OUT_WAVES if decode is None else DECODE_WAVES
-    per_program = triton.cdiv(blocks, max(1, min(blocks, waves * _sm_count(device) // frames)))
+    per_program = triton.cdiv(blocks, max(1, min(blocks, OUT_WAVES * _sm_count(device) // frames)))
     _gdn_out_kernel[(frames, triton.cdiv(blocks, per_program))](
         queries,
         *_strides4(queries),
@@ -641,16 +626,13 @@ def _run(
         work_z,
         out,
         *o_strides,
-        *(work, work) if decode is None else decode,
         H,
         T,
         S,
         D,
-        0 if decode is None else decode[0].shape[1],
         per_program,
         eps,
         HAS_Z=has_z,
-        DECODE=decode is not None,
         BLOCK_S=block_s,
         BLOCK_D=block_d,
         DOT_F32=dot_f32,
@@ -699,26 +681,11 @@ def gdn_cam_triton(
     *,
     chunk_starts: Sequence[int] | None = None,
     state_kv: torch.Tensor | None = None,
-    decode: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton :func:`sana_wm.ops.gdn.gdn_cam` (numerator-only camera branch; same arguments and returns).
-
-    ``decode`` = (ray_out (B, T*S, 4, 4), rope_cam (T*S, D/4) complex): the output UCPE-decoded in the same launch
-    and token-major, (B, T*S, H*D) (== ``ucpe_decode(out.flatten(2, 3), ray_out, rope_cam)``)."""
+    """Triton :func:`sana_wm.ops.gdn.gdn_cam` (numerator-only camera branch; same arguments and returns)."""
     B, H, T, S, D = v.shape
     _check_shapes(B, H, T, S, D, {"q": q, "k": k, "v": v}, beta, g)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     seed_kv = _seed(state_kv, (B, H, D, D), "state_kv", v)
-    tables = None
-    if decode is not None:
-        ray_out, rope_cam = decode
-        if tuple(ray_out.shape) != (B, T * S, 4, 4) or tuple(rope_cam.shape) != (T * S, D // 4):
-            raise ValueError(
-                f"decode needs ray_out {(B, T * S, 4, 4)} and rope_cam {(T * S, D // 4)}, got "
-                f"{tuple(ray_out.shape)} and {tuple(rope_cam.shape)}."
-            )
-        tables = (_rope_table(rope_cam), ray_out.to(torch.float32).contiguous())
-    out, final_kv, _ = _run(
-        k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0, decode is not None, tables
-    )
+    out, final_kv, _ = _run(k, None, v, q, None, beta, g, chunk_starts, seed_kv, None, 0.0, False)
     return out, final_kv

@@ -85,18 +85,13 @@ def gdn_main(q, k, q_rot, k_rot, v, beta, g, *, token_major: bool = False, **kwa
     return out, state_kv, state_z
 
 
-def gdn_cam(q, k, v, beta, g, *, decode=None, **kwargs):
-    """:func:`sana_wm.ops.gdn.gdn_cam`, on Triton when possible. ``decode`` = (ray_out, rope_cam): the output
-    UCPE-decoded, token-major (B, T*S, H*D) (the Triton kernel decodes before its store; the reference path runs
-    :func:`sana_wm.ops.qk_prep.ucpe_decode` after)."""
+def gdn_cam(q, k, v, beta, g, **kwargs):
+    """:func:`sana_wm.ops.gdn.gdn_cam`, on Triton when possible."""
     if _triton_for(v):
         from .gdn_triton import gdn_cam_triton
 
-        return gdn_cam_triton(q, k, v, beta, g, decode=decode, **kwargs)
-    out, state = _gdn_ref.gdn_cam(q, k, v, beta, g, **kwargs)
-    if decode is not None:
-        out = _prep_ref.ucpe_decode(out.flatten(2, 3), *decode)
-    return out, state
+        return gdn_cam_triton(q, k, v, beta, g, **kwargs)
+    return _gdn_ref.gdn_cam(q, k, v, beta, g, **kwargs)
 
 
 def gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames: int):
