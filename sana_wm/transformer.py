@@ -315,13 +315,17 @@ class _Frames:
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def _side_by_side(first: Callable[[], torch.Tensor], second: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """``(first(), second())`` on CUDA with ``second``'s kernels on a side stream of the device, so that the two run
-    concurrently (the GDN branches are small, latency-bound kernels that leave most of the GPU idle alone). Forked
-    from and joined back into the current stream, so it also works inside CUDA-graph capture. Tensors cross streams
-    safely without ``record_stream``: the caller's inputs stay referenced until the join, and every side-stream
-    region starts by waiting for the current stream, so memory the side stream hands back is only reused after the
-    current stream's uses of it."""
+def _side_by_side(
+    first: Callable[[], object], second: Callable[[], object], enabled: bool = True
+) -> tuple[object, object]:
+    """``(first(), second())``, with ``second``'s kernels on a side stream of the current CUDA device when
+    ``enabled``, so that the two run concurrently (the GDN branches are small, latency-bound kernels that leave most
+    of the GPU idle alone). Forked from and joined back into the current stream, so it also works inside CUDA-graph
+    capture. Tensors cross streams safely without ``record_stream``: the caller's inputs stay referenced until the
+    join, and every side-stream region starts by waiting for the current stream, so memory the side stream hands
+    back is only reused after the current stream's uses of it."""
+    if not enabled:
+        return first(), second()
     current = torch.cuda.current_stream()
     side = _SIDE_STREAMS.get(current.device)
     if side is None:
@@ -520,21 +524,23 @@ class SanaWMAttention(nn.Module):
         slot = kv[:, :, :, a:end]
         queries = q.new_empty(B, 2 * H, N, self.head_dim)
         main_out = {"q_out": queries[:, :H], "k_out": slot[0, :, :H], "v": v, "v_out": slot[1, :, :H]}
-        prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=H, **main_out)
-        prep_camera(
-            q_cam,
-            k_cam,
-            v_cam,
-            self.q_norm_cam.weight,
-            self.k_norm_cam.weight,
-            frames.ray_q,
-            frames.ray_kv,
-            frames.rope_cam,
-            heads=H,
-            rms_downscale=self.cfg.post_ucpe_rms_downscale,
-            q_out=queries[:, H:],
-            k_out=slot[0, :, H:],
-            v_out=slot[1, :, H:],
+        cam_out = {"q_out": queries[:, H:], "k_out": slot[0, :, H:], "v_out": slot[1, :, H:]}
+        _side_by_side(  # into disjoint halves of one buffer: two streams on CUDA
+            lambda: prep_softmax_qk(q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=H, **main_out),
+            lambda: prep_camera(
+                q_cam,
+                k_cam,
+                v_cam,
+                self.q_norm_cam.weight,
+                self.k_norm_cam.weight,
+                frames.ray_q,
+                frames.ray_kv,
+                frames.rope_cam,
+                heads=H,
+                rms_downscale=self.cfg.post_ucpe_rms_downscale,
+                **cam_out,
+            ),
+            enabled=q.is_cuda,
         )
         keys, values = kv[0, :, :, :end], kv[1, :, :, :end]
         scale, cam_scale = self.cfg.softmax_scale, self.cfg.cam_softmax_scale
@@ -614,20 +620,17 @@ class SanaWMAttention(nn.Module):
         q, k, v, q_cam, k_cam, v_cam, gate, beta_logits, decay_logits = self._project(x)
         if self.softmax and frames.mode == "stream":
             main, cam = self._softmax_stream(q, k, v, q_cam, k_cam, v_cam, frames, cache, write)
-            cam = ucpe_decode(cam, frames.ray_out, frames.rope_cam)
+            cam = self.out_proj_cam(ucpe_decode(cam, frames.ray_out, frames.rope_cam))
         else:
             beta, g = (None, None)
             if not self.softmax:  # beta (B, H, T, S) per token, decay g (B, H, T) per frame
                 beta, g = gdn_gates(beta_logits, decay_logits, self.A_log, self.dt_bias, frames.T)
-            if x.is_cuda and not self.softmax:  # the GDN branches are independent: run them side by side
-                main, cam = _side_by_side(
-                    lambda: self._main(q, k, v, frames, beta, g, cache, write),
-                    lambda: self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write),
-                )
-            else:
-                main = self._main(q, k, v, frames, beta, g, cache, write)
-                cam = self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)
-        return self.proj(gated_output(main, self.out_proj_cam(cam), gate))
+            main, cam = _side_by_side(  # GDN blocks: two streams on CUDA (the branches are independent)
+                lambda: self._main(q, k, v, frames, beta, g, cache, write),
+                lambda: self.out_proj_cam(self._camera(q_cam, k_cam, v_cam, frames, beta, g, cache, write)),
+                enabled=x.is_cuda and not self.softmax,
+            )
+        return self.proj(gated_output(main, cam, gate))
 
 
 # ----------------------------------------------------------------------------------------------------------------

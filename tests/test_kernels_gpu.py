@@ -193,8 +193,9 @@ def test_dispatch_uses_triton_on_cuda_and_reference_when_disabled():
 
 @pytest.mark.gpu
 def test_gdn_branches_side_by_side_equal_one_stream(monkeypatch):
-    """The GDN blocks' main and camera branches on two streams give the bits of the same kernels on one stream,
-    velocities and cache alike (inside CUDA graphs: test_chunk_graph_replays_equal_eager_chunks)."""
+    """The GDN blocks' main and camera branches (and the softmax blocks' two q/k preparations) on two streams give
+    the bits of the same kernels on one stream, velocities and cache alike (inside CUDA graphs:
+    test_chunk_graph_replays_equal_eager_chunks)."""
     from sana_wm import transformer
     from server import bench
 
@@ -216,7 +217,7 @@ def test_gdn_branches_side_by_side_equal_one_stream(monkeypatch):
 
     with torch.no_grad():
         together = run()
-        monkeypatch.setattr(transformer, "_side_by_side", lambda first, second: (first(), second()))
+        monkeypatch.setattr(transformer, "_side_by_side", lambda first, second, enabled=True: (first(), second()))
         apart = run()
     assert all(torch.equal(a, b) for a, b in zip(together, apart, strict=True))
 
