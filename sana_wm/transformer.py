@@ -323,8 +323,9 @@ def _side_by_side(
     of the GPU idle alone). Forked from and joined back into the current stream, so it also works inside CUDA-graph
     capture. Tensors cross streams safely without ``record_stream``: the caller's inputs stay referenced until the
     join, and every side-stream region starts by waiting for the current stream, so memory the side stream hands
-    back is only reused after the current stream's uses of it."""
-    if not enabled:
+    back is only reused after the current stream's uses of it. Under ``torch.compile`` both run on the current stream
+    (Inductor plans its buffers for one stream: two crashed with an illegal memory access)."""
+    if not enabled or torch.compiler.is_compiling():
         return first(), second()
     current = torch.cuda.current_stream()
     side = _SIDE_STREAMS.get(current.device)
