@@ -7,14 +7,17 @@ reference (same signatures, same results within the kernels' tolerance).
     from sana_wm.ops.kernels import short_conv_k
 
 Triton runs for CUDA tensors when Triton imports (or CPU tensors under ``TRITON_INTERPRET=1``) and kernels are
-enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to
-measure the difference or to bisect a numerical question.
+enabled: ``use_triton(False)`` (a context manager, or ``set_triton(False)``) forces the references, e.g. to measure
+the difference or to bisect a numerical question. Under ``torch.compile`` every op here runs eagerly (a graph
+break): compiled blocks with the Triton kernels inside crashed with an illegal memory access on the H100.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
 
 from . import ffn as _ffn_ref
 from . import gdn as _gdn_ref
@@ -71,6 +74,7 @@ def _triton_for(*tensors) -> bool:
     return _ENABLED and runnable_on(*tensors)
 
 
+@torch.compiler.disable
 def gdn_main(q, k, q_rot, k_rot, v, beta, g, *, token_major: bool = False, **kwargs):
     """:func:`sana_wm.ops.gdn.gdn_main`, on Triton when possible. ``token_major``: the output as (B, T*S, H*D)
     (the Triton kernel writes it so directly) instead of (B, H, T, S, D)."""
@@ -85,6 +89,7 @@ def gdn_main(q, k, q_rot, k_rot, v, beta, g, *, token_major: bool = False, **kwa
     return out, state_kv, state_z
 
 
+@torch.compiler.disable
 def gdn_cam(q, k, v, beta, g, **kwargs):
     """:func:`sana_wm.ops.gdn.gdn_cam`, on Triton when possible."""
     if _triton_for(v):
@@ -94,6 +99,7 @@ def gdn_cam(q, k, v, beta, g, **kwargs):
     return _gdn_ref.gdn_cam(q, k, v, beta, g, **kwargs)
 
 
+@torch.compiler.disable
 def gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames: int):
     """:func:`sana_wm.ops.gdn.gdn_gates`, on Triton when possible."""
     if _triton_for(beta_logits):
@@ -103,6 +109,7 @@ def gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames: int):
     return _gdn_ref.gdn_gates(beta_logits, gate_logits, A_log, dt_bias, frames)
 
 
+@torch.compiler.disable
 def prep_gdn_qk(q, k, q_weight, k_weight, rope, **kwargs):
     """:func:`sana_wm.ops.qk_prep.prep_gdn_qk`, on Triton when possible."""
     if _triton_for(q):
@@ -117,6 +124,7 @@ def _into(out, x):
     return x if out is None else out.copy_(x)
 
 
+@torch.compiler.disable
 def prep_softmax_qk(q, k, q_weight, k_weight, rope, *, q_out=None, k_out=None, v=None, v_out=None, **kwargs):
     """:func:`sana_wm.ops.qk_prep.prep_softmax_qk`, on Triton when possible. ``q_out`` / ``k_out``: (B, H, N, D)
     that receive the rotated q / k (e.g. half of a two-branch query buffer, the pass's K/V cache slot) and are
@@ -135,6 +143,7 @@ def prep_softmax_qk(q, k, q_weight, k_weight, rope, *, q_out=None, k_out=None, v
     return _into(q_out, q_rot), _into(k_out, k_rot)
 
 
+@torch.compiler.disable
 def prep_camera(
     q, k, v, q_weight, k_weight, ray_q, ray_kv, rope_cam, *, q_out=None, k_out=None, v_out=None, **kwargs
 ):
@@ -151,6 +160,7 @@ def prep_camera(
     return _into(q_out, q_u), _into(k_out, k_u), _into(v_out, v_u), beta
 
 
+@torch.compiler.disable
 def ucpe_decode(x, ray_out, rope_cam):
     """:func:`sana_wm.ops.qk_prep.ucpe_decode`, on Triton when possible."""
     if _triton_for(x):
@@ -160,6 +170,7 @@ def ucpe_decode(x, ray_out, rope_cam):
     return _prep_ref.ucpe_decode(x, ray_out, rope_cam)
 
 
+@torch.compiler.disable
 def layernorm_modulate(x, shift, scale):
     """:func:`sana_wm.ops.modulation.layernorm_modulate`, on Triton when possible."""
     if _triton_for(x):
@@ -169,6 +180,7 @@ def layernorm_modulate(x, shift, scale):
     return _mod_ref.layernorm_modulate(x, shift, scale)
 
 
+@torch.compiler.disable
 def residual_layernorm_modulate(x, y, shift, scale, gate=None, skip=None, first=None):
     """:func:`sana_wm.ops.modulation.residual_layernorm_modulate`, on Triton when possible."""
     if _triton_for(x):
@@ -178,6 +190,7 @@ def residual_layernorm_modulate(x, y, shift, scale, gate=None, skip=None, first=
     return _mod_ref.residual_layernorm_modulate(x, y, shift, scale, gate, skip, first)
 
 
+@torch.compiler.disable
 def gated_residual(x, gate, y, extra=None):
     """:func:`sana_wm.ops.modulation.gated_residual`, on Triton when possible and ``extra`` is given (without it the
     reference is already one ``addcmul`` pass)."""
@@ -188,6 +201,7 @@ def gated_residual(x, gate, y, extra=None):
     return _mod_ref.gated_residual(x, gate, y, extra)
 
 
+@torch.compiler.disable
 def gated_output(main, cam, gate):
     """:func:`sana_wm.ops.modulation.gated_output`, on Triton when possible."""
     if _triton_for(main):
@@ -197,6 +211,7 @@ def gated_output(main, cam, gate):
     return _mod_ref.gated_output(main, cam, gate)
 
 
+@torch.compiler.disable
 def short_conv_k(x, weight, *, chunk_starts=None, history=None, cross_chunk=True):
     """:func:`sana_wm.ops.temporal_conv.short_conv_k`, on Triton when possible for one segment (streamed chunks,
     bidirectional clips); several segments (chunk-causal oracle) always take the reference."""
@@ -208,6 +223,7 @@ def short_conv_k(x, weight, *, chunk_starts=None, history=None, cross_chunk=True
     return _conv_ref.short_conv_k(x, weight, chunk_starts=chunk_starts, history=history, cross_chunk=cross_chunk)
 
 
+@torch.compiler.disable
 def glu_dwconv(h, weight, bias, *, height, width):
     """:func:`sana_wm.ops.ffn.glu_dwconv`, on Triton when possible."""
     if _triton_for(h):
