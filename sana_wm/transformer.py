@@ -324,7 +324,7 @@ def _side_by_side(
     capture. Tensors cross streams safely without ``record_stream``: the caller's inputs stay referenced until the
     join, and every side-stream region starts by waiting for the current stream, so memory the side stream hands
     back is only reused after the current stream's uses of it. Under ``torch.compile`` both run on the current stream
-    (Inductor plans its buffers for one stream: two crashed with an illegal memory access)."""
+    (the compiled path was measured that way; see ``sana_wm.ops.kernels`` for why its ops run eagerly there)."""
     if not enabled or torch.compiler.is_compiling():
         return first(), second()
     current = torch.cuda.current_stream()
