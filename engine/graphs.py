@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sana_wm.cuda_graph import capture
+
 from .sampler import DEFAULT_STEPS, StreamingSampler
 
 __all__ = ["ChunkGraphs", "FramePipe"]
@@ -134,7 +136,7 @@ class ChunkGraphs:
         for body, args in ((self._denoise_body, (static_noise, frames, cache, out, start_frame)),
                            (self._write_body, (out, frames, cache, start_frame))):
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may run
+            with capture(graph, pool=self.pool):  # thread-local capture: other threads may run
                 body(*args)
             graphs.append(graph)
         self.captures += 1

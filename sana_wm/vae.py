@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cuda_graph import capture
 from .ops._triton import HAS_TRITON, runnable_on, tl, triton
 from .weights import load_into, read_state_dict
 
@@ -1120,7 +1121,7 @@ class LTX2StreamingDecoder:
             self._graphs.pop(key, None)
             static = z.clone()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with capture(graph):
                 out = self._steady(static, None)
             entry = self._graphs[key] = _DecodeGraph(graph, static, out, self._tail_signature())
         entry.z.copy_(z)
