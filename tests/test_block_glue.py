@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,30 +191,18 @@ def test_glue_kernels_in_triton_interpreter():
 @pytest.mark.slow
 def test_glue_kernels_compile_for_sm90_without_spills():
     """The launched variants compile to sm_90a cubins (no GPU needed) with no local-memory spills."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from sm90 import compile_sm90, resource_usage
 
     from sana_wm.ops import modulation_triton as M
     from sana_wm.ops import short_conv_triton as SC
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-
     def spills(fn, ptrs, num_warps, **constexprs) -> int:
-        sig = {n: "constexpr" if n in constexprs else ("*bf16" if n in ptrs else "i32") for n in fn.arg_names}
-        sig |= {"eps": "fp32"} if "eps" in sig else {}
-        kernel = triton.compile(
-            ASTSource(fn=fn, signature=sig, constexprs=constexprs),
-            target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": num_warps},
+        kernel = compile_sm90(
+            fn, dict.fromkeys(ptrs, "*bf16"), constexprs, floats=("eps",), options={"num_warps": num_warps}
         )
-        if not cuobjdump.exists():
-            return 0
-        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"glue_{os.getpid()}_{fn.__name__}.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], check=True, capture_output=True, text=True)
-        cubin.unlink()
-        return sum(int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", usage.stdout))
+        usage = resource_usage(kernel)
+        return 0 if usage is None else usage["STACK"] + usage["LOCAL"]
 
     ln = ("x_ptr", "y_ptr", "shift_ptr", "scale_ptr", "g_ptr", "k_ptr", "f_ptr", "sum_ptr", "h_ptr")
     for has_y, has_gate, has_skip in ((False, False, False), (True, False, False), (True, True, True)):

@@ -9,8 +9,6 @@ programs, the token-major output, and the sm_90 launch shapes they were sized fo
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,32 +83,17 @@ def test_gdn_launch_shapes_fit_sm90():
     gram without spills (64-token steps take 255 registers, one program per SM, and still beat the 128-register
     32-token steps on an H100: 57 vs 75 us), scan <= 80 (3 per SM: the 320 streaming programs in one wave), no large
     spills."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from sm90 import compile_sm90, cuobjdump, resource_usage
 
     from sana_wm.ops import gdn_triton as G
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not cuobjdump.exists():
+    if cuobjdump() is None:
         pytest.skip("Triton ships no cuobjdump here")
 
     def usage(fn, ptrs: dict, options: dict, **constexprs) -> tuple[int, int]:
-        sig = {
-            n: "constexpr" if n in constexprs else ptrs.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names
-        }
-        kernel = triton.compile(
-            ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32), options=options
-        )
-        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_{fn.__name__}_{os.getpid()}.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        text = subprocess.run(
-            [str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
-        ).stdout
-        cubin.unlink()
-        line = next(ln for ln in text.splitlines() if "REG:" in ln)
-        fields = dict(f.split(":") for f in line.split() if ":" in f)
-        return int(fields["REG"]), int(fields["STACK"])
+        fields = resource_usage(compile_sm90(fn, ptrs, constexprs, floats=("eps",), options=options))
+        return fields["REG"], fields["STACK"]
 
     bf, f32 = "*bf16", "*fp32"
     gram_ptrs = {"ka_ptr": bf, "kz_ptr": bf, "v_ptr": bf, "be_ptr": bf, "gram_ptr": f32, "bsum_ptr": f32}

@@ -361,19 +361,14 @@ def test_kernels_in_triton_interpreter():
 def test_kernels_compile_for_sm90():
     """The GDN kernels and the beta discount compile to sm_90a cubins (no GPU needed); the q/k preparation and UCPE
     decode kernels: tests/test_qk_prep_speedup.py (with a spill check)."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from sm90 import compile_sm90
 
     from sana_wm.ops import gdn_triton as G
     from sana_wm.ops import qk_prep_triton as Q
 
     def compile_(fn, ptrs: dict, floats=(), num_warps=8, **constexprs):
-        sig = {}
-        for name in fn.arg_names:
-            sig[name] = "constexpr" if name in constexprs else ptrs.get(name, "fp32" if name in floats else "i32")
-        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        return compile_sm90(fn, ptrs, constexprs, floats=floats, options={"num_warps": num_warps})
 
     bf = "*bf16"
     f32 = "*fp32"

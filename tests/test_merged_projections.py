@@ -9,9 +9,6 @@ bf16 merged vs separate, with the projection GEMM timings printed (``pytest -s -
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -197,15 +194,12 @@ def test_prep_kernels_write_cache_slots_in_triton_interpreter():
 def test_copy_v_variant_compiles_for_sm90_without_spills():
     """The new main-branch variant (softmax prep + raw v copied into the cache slot) compiles for sm_90a; where
     Triton ships cuobjdump, without local memory."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from sm90 import compile_sm90, resource_usage
+    from test_qk_prep_speedup import PREP_POINTERS
 
     from sana_wm.ops import qk_prep_triton as Q
 
-    from test_qk_prep_speedup import PREP_POINTERS
-
-    ptrs = PREP_POINTERS
     constexprs = {
         "MODE": 0,
         "RELU": False,
@@ -216,24 +210,8 @@ def test_copy_v_variant_compiles_for_sm90_without_spills():
         "OUT_STRIDES": True,
     }
     constexprs |= {"BLOCK_N": Q._BLOCK_N, "BLOCK_D": 128}
-    sig = {
-        n: "constexpr" if n in constexprs else ptrs.get(n, "fp32" if n == "key_scale" else "i32")
-        for n in Q._prep_kernel.arg_names
-    }
-    kernel = triton.compile(
-        ASTSource(fn=Q._prep_kernel, signature=sig, constexprs=constexprs),
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": 4},
-    )
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if cuobjdump.exists():
-        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"sana_wm_{os.getpid()}_copy_v.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        usage = subprocess.run(
-            [str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=False
-        )
-        cubin.unlink()
-        assert re.search(r"LOCAL:0\b", usage.stdout) and re.search(r"STACK:0\b", usage.stdout), usage.stdout
+    usage = resource_usage(compile_sm90(Q._prep_kernel, PREP_POINTERS, constexprs, floats=("key_scale",)))
+    assert usage is None or (usage["LOCAL"] == 0 and usage["STACK"] == 0), usage
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,28 +131,14 @@ def test_tiled_prep_kernels_on_cuda(dtype, tol):
 @pytest.mark.slow
 def test_tiled_prep_kernels_compile_for_sm90_without_spills():
     """Every prep / decode variant compiles to an sm_90a cubin; where Triton ships cuobjdump, no local memory."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from sm90 import compile_sm90, resource_usage
 
     from sana_wm.ops import qk_prep_triton as Q
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-
     def compile_(fn, ptrs: dict, floats=(), **constexprs):
-        sig = {}
-        for name in fn.arg_names:
-            sig[name] = "constexpr" if name in constexprs else ptrs.get(name, "fp32" if name in floats else "i32")
-        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        if cuobjdump.exists():
-            cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"sana_wm_{os.getpid()}_{fn.__name__}.cubin"
-            cubin.write_bytes(kernel.asm["cubin"])
-            usage = subprocess.run(
-                [str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=False
-            )
-            cubin.unlink()
-            assert re.search(r"LOCAL:0\b", usage.stdout) and re.search(r"STACK:0\b", usage.stdout), usage.stdout
+        usage = resource_usage(compile_sm90(fn, ptrs, constexprs, floats=floats))
+        assert usage is None or (usage["LOCAL"] == 0 and usage["STACK"] == 0), usage
 
     bf, f32 = "*bf16", "*fp32"
     compile_(
