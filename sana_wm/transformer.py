@@ -186,7 +186,9 @@ class GLUMBConvTemp(nn.Module):
         past = None if cache is None else cache["ffn_past"]
         out = ffn_temporal_conv_tokens(h, weight, chunk_starts=frames.chunk_starts, residual=False)
         if write:  # the cache gets this chunk's tap; this pass still adds the previous one
-            past, _ = past.clone(), past.copy_(past_tap(h[:, -1:], weight))
+            previous = past.clone()
+            past.copy_(past_tap(h[:, -1:], weight))
+            past = previous
         return out.view(B, N, C), h.view(B, N, C), past
 
 
