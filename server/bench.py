@@ -340,6 +340,8 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
 
 def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start) -> Callable[[], None]:
     """A CUDA graph of one read-only forward (the per-chunk inputs computed once, outside it); returns its replay."""
+    from sana_wm.cuda_graph import capture
+
     frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
     frames.kv_offset = cache.kv_offset()
     side = torch.cuda.Stream()
@@ -348,7 +350,7 @@ def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, star
         model.run_blocks(latents, timestep, frames, cache, False)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capture(graph):  # as the engine captures its chunk graphs
         model.run_blocks(latents, timestep, frames, cache, False)
     return graph.replay
 

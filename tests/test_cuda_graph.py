@@ -4,6 +4,7 @@ when the capture fails (CPU: torch.cuda.graph replaced by a recording stand-in).
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -36,3 +37,70 @@ def test_capture_pauses_gc_and_restores_it(monkeypatch):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_capture_runs_without_blas_workspace_and_restores_it(monkeypatch):
+    sizes = {"cublas_workspace_size": 4096, "cublaslt_workspace_size": 1024}
+    seen = []
+
+    def setter(name):
+        def size(value=None):
+            if value is not None:
+                sizes[name] = value
+            return sizes[name]
+
+        return size
+
+    @contextmanager
+    def fake_graph(graph, **kwargs):
+        seen.append(dict(sizes))
+        yield
+
+    for name in sizes:
+        monkeypatch.setattr(torch.backends.cuda, name, setter(name), raising=False)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    with cuda_graph.capture("g"):
+        assert sizes == {"cublas_workspace_size": 0, "cublaslt_workspace_size": 0}
+    assert seen == [{"cublas_workspace_size": 0, "cublaslt_workspace_size": 0}]
+    assert sizes == {"cublas_workspace_size": 4096, "cublaslt_workspace_size": 1024}
+    with pytest.raises(RuntimeError, match="capture failed"), cuda_graph.capture("g"):
+        raise RuntimeError("capture failed")
+    assert sizes == {"cublas_workspace_size": 4096, "cublaslt_workspace_size": 1024}
+
+
+def test_capture_without_cuda_blas_falls_back_to_the_variable(monkeypatch):
+    def missing(value=None):
+        raise AttributeError("module 'torch._C' has no attribute '_cuda_getCublasWorkspaceSize'")
+
+    @contextmanager
+    def fake_graph(graph, **kwargs):
+        yield
+
+    monkeypatch.setattr(torch.backends.cuda, "cublas_workspace_size", missing, raising=False)
+    monkeypatch.setattr(torch.backends.cuda, "cublaslt_workspace_size", missing, raising=False)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.setenv("CUBLASLT_WORKSPACE_SIZE", "7")
+    with cuda_graph.capture("g"):
+        assert os.environ["CUBLASLT_WORKSPACE_SIZE"] == "0"
+    assert os.environ.get("CUBLASLT_WORKSPACE_SIZE") == "7"
+
+
+def test_capture_sets_the_lt_workspace_variable_where_torch_has_no_setter(monkeypatch):
+    seen = []
+
+    @contextmanager
+    def fake_graph(graph, **kwargs):
+        seen.append(os.environ.get("CUBLASLT_WORKSPACE_SIZE"))
+        yield
+
+    for name in ("cublas_workspace_size", "cublaslt_workspace_size"):
+        monkeypatch.delattr(torch.backends.cuda, name, raising=False)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.delenv("CUBLASLT_WORKSPACE_SIZE", raising=False)
+    with cuda_graph.capture("g"):
+        pass
+    assert seen == ["0"] and "CUBLASLT_WORKSPACE_SIZE" not in os.environ
+    monkeypatch.setenv("CUBLASLT_WORKSPACE_SIZE", "2048")
+    with pytest.raises(RuntimeError, match="capture failed"), cuda_graph.capture("g"):
+        raise RuntimeError("capture failed")
+    assert seen == ["0", "0"] and os.environ["CUBLASLT_WORKSPACE_SIZE"] == "2048"
