@@ -214,8 +214,9 @@ def test_glue_kernels_compile_for_sm90_without_spills():
         flags = {"C": 2240, "D": 112, "HEAD_MAJOR": head_major, "BLOCK": 2048}
         assert spills(M._gated_output_kernel, ("main_ptr", "cam_ptr", "gate_ptr", "out_ptr"), 8, **flags) == 0
     conv = ("x_ptr", "hist_ptr", "w_ptr", "out_ptr")
-    for has_hist in (False, True):
-        assert spills(SC._short_conv_kernel, conv, 4, HAS_HIST=has_hist, K=4, BLOCK_S=8, BLOCK_C=128) == 0
+    for has_hist, frames in ((False, 3), (True, 3), (True, 12)):
+        flags = {"T": frames, "HAS_HIST": has_hist, "K": 4, "BLOCK_S": 8, "BLOCK_C": 128}
+        assert spills(SC._short_conv_kernel, conv, 4, **flags) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

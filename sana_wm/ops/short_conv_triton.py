@@ -3,10 +3,12 @@
 
 One program per (batch, BLOCK_S tokens, BLOCK_C channels) tile walks the frames: output frame t sums the centre tap
 and, for every offset d < K, ``w[K-1-d] * (x[t-d] + x[t+d])`` with ``x[t-d]`` taken from the history tail before the
-first frame (zeros without one) and ``x[t+d]`` zero past the last frame. The accumulation is fp32 with one rounding
-on store; x may be a strided view (e.g. the K slice of the fused qkv projection), the output is contiguous. The
-torch version is one product plus up to 3 (K - 1) in-place ``addcmul_`` over shifted views (8 kernels per call with
-history for K = 4, T = 3).
+first frame (zeros without one) and ``x[t+d]`` zero past the last frame. The frame count T is a compile-time constant:
+the walk is unrolled and keeps a window of the 2K - 1 frames that output t reads in registers (fp32), loading every
+input frame once and ahead of its first use, so a program waits on memory about once rather than once per frame and
+tap. The accumulation is fp32 with one rounding on store; x may be a strided view (e.g. the K slice of the fused qkv
+projection), the output is contiguous. The torch version is one product plus up to 3 (K - 1) in-place ``addcmul_``
+over shifted views (8 kernels per call with history for K = 4, T = 3).
 """
 
 from __future__ import annotations
@@ -18,6 +20,31 @@ from ._triton import HAS_TRITON, last_dim_contiguous, tl, triton
 __all__ = ["short_conv_k_triton"]
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _frame(
+        x_base,
+        x_st,
+        h_base,
+        hist_st,
+        mask,
+        f: tl.constexpr,
+        T: tl.constexpr,
+        K: tl.constexpr,
+        HAS_HIST: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        """Input frame f (-(K-1) <= f < T + K - 1) of the tile in fp32: x, history frame K - 1 + f before the first
+        (rounded to x's dtype like the reference), zeros past the last or without history."""
+        if f >= T:
+            return tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
+        if f >= 0:
+            return tl.load(x_base + f * x_st, mask=mask, other=0.0).to(tl.float32)
+        if HAS_HIST:
+            past = tl.load(h_base + (K - 1 + f) * hist_st, mask=mask, other=0.0)
+            return past.to(x_base.dtype.element_ty).to(tl.float32)
+        return tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
 
     @triton.jit
     def _short_conv_kernel(
@@ -33,9 +60,9 @@ if HAS_TRITON:
         w_sc,
         w_sk,
         out_ptr,
-        T,
         S,
         C,
+        T: tl.constexpr,
         HAS_HIST: tl.constexpr,
         K: tl.constexpr,
         BLOCK_S: tl.constexpr,
@@ -50,23 +77,21 @@ if HAS_TRITON:
         h_base = hist_ptr + b * hist_sb + rs[:, None] * hist_ss + rc[None, :]
         o_base = out_ptr + b * T * S * C + rs[:, None] * C + rc[None, :]
         xdt = x_ptr.dtype.element_ty
-        w_base = w_ptr + rc * w_sc
-        for t in range(T):
-            w = tl.load(w_base + (K - 1) * w_sk, mask=mc, other=0.0).to(xdt).to(tl.float32)
-            acc = w[None, :] * tl.load(x_base + t * x_st, mask=mask, other=0.0).to(tl.float32)
+        taps = ()  # taps[j] multiplies frames t - (K - 1 - j) and t + (K - 1 - j); taps[K - 1] the centre
+        for j in tl.static_range(K):
+            taps = taps + (tl.load(w_ptr + rc * w_sc + j * w_sk, mask=mc, other=0.0).to(xdt).to(tl.float32),)
+        window = ()  # frames t - (K - 1) .. t + K - 1 for t = 0
+        for f in tl.static_range(-(K - 1), K):
+            window = window + (_frame(x_base, x_st, h_base, hist_st, mask, f, T, K, HAS_HIST, BLOCK_S, BLOCK_C),)
+        for t in tl.static_range(T):
+            acc = taps[K - 1][None, :] * window[K - 1]
             for d in tl.static_range(1, K):
-                w = tl.load(w_base + (K - 1 - d) * w_sk, mask=mc, other=0.0).to(xdt).to(tl.float32)
-                taps = tl.load(x_base + (t - d) * x_st, mask=mask & (t >= d), other=0.0).to(tl.float32)
-                taps += tl.load(x_base + (t + d) * x_st, mask=mask & (t + d < T), other=0.0).to(tl.float32)
-                if HAS_HIST:  # frame t - d < 0 is history frame K - 1 + t - d
-                    past = tl.load(
-                        h_base + (K - 1 + t - d) * hist_st,
-                        mask=mask & (t < d),
-                        other=0.0,
-                    )
-                    taps += past.to(xdt).to(tl.float32)
-                acc += w[None, :] * taps
+                acc += taps[K - 1 - d][None, :] * (window[K - 1 - d] + window[K - 1 + d])
             tl.store(o_base + t * S * C, acc.to(out_ptr.dtype.element_ty), mask=mask)
+            shifted = ()
+            for j in tl.static_range(1, 2 * K - 1):
+                shifted = shifted + (window[j],)
+            window = shifted + (_frame(x_base, x_st, h_base, hist_st, mask, t + K, T, K, HAS_HIST, BLOCK_S, BLOCK_C),)
 
 
 def short_conv_k_triton(x: torch.Tensor, weight: torch.Tensor, *, history: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,9 +124,9 @@ def short_conv_k_triton(x: torch.Tensor, weight: torch.Tensor, *, history: torch
         weight.stride(0),
         weight.stride(2),
         out,
-        T,
         S,
         C,
+        T=T,
         HAS_HIST=history is not None,
         K=K,
         BLOCK_S=block_s,
