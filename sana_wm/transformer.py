@@ -89,7 +89,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.proj.weight
-        tokens = x.to(w.dtype).permute(0, 2, 3, 4, 1).flatten(1, 3)
+        # token-major copy of the (small) latents: the GEMM then adds the bias in its epilogue (on the strided view
+        # cuBLAS ran the product transposed and torch added the bias in a separate 16 us pass over the output)
+        tokens = x.to(w.dtype).permute(0, 2, 3, 4, 1).flatten(1, 3).contiguous()
         return F.linear(tokens, w.flatten(1), self.proj.bias)
 
 
