@@ -1,12 +1,11 @@
 """The graph forward of the current code against earlier kernel modules, in one process, replayed in alternation.
 
     python bench/ab_forward.py --export e7231be ab_base            # here, with git: writes ab_base/<module>.py
-    python bench/ab_forward.py --baseline ab_base [--raw-capture]  # on the GPU (needs no git)
+    python bench/ab_forward.py --baseline ab_base                  # on the GPU (needs no git)
 
 Full-size streaming model (random weights, bf16), 3 latent frames against a full cache, as ``sana-wm bench``'s graph
 forward. The baseline graph runs every ``sana_wm/ops/<module>.py`` found in the baseline folder in place of the
-current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels);
-``--raw-capture`` also captures it with a plain ``torch.cuda.graph`` instead of ``sana_wm.cuda_graph.capture``. The
+current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels). The
 two graphs replay ``--repeats`` times in alternation (the card's clock drifts as it heats, so the pairs matter more
 than the absolute numbers); prints and writes JSON (``$OUT/ab_forward.json``): ms per repeat for each.
 """
@@ -28,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server import bench as B  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from trace_forward import full_size_forward  # noqa: E402
 
 MODULES = ("short_conv_triton", "gdn_triton", "gdn_gates_triton", "qk_prep_triton", "ffn_triton", "modulation_triton")
 
@@ -55,27 +57,10 @@ def _swaps(folder: Path) -> list[tuple[object, str, object, object]]:
     return swaps
 
 
-def _graph(model, scene, latents, timestep, raymap, plucker, cache, start, raw: bool):
-    if not raw:
-        return B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
-    frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
-    frames.kv_offset = cache.kv_offset()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        model.run_blocks(latents, timestep, frames, cache, False)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model.run_blocks(latents, timestep, frames, cache, False)
-    return graph.replay
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", nargs=2, metavar=("REV", "FOLDER"))
     ap.add_argument("--baseline", type=Path)
-    ap.add_argument("--raw-capture", action="store_true")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
@@ -86,25 +71,17 @@ def main() -> int:
         sys.exit("ab_forward needs --baseline FOLDER and CUDA (or --export REV FOLDER)")
     dev = torch.device("cuda")
     swaps = _swaps(args.baseline)
-    model = B.build_transformer("streaming-2.6b", dev, torch.bfloat16, seed=0)
-    scene = B.Scene(model, 704, 1280, 1, dev, torch.bfloat16, seed=0)
-    B.prepare_for_inference(model)
     with torch.no_grad(), B.kernels(True, dev):
-        cache = B._full_cache(model, scene)
-        raymap, plucker, start = scene.camera(2)
-        latents = scene.noise(2).to(torch.bfloat16)
-        timestep = torch.full((1, 3), 727.0, device=dev)
-        inputs = (model, scene, latents, timestep, raymap, plucker, cache, start)
+        inputs = full_size_forward(dev)
         for live, name, _, base in swaps:
             setattr(live, name, base)
-        baseline = _graph(*inputs, raw=args.raw_capture)
+        baseline = B._forward_graph(*inputs)
         for live, name, current, _ in swaps:
             setattr(live, name, current)
-        current = _graph(*inputs, raw=False)
+        current = B._forward_graph(*inputs)
         result = {
             "device": torch.cuda.get_device_name(),
             "baseline_swaps": sorted(f"{s[0].__name__}.{s[1]}" for s in swaps),
-            "raw_capture": args.raw_capture,
             "baseline_ms": [],
             "current_ms": [],
         }

@@ -14,17 +14,19 @@ twins.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trace_forward import trace  # noqa: E402
 
 from sana_wm.cuda_graph import _no_blas_workspace  # noqa: E402
+from server.bench import time_ms  # noqa: E402
 
 M, C = 2640, 2240
 CASES = {  # name: (in features, out features, bias)
@@ -34,20 +36,6 @@ CASES = {  # name: (in features, out features, bias)
     "projection": (C, C, True),
 }
 CALLS = 10
-
-
-def _device_events(fn) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    path = Path(tempfile.mkdtemp()) / "trace.json"
-    prof.export_chrome_trace(str(path))
-    events = json.loads(path.read_text())["traceEvents"]
-    return [e for e in events if e.get("cat") in ("kernel", "gpu_memset") and "dur" in e]
 
 
 def _graph(fn, workspace: bool) -> torch.cuda.CUDAGraph:
@@ -68,20 +56,6 @@ def _graph(fn, workspace: bool) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def _median_us(graph: torch.cuda.CUDAGraph, reps: int) -> float:
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return round(1e3 * statistics.median(times) / CALLS, 2)
-
-
 def run(reps: int = 30) -> dict:
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -97,9 +71,9 @@ def run(reps: int = 30) -> dict:
         row = {}
         for label, workspace in (("workspace", True), ("no_workspace", False)):
             graph = _graph(lambda: F.linear(x, w, b), workspace)
-            events = _device_events(graph.replay)
+            events = trace(graph.replay)
             row[label] = {
-                "us": _median_us(graph, reps),
+                "us": round(1e3 * time_ms(graph.replay, dev, reps, warmup=3) / CALLS, 2),
                 "memsets_per_call": sum(e["cat"] == "gpu_memset" for e in events) / CALLS,
                 "kernel": sorted({e["name"][:80] for e in events if e["cat"] == "kernel"}),
             }

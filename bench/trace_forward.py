@@ -61,6 +61,20 @@ def summarise(events: list[dict]) -> dict:
     }
 
 
+def full_size_forward(dev: torch.device) -> tuple:
+    """The full-size streaming model (random weights, bf16, prepared for inference) and the inputs of one forward over
+    3 latent frames against a full cache, in ``server.bench._forward_graph``'s argument order: (model, latents,
+    timestep, scene, raymap, plucker, cache, start). Call under ``torch.no_grad()`` and ``server.bench.kernels``."""
+    model = B.build_transformer("streaming-2.6b", dev, torch.bfloat16, seed=0)
+    scene = B.Scene(model, 704, 1280, 1, dev, torch.bfloat16, seed=0)
+    B.prepare_for_inference(model)
+    cache = B._full_cache(model, scene)
+    raymap, plucker, start = scene.camera(2)
+    latents = scene.noise(2).to(torch.bfloat16)
+    timestep = torch.full((1, 3), 727.0, device=dev)
+    return model, latents, timestep, scene, raymap, plucker, cache, start
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "trace_forward.json"))
@@ -69,15 +83,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         sys.exit("trace_forward needs CUDA")
     dev = torch.device("cuda")
-    model = B.build_transformer("streaming-2.6b", dev, torch.bfloat16, seed=0)
-    scene = B.Scene(model, 704, 1280, 1, dev, torch.bfloat16, seed=0)
-    B.prepare_for_inference(model)
     with torch.no_grad(), B.kernels(True, dev):
-        cache = B._full_cache(model, scene)
-        raymap, plucker, start = scene.camera(2)
-        latents = scene.noise(2).to(torch.bfloat16)
-        timestep = torch.full((1, 3), 727.0, device=dev)
-        replay = B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
+        replay = B._forward_graph(*full_size_forward(dev))
         result = {"device": torch.cuda.get_device_name(), "replay_ms": B.time_ms(replay, dev, args.reps)}
         result.update(summarise(trace(replay)))
     Path(args.out).write_text(json.dumps(result, indent=0))
