@@ -37,9 +37,10 @@ def tensor_bytes(obj: Any) -> int:
 class SessionSetup:
     """The immutable inputs of a session.
 
-    text (1,L,D) / text_mask (1,L) on the device (``engine.world.valid_text``: the valid tokens and None); first_latent (1,C,1,h,w) fp32, the VAE-encoded first image;
-    first_frame (H,W,3) uint8, the prepared (resized + centre-cropped) image; intrinsics (4,) float64 in pixels of
-    the frame; steps: the streaming step list; world: ``id`` of the World (snapshots only restore into its sessions).
+    text (1,L,D) / text_mask (1,L) on the device (``engine.world.valid_text``: the valid tokens and None);
+    first_latent (1,C,1,h,w) fp32, the VAE-encoded first image; first_frame (H,W,3) uint8, the prepared (resized +
+    centre-cropped) image; intrinsics (4,) float64 in pixels of the frame; steps: the streaming step list; world:
+    ``id`` of the World (snapshots only restore into its sessions).
     """
 
     prompt: str

@@ -570,8 +570,9 @@ class SanaWMAttention(nn.Module):
             out = self._sdpa(q, k, self._split(v), frames, self.cfg.softmax_scale)
             return out.transpose(1, 2).reshape(B, N, C)
         k = self._short_conv(k, self.conv_k, frames, cache, "k_tail", True, write)
+        key_scale = self._key_scale(frames)
         q, k, q_rot, k_rot = prep_gdn_qk(
-            q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, key_scale=self._key_scale(frames)
+            q, k, self.q_norm.weight, self.k_norm.weight, frames.rope, heads=self.heads, key_scale=key_scale
         )
         out, state_kv, state_z = gdn_main(
             *(self._frames5(t, frames) for t in (q, k, q_rot, k_rot, self._split(v))),
