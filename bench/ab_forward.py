@@ -2,10 +2,13 @@
 
     python bench/ab_forward.py --export e7231be ab_base            # here, with git: writes ab_base/<module>.py
     python bench/ab_forward.py --baseline ab_base                  # on the GPU (needs no git)
+    python bench/ab_forward.py --baseline-conditioning-inside      # baseline: timestep conditioning in the graph
 
 Full-size streaming model (random weights, bf16), 3 latent frames against a full cache, as ``sana-wm bench``'s graph
 forward. The baseline graph runs every ``sana_wm/ops/<module>.py`` found in the baseline folder in place of the
-current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels). The
+current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels);
+``--baseline-conditioning-inside``: the baseline graph also computes the timestep conditioning itself (as every
+forward did before the engine computed it once per step, outside its graphs). The
 two graphs replay ``--repeats`` times in alternation (the card's clock drifts as it heats, so the pairs matter more
 than the absolute numbers); prints and writes JSON (``$OUT/ab_forward.json``): ms per repeat for each.
 """
@@ -61,27 +64,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", nargs=2, metavar=("REV", "FOLDER"))
     ap.add_argument("--baseline", type=Path)
+    ap.add_argument("--baseline-conditioning-inside", action="store_true")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
     if args.export:
         export(args.export[0], Path(args.export[1]))
         return 0
-    if args.baseline is None or not torch.cuda.is_available():
-        sys.exit("ab_forward needs --baseline FOLDER and CUDA (or --export REV FOLDER)")
+    inside = args.baseline_conditioning_inside
+    if (args.baseline is None and not inside) or not torch.cuda.is_available():
+        sys.exit("ab_forward needs CUDA and --baseline FOLDER and / or --baseline-conditioning-inside (or --export)")
     dev = torch.device("cuda")
-    swaps = _swaps(args.baseline)
+    swaps = [] if args.baseline is None else _swaps(args.baseline)
     with torch.no_grad(), B.kernels(True, dev):
         inputs = full_size_forward(dev)
         for live, name, _, base in swaps:
             setattr(live, name, base)
-        baseline = B._forward_graph(*inputs)
+        baseline = B._forward_graph(*inputs, conditioning_outside=not inside)
         for live, name, current, _ in swaps:
             setattr(live, name, current)
         current = B._forward_graph(*inputs)
         result = {
             "device": torch.cuda.get_device_name(),
             "baseline_swaps": sorted(f"{s[0].__name__}.{s[1]}" for s in swaps),
+            "baseline_conditioning_inside": inside,
             "baseline_ms": [],
             "current_ms": [],
         }

@@ -6,7 +6,9 @@ repeat, as **two graph replays**: the ``len(steps) - 1`` Euler passes that read 
 pass at t = 0 (split so that the caller can queue the decode of the clean latents in between, on a side stream).
 What does not depend on the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text
 and Plücker embeddings, the cache's K/V offsets) is computed once per chunk, eagerly, by the transformer's
-``chunk_inputs`` and copied into the graphs' static inputs; nothing inside a chunk synchronises with the host.
+``chunk_inputs`` and copied into the graphs' static inputs; the timestep conditioning of every step (the same for all
+chunks) is computed once per chunk shape (the transformer's ``conditioning``) and read by the graphs as a constant;
+nothing inside a chunk synchronises with the host.
 
 A graph pair binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length,
 the cache's K/V offset and write range (which differ while the softmax window fills). Chunk 0 (the image
@@ -66,6 +68,19 @@ class _PreparedModel:
         return self.model.run_blocks(latents, timestep, self.frames, cache, write_cache)
 
 
+class _GraphSampler(StreamingSampler):
+    """``StreamingSampler`` whose passes take the precomputed timestep conditioning of their step (``conds``, keyed
+    by (step, batch, frames); computed once per shape by ``ChunkGraphs``, outside every graph) instead of timesteps."""
+
+    def __init__(self, model: _PreparedModel, steps: Sequence[int], conds: dict) -> None:
+        super().__init__(model, steps)
+        self.conds = conds
+
+    def _timesteps(self, t: int, batch: int, frames: int, pinned: bool, device: torch.device):
+        cond = None if pinned else self.conds.get((t, batch, frames))
+        return super()._timesteps(t, batch, frames, pinned, device) if cond is None else cond
+
+
 @dataclass
 class _Captured:
     denoise: torch.cuda.CUDAGraph  # the Euler passes: noise -> out
@@ -101,6 +116,7 @@ class ChunkGraphs:
         self._graphs: dict[tuple, _Captured] = {}
         self._watched: set[int] = set()
         self._pending: dict[int, tuple[_Captured | None, dict]] = {}  # cache id -> denoised chunk awaiting its write
+        self._conds: dict[tuple[int, int, int], object] = {}  # (step, batch, frames) -> the transformer's Conditioning
         self.captures = 0
 
     def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
@@ -109,20 +125,29 @@ class ChunkGraphs:
         frames.write_tokens = cache.write_token_range()
         return frames
 
+    def _conditionings(self, batch: int, frames: int, device: torch.device) -> None:
+        """Every step's timestep conditioning for chunks of this shape, computed once (outside the graphs, which
+        read it as a constant)."""
+        for t in self.steps:
+            if (t, batch, frames) not in self._conds:
+                timestep = torch.full((batch, frames), float(t), device=device)
+                self._conds[t, batch, frames] = self.model.conditioning(timestep)
+
     def _denoise_body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
-        sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
+        sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
         cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
                 "start_frame": start_frame}
         out.copy_(sampler.denoise(noise, pinned=None, **cond))
 
     def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:
-        sampler = StreamingSampler(_PreparedModel(self.model, frames), self.steps)
+        sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
         sampler.write_cache(latents, text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache,
                             start_frame=start_frame)
 
     def _capture(self, noise: torch.Tensor, frames, cache, start_frame: int) -> _Captured:
         static_noise = noise.to(torch.float32).clone()
         out = torch.empty_like(static_noise)
+        self._conditionings(noise.shape[0], noise.shape[2], noise.device)
         scratch = cache.clone()  # warm-up target: the real cache must advance exactly once
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -93,6 +93,7 @@ class StreamingSampler:
         self.dtype = next(model.parameters()).dtype
 
     def _timesteps(self, t: int, batch: int, frames: int, pinned: bool, device: torch.device) -> torch.Tensor:
+        """The (batch, frames) timestep input of a pass at step ``t`` (0 on a pinned frame 0)."""
         timestep = torch.full((batch, frames), float(t), device=device)
         if pinned:
             timestep[:, 0] = 0.0
@@ -127,7 +128,7 @@ class StreamingSampler:
     def write_cache(self, latents: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor | None,
                     raymap: torch.Tensor, plucker: torch.Tensor, cache, start_frame: int) -> None:
         """The cache-writing pass at ``t = 0`` on the clean chunk ``latents`` (B,C,F,h,w)."""
-        timestep = torch.zeros(latents.shape[0], latents.shape[2], device=latents.device)
+        timestep = self._timesteps(0, latents.shape[0], latents.shape[2], False, latents.device)
         self.model.forward_chunk(latents.to(self.dtype), timestep, text, text_mask, raymap, plucker,
                                  cache=cache, start_frame=start_frame, write_cache=True)
 

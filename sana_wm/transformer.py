@@ -52,7 +52,7 @@ from .ops.rope import rope_frequencies, slice_rope_for_camera
 from .ops.temporal_conv import ffn_temporal_conv_tokens, past_tap, tap_major
 from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
-__all__ = ["SanaWMTransformer"]
+__all__ = ["Conditioning", "SanaWMTransformer"]
 
 _TIMESTEP_CHANNELS = 256
 
@@ -250,16 +250,14 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, out_channels)
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        num_frames: int,
-        pending: _Pending | None = None,
-    ) -> torch.Tensor:
-        """x (B, N, D), t (B, T, D) -> (B, N, C_out); ``pending``: the last block's FFN residual, added to x in the
-        LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
-        shift, scale = (self.scale_shift_table[None, None] + t[:, :, None]).unsqueeze(3).unbind(2)  # (B, T, 1, D)
+    def modulation(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B, T, D) embedded timesteps -> (B, T, 2, D) per-frame shift and scale."""
+        return self.scale_shift_table[None, None] + t[:, :, None]
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor, pending: _Pending | None = None) -> torch.Tensor:
+        """x (B, N, D), modulation (B, T, 2, D) from :meth:`modulation` -> (B, N, C_out); ``pending``: the last
+        block's FFN residual, added to x in the LayerNorm's pass (:meth:`SanaWMBlock.forward`)."""
+        shift, scale = modulation.unsqueeze(3).unbind(2)  # (B, T, 1, D)
         if pending is None:
             h = layernorm_modulate(x, shift, scale)
         else:
@@ -270,6 +268,17 @@ class FinalLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Per-forward geometry / conditioning shared by all blocks
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conditioning:
+    """The timestep conditioning of one forward, a function of the (B, T) timesteps alone
+    (:meth:`SanaWMTransformer.conditioning`): ``blocks`` (num_layers, B, T, 6, C) every block's adaLN table plus the
+    timestep's projection, ``final`` (B, T, 2, C) the final layer's shift and scale. A sampler whose steps repeat
+    computes it once per step and reuses it (``engine.graphs.ChunkGraphs``), outside the per-pass work."""
+
+    blocks: torch.Tensor
+    final: torch.Tensor
 
 
 @dataclass
@@ -779,21 +788,35 @@ class SanaWMTransformer(nn.Module):
             plucker_rows=tuple(rows),
         )
 
-    def run_blocks(
-        self, latents: torch.Tensor, timestep: torch.Tensor, frames: _Frames, cache: StreamingCache | None, write: bool
-    ) -> torch.Tensor:
+    def conditioning(self, timestep: torch.Tensor) -> Conditioning:
+        """(B, T) timesteps on the 0..1000 scale (truncated with ``.long()``) -> their :class:`Conditioning`."""
+        B, T = timestep.shape
         dtype = self.x_embedder.proj.weight.dtype
-        B, _, T, H, W = latents.shape
-        x = self.x_embedder(latents)
         t = self.t_embedder(timestep_sinusoid(timestep.long().to(torch.float32).flatten()).to(dtype))
         t0 = self.t_block(t).view(B, T, 6, -1)
-        t = t.view(B, T, -1)
         tables = torch.stack([block.scale_shift_table for block in self.blocks])
-        modulation = tables[:, None, None] + t0  # (num_layers, B, T, 6, C): one add for all blocks
+        blocks = tables[:, None, None] + t0  # (num_layers, B, T, 6, C): one add for all blocks
+        return Conditioning(blocks=blocks, final=self.final_layer.modulation(t.view(B, T, -1)))
+
+    def run_blocks(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | Conditioning,
+        frames: _Frames,
+        cache: StreamingCache | None,
+        write: bool,
+    ) -> torch.Tensor:
+        """The network on (B, C, T, H, W) latents given the per-forward inputs: ``timestep`` (B, T) or its
+        precomputed :meth:`conditioning`, ``frames`` from :meth:`chunk_inputs` -> (B, C, T, H, W) velocity."""
+        B, _, T, H, W = latents.shape
+        cond = timestep if isinstance(timestep, Conditioning) else self.conditioning(timestep)
+        if tuple(cond.final.shape[:2]) != (B, T):
+            raise ValueError(f"conditioning is for (B, T) = {tuple(cond.final.shape[:2])}, latents have {(B, T)}.")
+        x = self.x_embedder(latents)
         pending = None
         for i, block in enumerate(self.blocks):
-            x, pending = block(x, modulation[i], frames, None if cache is None else cache.blocks[i], write, i, pending)
-        out = self.final_layer(x, t, T, pending)
+            x, pending = block(x, cond.blocks[i], frames, None if cache is None else cache.blocks[i], write, i, pending)
+        out = self.final_layer(x, cond.final, pending)
         return out.view(B, T, H, W, -1).permute(0, 4, 1, 2, 3)
 
     # -- public forwards -------------------------------------------------------------------------------------------

@@ -338,20 +338,25 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
     return out
 
 
-def _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start) -> Callable[[], None]:
-    """A CUDA graph of one read-only forward (the per-chunk inputs computed once, outside it); returns its replay."""
+def _forward_graph(
+    model, latents, timestep, scene, raymap, plucker, cache, start, conditioning_outside: bool = True
+) -> Callable[[], None]:
+    """A CUDA graph of one read-only forward (the per-chunk inputs and the step's timestep conditioning computed once,
+    outside it, as the engine does; ``conditioning_outside=False``: the conditioning inside, as before round 7);
+    returns its replay."""
     from sana_wm.cuda_graph import capture
 
     frames = model.chunk_inputs(scene.text, scene.text_mask, raymap, plucker, start, "stream", None)
     frames.kv_offset = cache.kv_offset()
+    cond = model.conditioning(timestep) if conditioning_outside else timestep
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        model.run_blocks(latents, timestep, frames, cache, False)
+        model.run_blocks(latents, cond, frames, cache, False)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with capture(graph):  # as the engine captures its chunk graphs
-        model.run_blocks(latents, timestep, frames, cache, False)
+        model.run_blocks(latents, cond, frames, cache, False)
     return graph.replay
 
 

@@ -166,6 +166,36 @@ def test_micro_kv_buffer_matches_concatenation_and_takes_the_flash_path():
     assert "new_flash_only_ms" in result, result.get("new_flash_only_error")
 
 
+def test_graph_passes_with_precomputed_conditioning_equal_the_sampler():
+    """``ChunkGraphs``' passes read every step's timestep conditioning computed once per chunk shape; the eager
+    sampler embeds the timesteps in every pass. On the CPU, run the graph bodies directly: the same clean latents and
+    the same cache as ``StreamingSampler`` for every chunk, bit for bit."""
+    from engine.graphs import ChunkGraphs
+
+    model = _model(7)
+    cfg = model.config
+    clean, noise, text, mask, raymap, plucker = _inputs(cfg, 3, seed=7)
+    graphs = ChunkGraphs(model, (1000, 727, 0))
+    cache, mirror = model.new_cache(B, height=H, width=W), model.new_cache(B, height=H, width=W)
+    with torch.no_grad():
+        for s, e in cfg.chunk_bounds(clean.shape[2]):
+            cond = {"text": text, "text_mask": mask, "raymap": raymap[:, s:e], "plucker": plucker[:, :, s:e]}
+            want = graphs.sampler.denoise(noise[:, :, s:e], pinned=None, cache=cache, start_frame=s, **cond)
+            graphs.sampler.write_cache(want, cache=cache, start_frame=s, **cond)
+            frames = graphs._prepare(text, mask, raymap[:, s:e], plucker[:, :, s:e], mirror, s)
+            graphs._conditionings(B, e - s, clean.device)
+            out = torch.empty_like(want)
+            graphs._denoise_body(noise[:, :, s:e], frames, mirror, out, s)
+            assert torch.equal(out, want)
+            graphs._write_body(out, frames, mirror, s)
+            mirror.commit_chunk(e - s)
+            assert all(torch.equal(a, b) for a, b in zip(cache._tensors(), mirror._tensors(), strict=True))
+    assert sorted(graphs._conds) == sorted((t, B, T) for T in (3, 4) for t in (0, 727, 1000))
+    timestep = torch.zeros(B, 2)
+    with pytest.raises(ValueError, match="conditioning is for"):
+        model.run_blocks(clean[:, :, :3], model.conditioning(timestep), frames, None, False)
+
+
 def test_graph_runner_inputs_drive_the_blocks_like_forward_chunk():
     """``ChunkGraphs`` computes each chunk's static inputs (incl. the K/V offset and write range) eagerly and replays
     ``run_blocks`` on them; on the CPU, run those inputs directly: == ``forward_chunk`` for every chunk, read-only
