@@ -127,7 +127,7 @@ class ChunkGraphs:
 
     def _conditionings(self, batch: int, frames: int, device: torch.device) -> None:
         """Every step's timestep conditioning for chunks of this shape, computed once (outside the graphs, which
-        read it as a constant)."""
+        read it as a constant; weights changed in place later would reach the graphs but not these)."""
         for t in self.steps:
             if (t, batch, frames) not in self._conds:
                 timestep = torch.full((batch, frames), float(t), device=device)
