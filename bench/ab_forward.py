@@ -9,8 +9,10 @@ forward. The baseline graph runs every ``sana_wm/ops/<module>.py`` found in the 
 current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels);
 ``--baseline-conditioning-inside``: the baseline graph also computes the timestep conditioning itself (as every
 forward did before the engine computed it once per step, outside its graphs). The
-two graphs replay ``--repeats`` times in alternation (the card's clock drifts as it heats, so the pairs matter more
-than the absolute numbers); prints and writes JSON (``$OUT/ab_forward.json``): ms per repeat for each.
+two graphs replay ``--repeats`` times in alternation, in ABBA order (the card's clock drifts as it heats, so the
+pairs matter more than the absolute numbers, and the order within a pair flips every repeat); prints and writes JSON
+(``$OUT/ab_forward.json``): ms per repeat for each, and the mean of current - baseline over the repeats with its
+standard error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +94,13 @@ def main() -> int:
             "baseline_ms": [],
             "current_ms": [],
         }
-        for _ in range(args.repeats):
-            result["baseline_ms"].append(round(B.time_ms(baseline, dev, args.reps), 3))
-            result["current_ms"].append(round(B.time_ms(current, dev, args.reps), 3))
+        for i in range(args.repeats):  # ABBA order: a drift with the card's temperature cancels over two repeats
+            for key, replay in (("baseline_ms", baseline), ("current_ms", current))[:: 1 if i % 2 == 0 else -1]:
+                result[key].append(round(B.time_ms(replay, dev, args.reps), 3))
+        diffs = [c - b for b, c in zip(result["baseline_ms"], result["current_ms"])]
+        mean = statistics.fmean(diffs)
+        spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        result["current_minus_baseline_ms"] = {"mean": round(mean, 3), "standard_error": round(spread, 3)}
     print(json.dumps(result))
     Path(os.environ.get("OUT", "."), "ab_forward.json").write_text(json.dumps(result, indent=1))
     return 0
