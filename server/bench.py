@@ -357,7 +357,12 @@ def _forward_graph(
     graph = torch.cuda.CUDAGraph()
     with capture(graph):  # as the engine captures its chunk graphs
         model.run_blocks(latents, cond, frames, cache, False)
-    return graph.replay
+
+    def replay() -> None:
+        graph.replay()
+
+    replay.inputs = (frames, cond)  # the graph reads their memory: alive as long as the replay is
+    return replay
 
 
 def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, start, reps, notes) -> dict:
