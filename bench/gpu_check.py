@@ -66,6 +66,8 @@ if "safetensors" in MISSING:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from server.clocks import ClockSampler  # noqa: E402
+
 RESULTS: dict = {"env": {}, "sections": {}, "errors": {}, "skipped": [], "durations_s": {}}
 OUT = Path(os.environ.get("OUT", "gpu_check_out"))
 DEV = torch.device("cuda")
@@ -434,8 +436,10 @@ def sec_forward(reps: int) -> dict:
         out["eager_kernels_ms"] = cuda_ms(fwd, reps)
         log(f"  eager + Triton (GDN + q/k/camera prep): {out['eager_kernels_ms']} ms")
         replay = B._forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
-        out["graph_kernels_ms"] = cuda_ms(replay, reps)
-        log(f"  graph + Triton: {out['graph_kernels_ms']} ms")
+        with ClockSampler(DEV) as clocks:
+            out["graph_kernels_ms"] = cuda_ms(replay, reps)
+        out["graph_clocks"] = clocks.summary()
+        log(f"  graph + Triton: {out['graph_kernels_ms']} ms; clocks {out['graph_clocks']}")
         out["profile_eager_kernels"] = _profile(fwd)
         log(
             f"  profile by category (ms): {out['profile_eager_kernels']['by_category_ms']}, "
@@ -495,8 +499,10 @@ def sec_stream(chunks: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(DEV)
     with B.kernels(True, DEV):
-        s = B.measure_stream(model, vae, scene, chunks, use_graphs=True)
+        with ClockSampler(DEV) as clocks:
+            s = B.measure_stream(model, vae, scene, chunks, use_graphs=True)
         out["graphs"] = {k: v for k, v in s.items()}
+        out["graphs_clocks"] = clocks.summary()
         out["peak_gb"] = round(torch.cuda.max_memory_allocated(DEV) / 2**30, 3)
         out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(DEV) / 2**30, 3)
         out["fps"] = round(24 / (s["wall_ms"] / 1000), 2)

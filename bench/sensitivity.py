@@ -6,15 +6,15 @@
 Full-size streaming model (random weights, bf16), 3 latent frames against a full cache, the same graph as
 ``sana-wm bench``'s ``graph`` forward. For every group below a second graph is captured with the group's Triton
 kernels (or SDPA) launched twice (``--mode twice``), and the two graphs replay in ABBA order (``bench/ab_forward.py``'s
-method). A group's ``delta_ms`` (changed - full, mean over the repeats, with its standard error) is what its kernels
-add to the critical path: about their in-context time where nothing hides them, less where the other CUDA stream's
-work overlaps them. The kernels' summed durations cannot tell the two apart.
+method), with ``nvidia-smi`` sampling the clocks of each (``server.clocks``). A group's ``delta_ms`` (changed - full,
+mean over the repeats, with its standard error) is what its kernels add to the critical path: about their in-context
+time where nothing hides them, less where the other CUDA stream's work overlaps them. The kernels' summed durations
+cannot tell the two apart.
 
 ``--mode skip`` replaces the launches by no-ops instead. Their outputs then stay uninitialised, NaN spreads through
 the residual stream, and the GEMMs run faster on NaN than on real data (this H100 is power-limited in the forward):
 the ``nan_latents`` row (the full graph on NaN latents, every other input unchanged) measures that effect alone, and
-it is as large as any kernel's cost, so skipped forwards say little about the kernels (run
-``nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 500`` beside it to see
+it is as large as any kernel's cost, so skipped forwards say little about the kernels (each row's ``clocks`` show
 the power cap at work). Writes ``$OUT/sensitivity.json`` (and a bar chart with ``--png``, given matplotlib).
 """
 
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server import bench as B  # noqa: E402
+from server.clocks import ClockSampler, summarise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from trace_forward import full_size_forward  # noqa: E402
@@ -114,17 +115,21 @@ def _abba(full, changed, dev: torch.device, repeats: int, reps: int, before=None
     """ms per repeat of both replays in ABBA order, and changed - full; ``before`` / ``after`` run around each timing
     of ``changed``."""
     times: dict[str, list[float]] = {"full": [], "changed": []}
+    samples: dict[str, list[str]] = {"full": [], "changed": []}
     for i in range(repeats):
         for key, replay in (("full", full), ("changed", changed))[:: 1 if i % 2 == 0 else -1]:
             if key == "changed" and before is not None:
                 before()
-            times[key].append(B.time_ms(replay, dev, reps))
+            with ClockSampler(dev) as clocks:
+                times[key].append(B.time_ms(replay, dev, reps))
+            samples[key] += clocks.lines
             if key == "changed" and after is not None:
                 after()
     return {
         "full_ms": [round(t, 3) for t in times["full"]],
         "changed_ms": [round(t, 3) for t in times["changed"]],
         "delta_ms": _mean_se([c - f for f, c in zip(times["full"], times["changed"])]),
+        "clocks": {key: summarise(lines) for key, lines in samples.items()},
     }
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .clocks import ClockSampler
+
 __all__ = ["main", "build_parser", "run", "FIELDS", "build_transformer", "build_vae", "random_init_"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -69,6 +71,7 @@ FIELDS = (
     "memory_gb",
     "batched",
     "targets",
+    "clocks",
     "notes",
     "elapsed_s",
 )
@@ -327,9 +330,10 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
             out["eager_kernels"] = time_ms(forward, device, reps)
         if device.type == "cuda":
             try:
-                out["graph"] = time_ms(
-                    _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start), device, reps
-                )
+                replay = _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
+                with ClockSampler(device) as clocks:
+                    out["graph"] = time_ms(replay, device, reps)
+                out["clocks"] = clocks.summary()
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 notes.append(f"forward CUDA graph failed: {type(e).__name__}: {e}")
         if compile_:
@@ -416,7 +420,8 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
         ).sample
 
     try:
-        ms = time_ms(forward, scene.device, reps)
+        with ClockSampler(scene.device) as clocks:
+            ms = time_ms(forward, scene.device, reps)
     except Exception as e:  # noqa: BLE001
         return {"forward_ms": None, "ratio": None, "reason": f"diffusers forward failed: {type(e).__name__}: {e}"}
     finally:
@@ -424,7 +429,7 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
         if scene.device.type == "cuda":
             torch.cuda.empty_cache()
     log(f"diffusers forward: {ms:.2f} ms")
-    return {"forward_ms": ms, "ratio": None, "reason": None}
+    return {"forward_ms": ms, "ratio": None, "reason": None, "clocks": clocks.summary()}
 
 
 @torch.no_grad()
@@ -469,7 +474,9 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
         else:
             transformer_ms.append((time.perf_counter() - t) * 1000)
         # decoded like a session does: one decoder call per latent frame (the parts of Session.stream)
-        tickets = [pipe.submit(decoder, latents[:, :, lo:hi], drop) for lo, hi, drop in decode_parts(c, latents.shape[2])]
+        tickets = [
+            pipe.submit(decoder, latents[:, :, lo:hi], drop) for lo, hi, drop in decode_parts(c, latents.shape[2])
+        ]
         if previous is not None:  # chunk c - 1's frames, while chunk c runs on the device
             _consume(pipe, previous, decode_ms, transformer_ms, cuda)
             marks.append(time.perf_counter())
@@ -674,6 +681,11 @@ def run(args: argparse.Namespace) -> dict:
     use_kernels = not args.no_kernels
     forward = measure_forward(model, scene1, args.reps, use_kernels, args.compile, notes)
     report["kernels"] = bool(use_kernels and forward["eager_kernels"] is not None)
+    # nvidia-smi samples while the timings ran (None without nvidia-smi): a power-capped card runs slower clocks
+    report["clocks"] = {
+        "forward_graph": forward.pop("clocks", None),
+        "diffusers": report["diffusers"].pop("clocks", None),
+    }
     candidates = [forward[k] for k in ("graph", "eager_kernels", "eager_reference", "compiled_graph") if forward[k]]
     forward["best"] = min(candidates)
     report["forward_ms"] = forward
@@ -688,7 +700,10 @@ def run(args: argparse.Namespace) -> dict:
     with kernels(use_kernels, device):
         for batch in args.batch:
             scene = Scene(model, args.height, args.width, batch, device, dtype, args.seed)
-            stream = measure_stream(model, vae, scene, args.chunks, use_graphs=report["graphs"])
+            with ClockSampler(device) as clocks:
+                stream = measure_stream(model, vae, scene, args.chunks, use_graphs=report["graphs"])
+            if batch == 1:
+                report["clocks"]["stream"] = clocks.summary()
             entry = batched_row(batch, stream)
             log(f"batch {batch}: {entry}")
             batched.append(entry)
@@ -755,6 +770,12 @@ def summary(report: dict) -> str:
             f"B={b['batch']}: {b['aggregate_fps']} fps ({b['per_session_fps']}/session)" for b in report["batched"]
         ),
         f"targets: {report['targets']}",
+        "clocks: "
+        + "; ".join(
+            f"{part} {c['sm_mhz']['mean']} MHz, {c['power_w']} W, at the power cap {c['power_capped']:.0%}"
+            for part, c in report["clocks"].items()
+            if c
+        ),
     ]
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
