@@ -480,16 +480,18 @@ def _segment_ends(num_frames: int, chunk_starts: Sequence[int] | None, device: t
     return table
 
 
-# Launch tuning (sm_90; register counts from cuobjdump; bench/micro_gdn.py times alternatives by setting these):
-# - gram: 4 warps x 64-token steps of a 64 x 64 tile (H100, streaming main branch: 57 us per call; 32-token steps
-#   74.8 us, 16-token steps 137 us, 64-token steps at 8 warps 78 us);
-# - scan at BLOCK_D 128 (head dim 112): the 8-warp program needs ~123 registers; capped at 80 (64 B of stack) three
-#   programs fit an SM, so the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave
-#   (SCAN_BLOCK_K: P's K dimension per dot; 7 dependent dots per step at 16);
-# - out: token blocks per program chosen for about OUT_WAVES waves of (one per SM, 255-register) programs (H100,
-#   main branch: 1 wave 24.1 us, 2 waves 21.0 us, 4 waves 23.8 us). The camera branch's UCPE decode in this
-#   kernel's epilogue (32-token tiles to stay spill-free) measured 53 us against 13 + 11 us for the output kernel
-#   and the separate decode kernel, so the decode stays separate.
+# Launch tuning (sm_90; register and shared-memory use from cuobjdump of compiles specialised as the streaming launch
+# is, tests/test_gdn_speed.py; bench/micro_gdn.py times alternatives by setting these):
+# - gram: 4 warps x 64-token steps of a 64 x 64 tile, its loads pipelined in 3 stages (100-118 registers, 48 KB of
+#   shared memory: 4 programs per SM) (H100, streaming main branch: 57 us per call; 32-token steps 74.8 us, 16-token
+#   steps 137 us, 64-token steps at 8 warps 78 us);
+# - scan at BLOCK_D 128 (head dim 112): the 8-warp program is capped at 80 registers, so three programs fit an SM and
+#   the B*H*(cdiv(D, 16) + 1)*2 = 320 programs of the streaming shape run in one wave (SCAN_BLOCK_K: P's K dimension
+#   per dot; 7 dependent dots per step at 16);
+# - out: token blocks per program chosen for about OUT_WAVES x (SM count) programs, two of which fit an SM (96 KB of
+#   shared memory) (H100, main branch: OUT_WAVES 1 24.1 us, 2 21.0 us, 4 23.8 us). The camera branch's UCPE decode in
+#   this kernel's epilogue (32-token tiles to stay spill-free) measured 53 us against 13 + 11 us for the output
+#   kernel and the separate decode kernel, so the decode stays separate.
 GRAM_LAUNCH = {"BLOCK_S": 64, "num_warps": 4}
 SCAN_MAXNREG = 80
 SCAN_BLOCK_K = 16  # K slice of P per dot in the scan's steps
