@@ -78,8 +78,7 @@ def test_gdn_triton_in_interpreter():
 
 
 # integer arguments of the streaming launch (B 1, H 20, T 3, S 880, D 112; keys / queries contiguous (B, H, T, S, D),
-# v a head view of the merged projection's output, beta a permuted (B, N, H) view, g a transposed (B, T, H) view):
-# a launch specialises every one that is a multiple of 16 as such, and the compiler vectorises and pipelines on that
+# v a head view of the merged projection's output, beta a permuted (B, N, H) view, g a transposed (B, T, H) view)
 _KEYS = {"sb": 20 * 3 * 880 * 112, "sh": 3 * 880 * 112, "st": 880 * 112, "ss": 112}
 _STREAMING_INTS = {
     "H": 20,
@@ -100,7 +99,7 @@ def test_gdn_launch_shapes_fit_sm90():
     gram without spills, its loads pipelined through shared memory; scan <= 80 registers (3 per SM: the 320 streaming
     programs in one wave); out without spills."""
     pytest.importorskip("triton")
-    from sm90 import compile_sm90, cuobjdump, resource_usage
+    from sm90 import compile_sm90, cuobjdump, launch_attrs, resource_usage
 
     from sana_wm.ops import gdn_triton as G
 
@@ -108,8 +107,7 @@ def test_gdn_launch_shapes_fit_sm90():
         pytest.skip("Triton ships no cuobjdump here")
 
     def usage(fn, ptrs: dict, options: dict, **constexprs) -> tuple[int, int, int]:
-        aligned = [n for n in fn.arg_names if n in ptrs or _STREAMING_INTS.get(n, 1) % 16 == 0]
-        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        attrs = launch_attrs(fn, ptrs, _STREAMING_INTS)
         kernel = compile_sm90(fn, ptrs, constexprs, floats=("eps",), options=options, attrs=attrs)
         fields = resource_usage(kernel)
         return fields["REG"], fields["STACK"], kernel.metadata.shared

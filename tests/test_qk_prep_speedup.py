@@ -99,6 +99,26 @@ PREP_POINTERS = {
     n: "*bf16"
     for n in ("q_ptr", "k_ptr", "v_ptr", "q_out", "k_out", "v_out", "q_plain_out", "k_plain_out", "wq_ptr", "wk_ptr")
 } | {n: "*fp32" for n in ("inv_ptr", "rope_ptr", "mq_ptr", "mkv_ptr", "infl_out")}
+# integer arguments at the streaming shape (2,640 tokens, 20 heads x 112; q / v views of the merged projection's
+# output, k the short conv's contiguous output, outputs (B, H, N, D)), which a launch specialises
+_OUT = {"sb": 2640 * 2240, "sh": 2640 * 112, "sn": 112}
+STREAMING_INTS = {
+    "N": 2640,
+    "C": 2240,
+    "H": 20,
+    "D": 112,
+    "ROPE_PAIRS": 28,
+    "q_sb": 2640 * 15744,
+    "q_sn": 15744,
+    "k_sb": 2640 * 2240,
+    "k_sn": 2240,
+    "v_sb": 2640 * 15744,
+    "v_sn": 15744,
+    "x_sb": 2640 * 2240,
+    "x_sh": 2640 * 112,
+    "x_sn": 112,
+    **{f"{t}_{k}": v for t in ("qo", "ko", "vo") for k, v in _OUT.items()},
+}
 
 
 _INTERPRETED = """
@@ -130,14 +150,16 @@ def test_tiled_prep_kernels_on_cuda(dtype, tol):
 
 @pytest.mark.slow
 def test_tiled_prep_kernels_compile_for_sm90_without_spills():
-    """Every prep / decode variant compiles to an sm_90a cubin; where Triton ships cuobjdump, no local memory."""
+    """Every prep / decode variant compiles to an sm_90a cubin, specialised as the streaming launch is; where Triton
+    ships cuobjdump, no local memory."""
     pytest.importorskip("triton")
-    from sm90 import compile_sm90, resource_usage
+    from sm90 import compile_sm90, launch_attrs, resource_usage
 
     from sana_wm.ops import qk_prep_triton as Q
 
     def compile_(fn, ptrs: dict, floats=(), **constexprs):
-        usage = resource_usage(compile_sm90(fn, ptrs, constexprs, floats=floats))
+        attrs = launch_attrs(fn, ptrs, STREAMING_INTS)
+        usage = resource_usage(compile_sm90(fn, ptrs, constexprs, floats=floats, attrs=attrs))
         assert usage is None or (usage["LOCAL"] == 0 and usage["STACK"] == 0), usage
 
     bf, f32 = "*bf16", "*fp32"

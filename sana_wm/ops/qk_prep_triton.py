@@ -21,8 +21,9 @@ __all__ = ["prep_camera_triton", "prep_gdn_qk_triton", "prep_softmax_qk_triton",
 # kernel modes
 _MAIN, _CAMERA = 0, 1
 # tokens per program: a 704x1280 chunk (2,640 tokens, 20 heads) gives 165 x 20 = 3,300 programs of 4 warps. sm_90a
-# registers per thread: 93 (main branch), 168 (camera branch: q, k, v tiles in flight), 93 (decode), no spills; 32
-# tokens needed 224-255 with spills in the camera branch.
+# registers per thread as the streaming launch specialises the kernels (tests/test_qk_prep_speedup.py): 56 (GDN main
+# branch), 48 (softmax main), 72 (camera: q, k, v tiles in flight), 56 (decode), no spills; 16 tokens beat 8 and 32
+# in bench/micro_prep.py's sweep on an H100.
 _BLOCK_N = 16
 # row statistics: 4 tokens x 512 channels per step, 660 programs for 2,640 tokens
 _RMS_BLOCK_N, _RMS_BLOCK_C = 4, 512
