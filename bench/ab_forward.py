@@ -3,16 +3,19 @@
     python bench/ab_forward.py --export e7231be ab_base            # here, with git: writes ab_base/<module>.py
     python bench/ab_forward.py --baseline ab_base                  # on the GPU (needs no git)
     python bench/ab_forward.py --baseline-conditioning-inside      # baseline: timestep conditioning in the graph
+    python bench/ab_forward.py --set 'gdn_triton.GRAM_LAUNCH={"BLOCK_S": 32, "num_warps": 4}'   # a launch knob
 
 Full-size streaming model (random weights, bf16), 3 latent frames against a full cache, as ``sana-wm bench``'s graph
 forward. The baseline graph runs every ``sana_wm/ops/<module>.py`` found in the baseline folder in place of the
 current one (the names in its ``__all__``: the kernels' entry points, which launch their own module's kernels);
 ``--baseline-conditioning-inside``: the baseline graph also computes the timestep conditioning itself (as every
-forward did before the engine computed it once per step, outside its graphs). The
+forward did before the engine computed it once per step, outside its graphs); ``--set MODULE.NAME=JSON`` (repeatable):
+the current graph is captured with that module-level constant of ``sana_wm/ops/<MODULE>.py`` set (a tuning knob such
+as a launch configuration), the baseline with the code's own value. The
 two graphs replay ``--repeats`` times in alternation, in ABBA order (the card's clock drifts as it heats, so the
 pairs matter more than the absolute numbers, and the order within a pair flips every repeat); prints and writes JSON
-(``$OUT/ab_forward.json``): ms per repeat for each, and the mean of current - baseline over the repeats with its
-standard error.
+(``--out``, default ``$OUT/ab_forward.json``): ms per repeat for each, and the mean of current - baseline over the
+repeats with its standard error.
 """
 
 from __future__ import annotations
@@ -63,11 +66,23 @@ def _swaps(folder: Path) -> list[tuple[object, str, object, object]]:
     return swaps
 
 
+def _setting(text: str) -> tuple[object, str, object]:
+    """``MODULE.NAME=JSON`` -> (live module of sana_wm.ops, NAME, value); the constant must exist."""
+    target, _, value = text.partition("=")
+    module, _, name = target.partition(".")
+    live = importlib.import_module(f"sana_wm.ops.{module}")
+    if not name or not hasattr(live, name) or not value:
+        sys.exit(f"--set {text!r}: expected MODULE.NAME=JSON with NAME a constant of sana_wm/ops/MODULE.py")
+    return live, name, json.loads(value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", nargs=2, metavar=("REV", "FOLDER"))
     ap.add_argument("--baseline", type=Path)
     ap.add_argument("--baseline-conditioning-inside", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=JSON")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "."), "ab_forward.json"))
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
@@ -75,10 +90,11 @@ def main() -> int:
         export(args.export[0], Path(args.export[1]))
         return 0
     inside = args.baseline_conditioning_inside
-    if (args.baseline is None and not inside) or not torch.cuda.is_available():
-        sys.exit("ab_forward needs CUDA and --baseline FOLDER and / or --baseline-conditioning-inside (or --export)")
+    if (args.baseline is None and not inside and not args.set) or not torch.cuda.is_available():
+        sys.exit("ab_forward needs CUDA and --baseline FOLDER, --baseline-conditioning-inside and / or --set")
     dev = torch.device("cuda")
     swaps = [] if args.baseline is None else _swaps(args.baseline)
+    settings = [_setting(text) for text in args.set]
     with torch.no_grad(), B.kernels(True, dev):
         inputs = full_size_forward(dev)
         for live, name, _, base in swaps:
@@ -86,11 +102,19 @@ def main() -> int:
         baseline = B._forward_graph(*inputs, conditioning_outside=not inside)
         for live, name, current, _ in swaps:
             setattr(live, name, current)
-        current = B._forward_graph(*inputs)
+        defaults = [(live, name, getattr(live, name)) for live, name, _ in settings]
+        for live, name, value in settings:
+            setattr(live, name, value)
+        try:
+            current = B._forward_graph(*inputs)
+        finally:
+            for live, name, value in defaults:
+                setattr(live, name, value)
         result = {
             "device": torch.cuda.get_device_name(),
             "baseline_swaps": sorted(f"{s[0].__name__}.{s[1]}" for s in swaps),
             "baseline_conditioning_inside": inside,
+            "current_settings": args.set,
             "baseline_ms": [],
             "current_ms": [],
         }
@@ -102,7 +126,7 @@ def main() -> int:
         spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
         result["current_minus_baseline_ms"] = {"mean": round(mean, 3), "standard_error": round(spread, 3)}
     print(json.dumps(result))
-    Path(os.environ.get("OUT", "."), "ab_forward.json").write_text(json.dumps(result, indent=1))
+    args.out.write_text(json.dumps(result, indent=1))
     return 0
 
 
