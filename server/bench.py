@@ -771,10 +771,13 @@ def summary(report: dict) -> str:
         ),
         f"targets: {report['targets']}",
         "clocks: "
-        + "; ".join(
-            f"{part} {c['sm_mhz']['mean']} MHz, {c['power_w']} W, at the power cap {c['power_capped']:.0%}"
-            for part, c in report["clocks"].items()
-            if c
+        + (
+            "; ".join(
+                f"{part} {c['sm_mhz']['mean']} MHz, {c['power_w']} W, at the power cap {c['power_capped']:.0%}"
+                for part, c in report["clocks"].items()
+                if c
+            )
+            or "not sampled (no CUDA device or no nvidia-smi)"
         ),
     ]
     lines += [f"note: {n}" for n in report["notes"]]
