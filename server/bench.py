@@ -4,17 +4,20 @@
     sana-wm bench --dtype fp16 --compile --chunks 20 --json bench.json --png bench.png
     sana-wm bench --demo --device cpu --chunks 3 --json out.json     # tiny model on the CPU (CI)
 
-Speed does not depend on weight values, so the models are built with random weights straight on the device in
-the benchmark dtype (parameters are created on the meta device first: no fp32 copy on the CPU). The text encoder
-is not loaded (prompt embeddings are random), as in a session whose encoder was offloaded after the prompt.
+The work does not depend on weight values (their power draw does, on a power-capped card: ``clocks``), so the models
+are built with random weights straight on the device in the benchmark dtype (parameters are created on the meta
+device first: no fp32 copy on the CPU). The text encoder is not loaded (prompt embeddings are random), as in a
+session whose encoder was offloaded after the prompt.
 
 Reported (JSON, see ``FIELDS``): forward ms over one 3-frame chunk against a full cache (eager, with the Triton
-kernels, as a CUDA graph, compiled with ``--compile``); the diffusers ``SanaWMTransformer3DModel`` forward on the
+kernels, as a CUDA graph, the graph again after ``--sustain-s`` seconds of replays (the card hot and at its power
+cap, as in a long session), compiled with ``--compile``); the diffusers ``SanaWMTransformer3DModel`` forward on the
 same latent shape and its ratio to ours; the steady chunk time (the sampler's passes + the VAE decode of the
 chunk's 24 frames, decode overlapped on a side stream) and the generated fps it gives, with its multiple of real
 time (16 fps); time to the first frame of a new session on a warm world; peak device memory and the memory after
 chunk 5 and chunk ``--memory-chunks`` (the later chunks only run the cache-writing pass, which is what grows
-state if anything does); batched sessions (``--batch 1,2,4``): aggregate and per-session fps.
+state if anything does); batched sessions (``--batch 1,2,4``): aggregate and per-session fps; ``clocks``: the GPU's
+SM clock, power and power-cap share while the timings ran (``server.clocks``, where nvidia-smi is there).
 """
 
 from __future__ import annotations
@@ -269,6 +272,18 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
     return statistics.median(times)
 
 
+def run_for(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
+    """Call ``fn`` back to back for ``seconds`` (synchronising every few calls, so the launch queue stays short);
+    returns the number of calls. Heats the card to the state a long session runs in before a sustained timing."""
+    calls, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(8):
+            fn()
+        calls += 8
+        _sync(device)
+    return calls
+
+
 def _gb(n: int | float) -> float:
     return round(n / 2**30, 3)
 
@@ -301,9 +316,13 @@ def _full_cache(model: nn.Module, scene: Scene):
 
 
 @torch.no_grad()
-def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool, compile_: bool, notes: list) -> dict:
+def measure_forward(
+    model: nn.Module, scene: Scene, reps: int, use_kernels: bool, compile_: bool, notes: list, sustain_s: float = 0.0
+) -> dict:
     """Forward ms of one read-only 3-frame chunk against a full cache: eager (reference ops), eager with the
-    Triton kernels, one CUDA-graph replay, compiled."""
+    Triton kernels, one CUDA-graph replay, the same after ``sustain_s`` seconds of back-to-back replays
+    (``graph_sustained``: the card at the temperature and power cap a long session runs at), compiled. ``clocks``:
+    nvidia-smi summaries of the graph timings."""
     device = scene.device
     cache = _full_cache(model, scene)
     raymap, plucker, start = scene.camera(2)
@@ -319,6 +338,7 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
         "eager_reference": None,
         "eager_kernels": None,
         "graph": None,
+        "graph_sustained": None,
         "compiled": None,
         "compiled_graph": None,
         "compile_s": None,
@@ -333,7 +353,12 @@ def measure_forward(model: nn.Module, scene: Scene, reps: int, use_kernels: bool
                 replay = _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
                 with ClockSampler(device) as clocks:
                     out["graph"] = time_ms(replay, device, reps)
-                out["clocks"] = clocks.summary()
+                out["clocks"] = {"forward_graph": clocks.summary()}
+                if sustain_s > 0:
+                    run_for(replay, device, sustain_s)
+                    with ClockSampler(device) as clocks:
+                        out["graph_sustained"] = time_ms(replay, device, reps)
+                    out["clocks"]["forward_graph_sustained"] = clocks.summary()
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 notes.append(f"forward CUDA graph failed: {type(e).__name__}: {e}")
         if compile_:
@@ -581,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-chunks", type=int, default=None, help="chunk count of the memory check (default 200, demo 12)"
     )
+    p.add_argument(
+        "--sustain-s",
+        type=float,
+        default=None,
+        help="seconds of back-to-back graph replays before the sustained forward timing (default 30 on CUDA, 0 demo)",
+    )
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers reference forward")
     p.add_argument("--no-kernels", action="store_true", help="PyTorch reference ops only (no Triton)")
     p.add_argument("--no-graphs", action="store_true", help="run chunks eagerly (no CUDA graphs)")
@@ -611,6 +642,10 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     args.width = args.width or (96 if args.demo else 1280)
     args.memory_chunks = args.memory_chunks or (12 if args.demo else 200)
     args.batch = args.batch or ("1,2" if args.demo else "1,2,4")
+    if args.sustain_s is None:
+        args.sustain_s = 30.0 if device.type == "cuda" and not args.demo else 0.0
+    if not args.sustain_s >= 0:
+        raise ValueError(f"--sustain-s must be >= 0, got {args.sustain_s}")
     for name in ("chunks", "reps", "height", "width", "memory_chunks"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -679,13 +714,10 @@ def run(args: argparse.Namespace) -> dict:
     scene1 = Scene(model, args.height, args.width, 1, device, dtype, args.seed)
 
     use_kernels = not args.no_kernels
-    forward = measure_forward(model, scene1, args.reps, use_kernels, args.compile, notes)
+    forward = measure_forward(model, scene1, args.reps, use_kernels, args.compile, notes, args.sustain_s)
     report["kernels"] = bool(use_kernels and forward["eager_kernels"] is not None)
     # nvidia-smi samples while the timings ran (None without nvidia-smi): a power-capped card runs slower clocks
-    report["clocks"] = {
-        "forward_graph": forward.pop("clocks", None),
-        "diffusers": report["diffusers"].pop("clocks", None),
-    }
+    report["clocks"] = {**forward.pop("clocks", {}), "diffusers": report["diffusers"].pop("clocks", None)}
     candidates = [forward[k] for k in ("graph", "eager_kernels", "eager_reference", "compiled_graph") if forward[k]]
     forward["best"] = min(candidates)
     report["forward_ms"] = forward

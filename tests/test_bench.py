@@ -4,8 +4,10 @@ fail with one line. (Full-size numbers come from a GPU run: bench/gpu_check.py.)
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import torch
 
 from server import bench
 from server.cli import main as cli_main
@@ -28,7 +30,8 @@ def test_every_field_is_written(report):
 def test_numbers_are_sane(report):
     fwd = report["forward_ms"]
     assert fwd["eager_reference"] > 0 and fwd["best"] > 0
-    assert fwd["graph"] is None  # no CUDA graphs on the CPU
+    assert fwd["graph"] is None and fwd["graph_sustained"] is None  # no CUDA graphs on the CPU
+    assert report["clocks"] == {"diffusers": None, "stream": None}  # nvidia-smi samples CUDA devices only
     diff = report["diffusers"]
     assert diff["forward_ms"] > 0 and diff["ratio"] == pytest.approx(diff["forward_ms"] / fwd["best"], rel=1e-2)
     chunk = report["chunk_ms"]
@@ -53,3 +56,12 @@ def test_bad_options_fail_in_one_line(capsys):
     assert "multiples of 32" in capsys.readouterr().err
     assert cli_main(["bench", "--demo", "--device", "cpu", "--batch", "1,x"]) == 2
     assert "--batch" in capsys.readouterr().err
+    assert cli_main(["bench", "--demo", "--device", "cpu", "--sustain-s", "-1"]) == 2
+    assert "--sustain-s" in capsys.readouterr().err
+
+
+def test_run_for_calls_back_to_back_for_the_given_time():
+    calls = []
+    t = time.perf_counter()
+    n = bench.run_for(lambda: calls.append(1), torch.device("cpu"), 0.05)
+    assert time.perf_counter() - t >= 0.05 and n == len(calls) > 0 and n % 8 == 0
