@@ -474,6 +474,7 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
     first = vae.encode(scene.image.to(device, vae.dtype)).float()
     cuda = device.type == "cuda"
     marks, transformer_ms, decode_ms = [], [], []  # marks[c]: host time when chunk c's frames are on the host
+    captured = []  # per chunk: whether its step captured CUDA graphs (host time that a steady chunk does not spend)
     previous = None
     _sync(device)
     for c in range(chunks):
@@ -484,6 +485,7 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
             begin.record()
         else:
             t = time.perf_counter()
+        captures = graphs.captures
         latents = graphs.step(
             noise,
             pinned=first if c == 0 else None,
@@ -494,6 +496,7 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
             cache=cache,
             start_frame=start,
         ).clone()
+        captured.append(graphs.captures != captures)
         if cuda:
             end.record()
         else:
@@ -508,15 +511,19 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
         previous = (tickets, begin, end) if cuda else (tickets, None, None)
     _consume(pipe, previous, decode_ms, transformer_ms, cuda)
     marks.append(time.perf_counter())
-    # Steady state: the intervals between chunks 0..N-2 (chunk 1's capture happens before marks[0]); the last
-    # interval is the pipeline draining (only the last decode), so it is left out.
-    spans = np.diff(marks)[:-1] if len(marks) > 2 else np.diff(marks)
-    wall_ms = float(np.median(spans) * 1000) if len(spans) else float((marks[-1] - marks[0]) * 1000)
+    # Steady state: the interval between chunk k-1's and chunk k's frames on the host (k >= 1), in which chunk k + 1
+    # is launched; left out where chunk k or k + 1 captured graphs, and the last one (the pipeline draining).
+    spans = [marks[k] - marks[k - 1] for k in range(1, chunks - 1) if not (captured[k] or captured[k + 1])]
+    steady = bool(spans)
+    if not steady:  # too few chunks: every interval holds a capture
+        spans = list(np.diff(marks)) or [marks[-1] - marks[0]]
+    replays = [ms for ms, cap in zip(transformer_ms[1:], captured[1:]) if not cap]
     return {
         "chunks": chunks,
-        "wall_ms": wall_ms,
-        "transformer_ms": float(np.median(transformer_ms[1:] or transformer_ms)),
+        "wall_ms": float(np.median(spans) * 1000),
+        "transformer_ms": float(np.median(replays or transformer_ms[1:] or transformer_ms)),
         "decode_ms": float(np.median(decode_ms[1:] or decode_ms)),
+        "steady": steady,
         "graph_captures": graphs.captures,
         "decoder_bytes": decoder.nbytes(),
     }
@@ -734,6 +741,11 @@ def run(args: argparse.Namespace) -> dict:
             scene = Scene(model, args.height, args.width, batch, device, dtype, args.seed)
             with ClockSampler(device) as clocks:
                 stream = measure_stream(model, vae, scene, args.chunks, use_graphs=report["graphs"])
+            if not stream["steady"]:
+                notes.append(
+                    f"batch {batch}: every chunk interval of {args.chunks} chunks held a CUDA-graph capture, so the "
+                    "chunk time and fps include capture time; use more --chunks (the default 10 leaves 6 steady ones)"
+                )
             if batch == 1:
                 report["clocks"]["stream"] = clocks.summary()
             entry = batched_row(batch, stream)

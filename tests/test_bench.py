@@ -46,6 +46,7 @@ def test_numbers_are_sane(report):
     assert {"peak", "chunk5", "chunk12", "equal", "cache_gb"} <= set(memory)
     assert memory["peak"] is None and memory["equal"] is None  # device memory is a CUDA measurement
     assert all(v is None for v in report["targets"].values())  # targets apply to the full-size GPU run
+    assert not any("capture" in note for note in report["notes"])  # no CUDA graphs: every interval is steady
 
 
 def test_bad_options_fail_in_one_line(capsys):
