@@ -515,7 +515,7 @@ def measure_stream(model, vae, scene: Scene, chunks: int, use_graphs: bool) -> d
     # is launched; left out where chunk k or k + 1 captured graphs, and the last one (the pipeline draining).
     spans = [marks[k] - marks[k - 1] for k in range(1, chunks - 1) if not (captured[k] or captured[k + 1])]
     steady = bool(spans)
-    if not steady:  # too few chunks: every interval holds a capture
+    if not steady:  # too few chunks: every interval holds a capture or the drain
         spans = list(np.diff(marks)) or [marks[-1] - marks[0]]
     replays = [ms for ms, cap in zip(transformer_ms[1:], captured[1:]) if not cap]
     return {
@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of the transformer blocks")
-    p.add_argument("--chunks", type=int, default=None, help="streamed chunks per run (default 10, demo 3)")
+    p.add_argument("--chunks", type=int, default=None, help="streamed chunks per run, at least 3 (default 10, demo 3)")
     p.add_argument("--batch", default=None, help="session batch sizes, comma separated (default 1,2,4; demo 1,2)")
     p.add_argument("--height", type=int, default=None, help="frame height in pixels (default 704, demo 64)")
     p.add_argument("--width", type=int, default=None, help="frame width in pixels (default 1280, demo 96)")
@@ -656,6 +656,8 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     for name in ("chunks", "reps", "height", "width", "memory_chunks"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.chunks < 3:  # the steady chunk time is the interval between chunks k and k + 1 while k + 2 launches
+        raise ValueError(f"--chunks must be at least 3 for a steady chunk time, got {args.chunks}")
     if args.height % 32 or args.width % 32:
         raise ValueError(f"--height and --width must be multiples of 32, got {args.height}x{args.width}")
     try:
@@ -743,8 +745,9 @@ def run(args: argparse.Namespace) -> dict:
                 stream = measure_stream(model, vae, scene, args.chunks, use_graphs=report["graphs"])
             if not stream["steady"]:
                 notes.append(
-                    f"batch {batch}: every chunk interval of {args.chunks} chunks held a CUDA-graph capture, so the "
-                    "chunk time and fps include capture time; use more --chunks (the default 10 leaves 6 steady ones)"
+                    f"batch {batch}: no steady interval among {args.chunks} chunks (each held a CUDA-graph capture, "
+                    "or too few chunks), so the chunk time and fps include start-up time; use more --chunks (the "
+                    "default 10 leaves 6 steady ones)"
                 )
             if batch == 1:
                 report["clocks"]["stream"] = clocks.summary()

@@ -59,6 +59,8 @@ def test_bad_options_fail_in_one_line(capsys):
     assert "--batch" in capsys.readouterr().err
     assert cli_main(["bench", "--demo", "--device", "cpu", "--sustain-s", "-1"]) == 2
     assert "--sustain-s" in capsys.readouterr().err
+    assert cli_main(["bench", "--demo", "--device", "cpu", "--chunks", "2"]) == 2
+    assert "--chunks must be at least 3" in capsys.readouterr().err
 
 
 def test_run_for_calls_back_to_back_for_the_given_time():
