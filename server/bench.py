@@ -846,7 +846,19 @@ def write_png(report: dict, path: Path) -> bool:
     if report["diffusers"]["forward_ms"]:
         fwd = {"diffusers": report["diffusers"]["forward_ms"], **fwd}
     ax = axes[0][0]
-    ax.bar(list(fwd), list(fwd.values()), color="tab:blue")
+    bars = ax.bar(list(fwd), list(fwd.values()), color="tab:blue")
+    clocks = report.get("clocks") or {}
+    sampled = {"diffusers": "diffusers", "graph": "forward_graph", "graph_sustained": "forward_graph_sustained"}
+    for bar, name in zip(bars, fwd):  # the SM clock each timing ran at, where nvidia-smi sampled it
+        c = clocks.get(sampled.get(name, ""))
+        if c:
+            ax.annotate(
+                f"{c['sm_mhz']['mean']:.0f} MHz",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.axhline(TARGETS["forward_ms"], color="tab:red", ls="--", lw=1)
     ax.set_title("forward over 3 latent frames (ms)")
     ax.tick_params(axis="x", rotation=30)
