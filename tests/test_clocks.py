@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 
@@ -70,3 +71,21 @@ def test_sampler_runs_nvidia_smi_in_the_background_and_stops_it(tmp_path, monkey
     assert summary["samples"] >= 3 and summary["power_capped"] == 1.0
     args = args_file.read_text().split()
     assert args[:2] == ["-i", "GPU-1f2e3d4c-0000-1111-2222-333344445555"] and "-lms" in args
+
+
+@pytest.mark.gpu
+def test_sampler_reads_the_real_gpu_under_load():
+    """On a CUDA machine with nvidia-smi: samples arrive while matrix products keep the GPU busy, with a plausible
+    SM clock and power limit."""
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no nvidia-smi on this machine")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    with ClockSampler(torch.device("cuda"), period_ms=50) as sampler:
+        end = time.perf_counter() + 1.5
+        while time.perf_counter() < end:
+            for _ in range(4):
+                a @ a
+            torch.cuda.synchronize()
+    summary = sampler.summary()
+    assert summary is not None and summary["samples"] >= 5
+    assert 300 <= summary["sm_mhz"]["mean"] <= 3000 and summary["power_limit_w"] > 0
