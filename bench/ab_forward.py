@@ -28,6 +28,8 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server import bench as B  # noqa: E402
+from server.clocks import ClockSampler, summarise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from trace_forward import full_size_forward  # noqa: E402
@@ -53,8 +56,8 @@ def export(rev: str, folder: Path) -> None:
     print(f"exported {sorted(p.name for p in folder.glob('*.py'))} at {rev} to {folder}")
 
 
-def _swaps(folder: Path) -> list[tuple[object, str, object, object]]:
-    """(live module, name, current value, baseline value) for every public name of every baseline module."""
+def _swaps(folder: Path) -> list[tuple[object, str, object]]:
+    """(live module, name, baseline value) for every public name of every baseline module."""
     swaps = []
     for path in sorted(folder.glob("*.py")):
         live = importlib.import_module(f"sana_wm.ops.{path.stem}")
@@ -62,7 +65,7 @@ def _swaps(folder: Path) -> list[tuple[object, str, object, object]]:
         base = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(base)
         names = [n for n in getattr(base, "__all__", ()) if hasattr(live, n)]
-        swaps += [(live, n, getattr(live, n), getattr(base, n)) for n in names]
+        swaps += [(live, n, getattr(base, n)) for n in names]
     return swaps
 
 
@@ -74,6 +77,57 @@ def _setting(text: str) -> tuple[object, str, object]:
     if not name or not hasattr(live, name) or not value:
         sys.exit(f"--set {text!r}: expected MODULE.NAME=JSON with NAME a constant of sana_wm/ops/MODULE.py")
     return live, name, json.loads(value)
+
+
+@contextmanager
+def patched(assignments: list[tuple[object, str, object]]) -> Iterator[None]:
+    """``setattr(owner, name, value)`` for every (owner, name, value) for the block, then the values from before."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in assignments]
+    for owner, name, value in assignments:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def mean_se(values: list[float]) -> dict:
+    """Mean and standard error of the mean (NaN for one value), rounded to 3 places."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return {"mean": round(statistics.fmean(values), 3), "standard_error": round(se, 3)}
+
+
+def abba(
+    a: Callable[[], None],
+    b: Callable[[], None],
+    dev: torch.device,
+    repeats: int,
+    reps: int,
+    before_b: Callable[[], object] | None = None,
+    after_b: Callable[[], object] | None = None,
+) -> dict:
+    """Both replays timed ``repeats`` times (median of ``reps`` each) in ABBA order: the order within a pair flips
+    every repeat, so a drift with the card's temperature cancels over two repeats. ``before_b`` / ``after_b`` run
+    around each timing of ``b``. Returns ``a_ms`` / ``b_ms`` per repeat, ``b_minus_a_ms`` (:func:`mean_se` of the
+    pairs) and ``clocks`` (nvidia-smi summaries of each side's timings)."""
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    samples: dict[str, list[str]] = {"a": [], "b": []}
+    for i in range(repeats):
+        for key, replay in (("a", a), ("b", b))[:: 1 if i % 2 == 0 else -1]:
+            if key == "b" and before_b is not None:
+                before_b()
+            with ClockSampler(dev) as clocks:
+                times[key].append(B.time_ms(replay, dev, reps))
+            samples[key] += clocks.lines
+            if key == "b" and after_b is not None:
+                after_b()
+    return {
+        "a_ms": [round(t, 3) for t in times["a"]],
+        "b_ms": [round(t, 3) for t in times["b"]],
+        "b_minus_a_ms": mean_se([y - x for x, y in zip(times["a"], times["b"])]),
+        "clocks": {key: summarise(lines) for key, lines in samples.items()},
+    }
 
 
 def main() -> int:
@@ -97,34 +151,20 @@ def main() -> int:
     settings = [_setting(text) for text in args.set]
     with torch.no_grad(), B.kernels(True, dev):
         inputs = full_size_forward(dev)
-        for live, name, _, base in swaps:
-            setattr(live, name, base)
-        baseline = B._forward_graph(*inputs, conditioning_outside=not inside)
-        for live, name, current, _ in swaps:
-            setattr(live, name, current)
-        defaults = [(live, name, getattr(live, name)) for live, name, _ in settings]
-        for live, name, value in settings:
-            setattr(live, name, value)
-        try:
+        with patched(swaps):
+            baseline = B._forward_graph(*inputs, conditioning_outside=not inside)
+        with patched(settings):
             current = B._forward_graph(*inputs)
-        finally:
-            for live, name, value in defaults:
-                setattr(live, name, value)
+        timed = abba(baseline, current, dev, args.repeats, args.reps)
         result = {
             "device": torch.cuda.get_device_name(),
             "baseline_swaps": sorted(f"{s[0].__name__}.{s[1]}" for s in swaps),
             "baseline_conditioning_inside": inside,
             "current_settings": args.set,
-            "baseline_ms": [],
-            "current_ms": [],
+            "baseline_ms": timed["a_ms"],
+            "current_ms": timed["b_ms"],
+            "current_minus_baseline_ms": timed["b_minus_a_ms"],
         }
-        for i in range(args.repeats):  # ABBA order: a drift with the card's temperature cancels over two repeats
-            for key, replay in (("baseline_ms", baseline), ("current_ms", current))[:: 1 if i % 2 == 0 else -1]:
-                result[key].append(round(B.time_ms(replay, dev, args.reps), 3))
-        diffs = [c - b for b, c in zip(result["baseline_ms"], result["current_ms"])]
-        mean = statistics.fmean(diffs)
-        spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-        result["current_minus_baseline_ms"] = {"mean": round(mean, 3), "standard_error": round(spread, 3)}
     print(json.dumps(result))
     args.out.write_text(json.dumps(result, indent=1))
     return 0

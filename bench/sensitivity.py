@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server import bench as B  # noqa: E402
-from server.clocks import ClockSampler, summarise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from ab_forward import abba, patched  # noqa: E402
 from trace_forward import full_size_forward  # noqa: E402
 
 _GDN = ("gdn_triton", ("_gdn_gram_kernel", "_gdn_scan_kernel", "_gdn_out_kernel"))
@@ -93,43 +93,23 @@ def _sdpa_times(sdpa, times: int):
     return call
 
 
-def _swapped(group: str, times: int) -> list[tuple[object, str, object]]:
-    """Sets the group's launches to run ``times`` times (0: none); returns (owner, attribute, original) to restore."""
+def _stand_ins(group: str, times: int) -> list[tuple[object, str, object]]:
+    """(owner, attribute, stand-in) that run the group's launches ``times`` times (0: none), for ``patched``."""
     owners = [(torch.nn.functional, "scaled_dot_product_attention")] if group == "sdpa" else []
     for module, names in GROUPS[group]:
         live = importlib.import_module(f"sana_wm.ops.{module}")
         owners += [(live, name) for name in names]
-    restore = [(owner, name, getattr(owner, name)) for owner, name in owners]
-    for owner, name, original in restore:
-        stand_in = _sdpa_times(original, times) if group == "sdpa" else _Launches(original, times)
-        setattr(owner, name, stand_in)
-    return restore
+    wrap = _sdpa_times if group == "sdpa" else _Launches
+    return [(owner, name, wrap(getattr(owner, name), times)) for owner, name in owners]
 
 
-def _mean_se(values: list[float]) -> dict:
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return {"mean": round(statistics.fmean(values), 3), "standard_error": round(se, 3)}
-
-
-def _abba(full, changed, dev: torch.device, repeats: int, reps: int, before=None, after=None) -> dict:
-    """ms per repeat of both replays in ABBA order, and changed - full; ``before`` / ``after`` run around each timing
-    of ``changed``."""
-    times: dict[str, list[float]] = {"full": [], "changed": []}
-    samples: dict[str, list[str]] = {"full": [], "changed": []}
-    for i in range(repeats):
-        for key, replay in (("full", full), ("changed", changed))[:: 1 if i % 2 == 0 else -1]:
-            if key == "changed" and before is not None:
-                before()
-            with ClockSampler(dev) as clocks:
-                times[key].append(B.time_ms(replay, dev, reps))
-            samples[key] += clocks.lines
-            if key == "changed" and after is not None:
-                after()
+def _row(timed: dict) -> dict:
+    """:func:`ab_forward.abba`'s result (a: the full graph, b: the changed one) under this script's names."""
     return {
-        "full_ms": [round(t, 3) for t in times["full"]],
-        "changed_ms": [round(t, 3) for t in times["changed"]],
-        "delta_ms": _mean_se([c - f for f, c in zip(times["full"], times["changed"])]),
-        "clocks": {key: summarise(lines) for key, lines in samples.items()},
+        "full_ms": timed["a_ms"],
+        "changed_ms": timed["b_ms"],
+        "delta_ms": timed["b_minus_a_ms"],
+        "clocks": {"full": timed["clocks"]["a"], "changed": timed["clocks"]["b"]},
     }
 
 
@@ -181,27 +161,25 @@ def main() -> int:
         inputs = full_size_forward(dev)
         full = B._forward_graph(*inputs)
         for group in groups:
-            restore = _swapped(group, times)
-            try:
+            with patched(_stand_ins(group, times)):
                 changed = B._forward_graph(*inputs)
-            finally:
-                for owner, name, original in restore:
-                    setattr(owner, name, original)
-            result["rows"][group] = _abba(full, changed, dev, args.repeats, args.reps)
+            result["rows"][group] = _row(abba(full, changed, dev, args.repeats, args.reps))
             print(group, json.dumps(result["rows"][group]), flush=True)
             del changed
             torch.cuda.empty_cache()
         if not args.no_nan:
             latents = inputs[1]
             saved = latents.clone()
-            row = _abba(
-                full,
-                full,
-                dev,
-                args.repeats,
-                args.reps,
-                lambda: latents.fill_(float("nan")),
-                lambda: latents.copy_(saved),
+            row = _row(
+                abba(
+                    full,
+                    full,
+                    dev,
+                    args.repeats,
+                    args.reps,
+                    lambda: latents.fill_(float("nan")),
+                    lambda: latents.copy_(saved),
+                )
             )
             result["rows"]["nan_latents"] = row
             print("nan_latents", json.dumps(row), flush=True)
