@@ -24,12 +24,24 @@ __all__ = ["glu_dwconv_triton"]
 if HAS_TRITON:
 
     @triton.jit
-    def _silu(x, PTX: tl.constexpr):
-        """x * sigmoid(x) in fp32 as x * rcp(1 + ex2(-x log2 e)). PTX (CUDA): ex2.approx.ftz and rcp.approx.ftz
-        (5 SASS instructions; div.full is the same reciprocal and product plus a range fix-up for denominators above
-        2^126, i.e. x < -87, where both give silu ~ 0); else (Triton's interpreter, which runs no PTX) the same
-        formula in tl ops."""
+    def _silu(x, PTX: tl.constexpr, TANH: tl.constexpr):
+        """x * sigmoid(x) in fp32. PTX and TANH (16-bit outputs on CUDA): 0.5x + 0.5x tanh(0.5x) with tanh.approx.f32
+        (one MUFU op, relative error ~2^-11, below a bf16 output's rounding); PTX alone: x * rcp(1 + ex2(-x log2 e))
+        with ex2.approx.ftz and rcp.approx.ftz (two MUFU ops, ~2^-22; div.full is the same reciprocal and product plus
+        a range fix-up for denominators above 2^126, i.e. x < -87, where both give silu ~ 0); neither (Triton's
+        interpreter, which runs no PTX): the sigmoid formula in tl ops. The special-function unit (16 results per
+        clock and SM) bounds this kernel as much as its memory traffic: 2.4 SiLUs per output (halo columns
+        included) plus the gate's."""
         if PTX:
+            if TANH:
+                return tl.inline_asm_elementwise(
+                    "{ .reg .f32 h, t; mul.f32 h, $1, 0f3F000000; tanh.approx.f32 t, h; fma.rn.f32 $0, h, t, h; }",
+                    "=r,r",
+                    [x],
+                    dtype=tl.float32,
+                    is_pure=True,
+                    pack=1,
+                )
             return tl.inline_asm_elementwise(
                 "{ .reg .f32 t; ex2.approx.ftz.f32 t, $1; add.f32 t, t, 0f3F800000; rcp.approx.ftz.f32 t, t; "
                 "mul.f32 $0, $2, t; }",
@@ -81,6 +93,7 @@ if HAS_TRITON:
         BLOCK_X: tl.constexpr,
         BLOCK_C: tl.constexpr,
         PTX: tl.constexpr,
+        TANH: tl.constexpr,
     ):
         pid = tl.program_id(0)  # strips vary fastest: neighbours that share halo columns run together
         strips = tl.cdiv(W, BLOCK_X)
@@ -114,8 +127,8 @@ if HAS_TRITON:
             sv = ()
             sg = ()
             for j in tl.static_range(BLOCK_X + 2):
-                sv = sv + (_silu(raw_v[j].to(tl.float32), PTX),)
-                sg = sg + (_silu(raw_g[j].to(tl.float32), PTX),)
+                sv = sv + (_silu(raw_v[j].to(tl.float32), PTX, TANH),)
+                sg = sg + (_silu(raw_g[j].to(tl.float32), PTX, TANH),)
             raw_v, raw_g, next_v, next_g = next_v, next_g, far_v, far_g
             pv = ()
             cv = ()
@@ -127,9 +140,17 @@ if HAS_TRITON:
                 done_g, p, c = _column(sg, prev_g, cur_g, bias_g, wg, i)
                 pg, cg = pg + (p,), cg + (c,)
                 ok = mask_c & (r >= 1) & (x0 + i < W)
-                tl.store(out_row + i * M, (done_v * _silu(done_g, PTX)).to(out_ptr.dtype.element_ty), mask=ok)
+                tl.store(out_row + i * M, (done_v * _silu(done_g, PTX, TANH)).to(out_ptr.dtype.element_ty), mask=ok)
             prev_v, cur_v, prev_g, cur_g = pv, cv, pg, cg
             out_row += W * M
+
+
+# Default tile: output columns x channels of each half per program, warps. On an H100 at 704 x 1280 (22 x 40 tokens)
+# inside a CUDA graph of 20 calls (``bench/micro_ffn.py``), with the tanh SiLU: 10 x 64 at 2 warps (149 registers)
+# 57.8 us per call, 5 x 64 at 2 warps 54.5, 5 x 128 at 4 warps 54.2-54.9 (ex2 / rcp SiLU: 60.4 and 61.8 us). Inside
+# the forward the smaller tiles gain nothing (+0.03 +- 0.03 and -0.02 +- 0.03 ms per forward, ``bench/ab_forward.py
+# --set``), so the default stays.
+GLU_LAUNCH = {"block_x": 10, "block_c": 64, "num_warps": 2}
 
 
 def glu_dwconv_triton(
@@ -139,19 +160,20 @@ def glu_dwconv_triton(
     *,
     height: int,
     width: int,
-    block_x: int = 10,
-    block_c: int = 64,
-    num_warps: int = 2,
+    block_x: int | None = None,
+    block_c: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Triton :func:`sana_wm.ops.ffn.glu_dwconv`: h (B*T*H*W, 2M), weight (2M, 1, 3, 3), bias (2M,) ->
     (B*T*H*W, M) in h's dtype; SiLU, taps, bias and GLU in fp32.
 
     Programs of ``block_x`` output columns (any positive int; unrolled) x ``block_c`` channels of each half (a
-    power of two; ``block_c / (32 num_warps)`` channels per thread). h's row stride and M are compile-time constants
-    (every load and store of a row is one base register plus immediates; one compile per model width). The defaults
-    (10 columns x 64 channels, 2 warps: 151 registers, no spills) won on an H100 at 704 x 1280 (22 x 40 tokens,
-    4 strips x 105 channel blocks per frame): 60.4 us per call inside a CUDA graph (1.76 TB/s), 8 x 64 63.5 us,
-    5 x 128 at 4 warps 61.8 us (``bench/micro_ffn.py`` times the candidates)."""
+    power of two; ``block_c / (32 num_warps)`` channels per thread); None: ``GLU_LAUNCH``'s. h's row stride and M
+    are compile-time constants (every load and store of a row is one base register plus immediates; one compile per
+    model width)."""
+    block_x = GLU_LAUNCH["block_x"] if block_x is None else block_x
+    block_c = GLU_LAUNCH["block_c"] if block_c is None else block_c
+    num_warps = GLU_LAUNCH["num_warps"] if num_warps is None else num_warps
     frames, M = check_glu_dwconv_args(h, weight, bias, height, width)
     if isinstance(block_x, bool) or not isinstance(block_x, int) or block_x < 1:
         raise ValueError(f"block_x must be a positive int, got {block_x!r}.")
@@ -174,6 +196,7 @@ def glu_dwconv_triton(
         BLOCK_X=block_x,
         BLOCK_C=block_c,
         PTX=not interpreting(),
+        TANH=h.element_size() == 2,
         num_warps=num_warps,
     )
     return out
