@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import statistics
@@ -41,6 +40,7 @@ from server import bench as B  # noqa: E402
 from server.clocks import ClockSampler, summarise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from baseline import module_from  # noqa: E402
 from trace_forward import full_size_forward  # noqa: E402
 
 MODULES = ("short_conv_triton", "gdn_triton", "gdn_gates_triton", "qk_prep_triton", "ffn_triton", "modulation_triton")
@@ -61,9 +61,7 @@ def _swaps(folder: Path) -> list[tuple[object, str, object]]:
     swaps = []
     for path in sorted(folder.glob("*.py")):
         live = importlib.import_module(f"sana_wm.ops.{path.stem}")
-        spec = importlib.util.spec_from_file_location(f"sana_wm.ops._{path.stem}_baseline", path)
-        base = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(base)
+        base = module_from(path)
         names = [n for n in getattr(base, "__all__", ()) if hasattr(live, n)]
         swaps += [(live, n, getattr(base, n)) for n in names]
     return swaps

@@ -1,4 +1,5 @@
-"""An earlier version of one of our kernel modules, imported beside the current one for a same-run comparison."""
+"""An earlier version of one of our kernel modules (from git, or from a file exported with it), imported beside the
+current one for a same-run comparison."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ def module_at(rev: str, name: str) -> tuple[ModuleType | None, str]:
         ).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         return None, f"unavailable: {e}"
-    path = Path(tempfile.mkdtemp()) / f"{name}_baseline.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"sana_wm.ops._{name}_baseline", path)
+    return module_from(path), rev
+
+
+def module_from(path: Path) -> ModuleType:
+    """The kernel module file ``path`` (an earlier ``sana_wm/ops/<name>.py``) imported as
+    ``sana_wm.ops._<name>_baseline``: same package, so its relative imports resolve."""
+    spec = importlib.util.spec_from_file_location(f"sana_wm.ops._{path.stem}_baseline", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module, rev
+    return module

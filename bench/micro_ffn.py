@@ -1,19 +1,21 @@
 """The FFN glue between the two 1x1 linears (SiLU -> depthwise 3x3 + bias -> GLU) at the streaming shape.
 
-    python bench/micro_ffn.py            # prints JSON (CUDA only)
+    python bench/micro_ffn.py                      # prints JSON (CUDA only); baseline from git
+    python bench/micro_ffn.py --baseline ab_base   # baseline: ab_base/ffn_triton.py (bench/ab_forward.py --export)
 
 One call per transformer block and forward (20 per forward): h (3 frames x 22 x 40 = 2,640 tokens, 2M = 13,440) bf16.
 Times (CUDA events around one CUDA graph of 20 back-to-back calls, as in the transformer's graph: median ms per call)
 the old path as the transformer ran it before ``glu_dwconv`` (separate SiLU, cuDNN channels-last depthwise conv with
 bias, SiLU of the gate half, product), the PyTorch reference (``sana_wm.ops.ffn.glu_dwconv``: the same ops plus its
-argument checks), the Triton kernel at its default tile and the other candidate tiles (``TILES``) and, when git is
-there, the kernel before the strip rewrite (``baseline``, ``BASELINE_REV``); reports each one's error against the fp32
-reference of the same bf16 inputs, the kernel's effective memory bandwidth (71 MB read + 35 MB written per call) and
-the per-forward saving of the fastest tile.
+argument checks), the Triton kernel at its default tile and the other candidate tiles (``TILES``) and the previous
+kernel (``baseline``: ``BASELINE_REV`` from git, or the module file given with ``--baseline``); reports each one's
+error against the fp32 reference of the same bf16 inputs, the kernel's effective memory bandwidth (71 MB read + 35 MB
+written per call) and the per-forward saving of the fastest tile.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -21,23 +23,32 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from baseline import module_at
+from baseline import module_at, module_from
 
 FRAMES, HEIGHT, WIDTH, HALF = 3, 22, 40, 6720  # 704 x 1280, 3 latent frames; mlp hidden M = 6720
 CALLS_PER_FORWARD = 20
-# ffn_triton.py before the strip kernel (16 x 32 tl.gather tiles: 110 us per call in today's H100 graph profile),
-# timed in the same run when git and the revision are there
-BASELINE_REV = "06e01f20eca6981d910a98e8d2f22fb3963cb877"
+# ffn_triton.py before the tanh form of SiLU (two MUFU ops per SiLU: 60.4 us per call on an H100), timed in the same
+# run when git and the revision are there
+BASELINE_REV = "e2cb59e"
 ROOT = Path(__file__).resolve().parents[1]
-# (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default.
-# sm_90a (no spills), registers / SASS instructions per output in the row loop: 8x64w2 128 / 56 (8 programs per SM),
-# 8x128w2 219 / 50 (2 channels per thread: 4-byte loads), 10x64w2 151 / 56, 5x128w4 90 / 60, 8x32w1 128 / 56.
+# (block_x, block_c, num_warps): output columns x channels of each half per program; the first is the default
+# (``GLU_LAUNCH``). sm_90a with the tanh SiLU, no spills, registers (programs per SM): 10x64w2 149 (6), 8x64w2 128 (8),
+# 16x64w2 227 (4), 6x64w2 114 (8), 5x64w2 96 (10), 4x64w2 87 (11), 8x128w2 217 (4; 2 channels per thread),
+# 8x128w4 118 (4), 6x128w4 95 (5), 5x128w4 90 (5), 4x128w4 78 (6), 3x128w4 63 (8), 5x256w8 100 (2).
 TILES = [
-    (8, 64, 2),
-    (8, 128, 2),
     (10, 64, 2),
+    (8, 64, 2),
+    (16, 64, 2),
+    (6, 64, 2),
+    (5, 64, 2),
+    (4, 64, 2),
+    (8, 128, 2),
+    (8, 128, 4),
+    (6, 128, 4),
     (5, 128, 4),
-    (8, 32, 1),
+    (4, 128, 4),
+    (3, 128, 4),
+    (5, 256, 8),
 ]
 
 
@@ -82,8 +93,10 @@ def _old_path(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
 
 
 
-def run(device: str = "cuda", reps: int = 10) -> dict:
-    """Times and errors at the streaming shape on ``device`` (a CUDA device); returns a JSON-able dict."""
+def run(device: str = "cuda", reps: int = 10, baseline: Path | None = None) -> dict:
+    """Times and errors at the streaming shape on ``device`` (a CUDA device); ``baseline``: an earlier
+    ``ffn_triton.py`` to time beside the current one (default: ``BASELINE_REV`` from git). Returns a JSON-able
+    dict."""
     if not torch.cuda.is_available() or torch.device(device).type != "cuda":
         raise RuntimeError(
             f"micro_ffn needs a CUDA device, got device={device!r} (cuda available: {torch.cuda.is_available()})."
@@ -127,7 +140,7 @@ def run(device: str = "cuda", reps: int = 10) -> dict:
         except Exception as exc:  # noqa: BLE001 - a tile that fails to compile or launch is reported
             tiles[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     out["triton_tiles"] = tiles
-    base, rev = module_at(BASELINE_REV, "ffn_triton")
+    base, rev = module_at(BASELINE_REV, "ffn_triton") if baseline is None else (module_from(baseline), str(baseline))
     out["baseline"] = {"rev": rev}
     if base is not None:
 
@@ -154,4 +167,9 @@ def run(device: str = "cuda", reps: int = 10) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=1))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, help="folder holding an earlier ffn_triton.py")
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    path = None if args.baseline is None else args.baseline / "ffn_triton.py"
+    print(json.dumps(run(reps=args.reps, baseline=path), indent=1))
