@@ -3,6 +3,7 @@ chunk-causal full-sequence forward, snapshots / forks, seeds, long sessions."""
 
 import gc
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -124,6 +125,22 @@ def test_constant_memory_over_40_chunks(world, image):
     assert session.snapshot().nbytes() == snap_bytes
     growth = _rss_bytes() - rss10
     assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB between chunk 10 and chunk 40"
+
+
+def test_close_frees_the_state_at_once(world, image):
+    """``close`` releases the session's cache and streaming decoder at once (no reference cycle holds them until a
+    garbage collection: the decoder's tails are 0.55 GB per session at 704 x 1280)."""
+    session = world.start(image, prompt=PROMPT, seed=5)
+    session.step("w-24")
+    state = session.state
+    refs = [weakref.ref(x) for x in (state, state.cache, state.decoder)]
+    del state
+    gc.disable()
+    try:
+        session.close()
+        assert [r() is None for r in refs] == [True, True, True]
+    finally:
+        gc.enable()
 
 
 def _euler_sigmas():
