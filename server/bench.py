@@ -23,6 +23,7 @@ SM clock, power and power-cap share while the timings ran (``server.clocks``, wh
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import platform
@@ -582,7 +583,10 @@ def batched_row(batch: int, stream: dict) -> dict:
 def measure_memory(model, scene: Scene, early: int, late: int) -> dict:
     """Device memory allocated after chunk ``early`` and after chunk ``late`` of a session that runs only the
     cache-writing pass per chunk (the cheap path; it is the pass that writes the state), measured in the same state
-    (synchronised, no transients alive). Returns bytes (None on the CPU) and the cache size."""
+    (synchronised, no transients alive). Returns bytes (None on the CPU) and the cache size. Garbage of the bench's
+    earlier measurements is collected first, so that a collection during the chunks cannot lower the later sample;
+    what the chunks themselves leave in reference cycles still shows."""
+    gc.collect()
     cache = model.new_cache(scene.batch, height=scene.h, width=scene.w)
     out = {}
     for c in range(late):
