@@ -285,6 +285,23 @@ def run_for(fn: Callable[[], object], device: torch.device, seconds: float) -> i
     return calls
 
 
+def time_graph(
+    replay: Callable[[], object], device: torch.device, reps: int, sustain_s: float = 0.0, warmup: int = 1
+) -> dict:
+    """Median ms of a graph forward's ``replay`` (``graph``) and, after ``sustain_s`` seconds of back-to-back
+    replays (the card hot and at its power cap, as in a long session; 0: skipped), again (``graph_sustained``, else
+    None); ``clocks``: nvidia-smi summaries of the two timings (``forward_graph``, ``forward_graph_sustained``)."""
+    with ClockSampler(device) as clocks:
+        out = {"graph": time_ms(replay, device, reps, warmup), "graph_sustained": None}
+    out["clocks"] = {"forward_graph": clocks.summary()}
+    if sustain_s > 0:
+        run_for(replay, device, sustain_s)
+        with ClockSampler(device) as clocks:
+            out["graph_sustained"] = time_ms(replay, device, reps, warmup)
+        out["clocks"]["forward_graph_sustained"] = clocks.summary()
+    return out
+
+
 def _gb(n: int | float) -> float:
     return round(n / 2**30, 3)
 
@@ -352,14 +369,7 @@ def measure_forward(
         if device.type == "cuda":
             try:
                 replay = _forward_graph(model, latents, timestep, scene, raymap, plucker, cache, start)
-                with ClockSampler(device) as clocks:
-                    out["graph"] = time_ms(replay, device, reps)
-                out["clocks"] = {"forward_graph": clocks.summary()}
-                if sustain_s > 0:
-                    run_for(replay, device, sustain_s)
-                    with ClockSampler(device) as clocks:
-                        out["graph_sustained"] = time_ms(replay, device, reps)
-                    out["clocks"]["forward_graph_sustained"] = clocks.summary()
+                out.update(time_graph(replay, device, reps, sustain_s))
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 notes.append(f"forward CUDA graph failed: {type(e).__name__}: {e}")
         if compile_:

@@ -68,3 +68,11 @@ def test_run_for_calls_back_to_back_for_the_given_time():
     t = time.perf_counter()
     n = bench.run_for(lambda: calls.append(1), torch.device("cpu"), 0.05)
     assert time.perf_counter() - t >= 0.05 and n == len(calls) > 0 and n % 8 == 0
+
+
+def test_time_graph_times_again_after_the_sustain_only_when_asked():
+    calls = []
+    timed = bench.time_graph(lambda: calls.append(1), torch.device("cpu"), 3, 0.0)
+    assert timed["graph"] >= 0 and timed["graph_sustained"] is None and timed["clocks"] == {"forward_graph": None}
+    timed = bench.time_graph(lambda: calls.append(1), torch.device("cpu"), 3, 0.02)
+    assert timed["graph_sustained"] >= 0 and timed["clocks"] == {"forward_graph": None, "forward_graph_sustained": None}
