@@ -42,13 +42,14 @@ from trace_forward import full_size_forward  # noqa: E402
 _GDN = ("gdn_triton", ("_gdn_gram_kernel", "_gdn_scan_kernel", "_gdn_out_kernel"))
 _PREP = ("qk_prep_triton", ("_prep_kernel_rms", "_prep_kernel", "_beta_discount_kernel", "_ucpe_decode_kernel"))
 _GLUE = ("modulation_triton", ("_ln_modulate_kernel", "_gated_output_kernel", "_gated_residual_kernel"))
+_SHORT = ("short_conv_triton", ("_short_conv_kernel",))
 # group -> [(module under sana_wm.ops, kernel names)]; "sdpa" is PyTorch's attention call
 GROUPS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "prep_rms": [("qk_prep_triton", ("_prep_kernel_rms",))],
     "prep": [("qk_prep_triton", ("_prep_kernel",))],
     "beta_discount": [("qk_prep_triton", ("_beta_discount_kernel",))],
     "ucpe_decode": [("qk_prep_triton", ("_ucpe_decode_kernel",))],
-    "short_conv": [("short_conv_triton", ("_short_conv_kernel",))],
+    "short_conv": [_SHORT],
     "gdn_gates": [("gdn_gates_triton", ("_gdn_gates_kernel",))],
     "gdn_gram": [("gdn_triton", ("_gdn_gram_kernel",))],
     "gdn_scan": [("gdn_triton", ("_gdn_scan_kernel",))],
@@ -56,12 +57,12 @@ GROUPS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "glu_dwconv": [("ffn_triton", ("_glu_dwconv_kernel",))],
     "ln_modulate": [("modulation_triton", ("_ln_modulate_kernel",))],
     "gated_output_residual": [("modulation_triton", ("_gated_output_kernel", "_gated_residual_kernel"))],
-    "qk_prep_and_gdn": [_GDN, _PREP, ("short_conv_triton", ("_short_conv_kernel",))],
+    "qk_prep_and_gdn": [_GDN, _PREP, _SHORT],
     "all_triton": [
         _GDN,
         _PREP,
         _GLUE,
-        ("short_conv_triton", ("_short_conv_kernel",)),
+        _SHORT,
         ("gdn_gates_triton", ("_gdn_gates_kernel",)),
         ("ffn_triton", ("_glu_dwconv_kernel",)),
     ],
