@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -27,10 +28,12 @@ def module_at(rev: str, name: str) -> tuple[ModuleType | None, str]:
     return module_from(path), rev
 
 
-def module_from(path: Path) -> ModuleType:
-    """The kernel module file ``path`` (an earlier ``sana_wm/ops/<name>.py``) imported as
-    ``sana_wm.ops._<name>_baseline``: same package, so its relative imports resolve."""
-    spec = importlib.util.spec_from_file_location(f"sana_wm.ops._{path.stem}_baseline", path)
+def module_from(path: Path, package: str = "sana_wm.ops") -> ModuleType:
+    """The module file ``path`` (an earlier ``sana_wm/ops/<name>.py``, or with ``package="sana_wm"`` an earlier
+    ``sana_wm/<name>.py``) imported as ``<package>._<name>_baseline``: same package, so its relative imports
+    resolve (registered in ``sys.modules`` first, as an import does: dataclasses need that)."""
+    spec = importlib.util.spec_from_file_location(f"{package}._{path.stem}_baseline", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module

@@ -2,6 +2,8 @@
 
     python bench/micro_vae.py                     # prints JSON (CUDA, bf16, full-size VAE, 22 x 40 latents)
     python bench/micro_vae.py --skip compile      # without the torch.compile variants (the slow part)
+    git show REV:sana_wm/vae.py > ab_base/vae.py  # here; then on the GPU:
+    python bench/micro_vae.py --baseline ab_base/vae.py --skip _   # that decoder against the current one only
 
 ``run(device="cuda", reps=5, skip=())`` builds the full-size VAE (``ltx2`` preset, random weights, bf16), and for
 every variant decodes a first chunk of 4 latent frames (25 pixel frames) then steady chunks of 3 latent frames (24
@@ -9,14 +11,18 @@ pixel frames), the same latents for every variant. Per variant: the median GPU t
 events; the first 2 steady chunks are warm-up: cuDNN autotuning, graph capture), the max abs difference of the first
 chunk and of the last steady chunk against the ``current`` variant (same inputs, same history), the peak memory of
 the decode over the weights, and the wall time of the variant (compile/capture included). ``profile`` lists the
-top GPU kernels of one steady chunk of the current and of the one-pass channels-last triton-norm path (eager). A CPU device
-with ``preset="tiny"`` serves as a smoke test.
+top GPU kernels of one steady chunk of the decoder's defaults (as the engine runs it) and of ``current`` (eager).
+``baseline`` (``--baseline FILE``: an earlier ``sana_wm/vae.py``): that module's streaming decoder, defaults and the
+same weights, against the current one on the same steady chunks in ABBA order (the card's clock drifts, so the pairs
+count): ms of each, the mean of current - baseline with its standard error, and both last chunks' error against the
+fp32 reference. A CPU device with ``preset="tiny"`` serves as a smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -32,7 +38,8 @@ from sana_wm.vae import LTX2VAE, STREAMING_DEFAULTS
 WARMUP = 2
 # name -> decoder options; channels-last variants after the NCDHW ones (the switch converts the shared decoder
 # weights in place), compile variants last.
-# Every switch off: the decoder as the engine runs it today (one latent frame per pass, NCDHW, eager).
+# Every switch off (one latent frame per pass, NCDHW, eager): the decoder before the speed switches; "current" below
+# is this base, the engine runs STREAMING_DEFAULTS.
 BASE = {k: False for k in STREAMING_DEFAULTS} | {"frames_per_pass": 1}
 _OP = {"frames_per_pass": None, "channels_last": True}  # one pass, channels-last
 _TN = {**_OP, "triton_norm": True}
@@ -81,6 +88,42 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def ab_baseline(vae: LTX2VAE, path: Path, chunks: list[torch.Tensor], ref_last, device: torch.device) -> dict:
+    """The streaming decoder of the earlier module ``path`` (same weights: its VAE's parameters are the current one's
+    tensors) against the current decoder, steady chunks in ABBA order; see the module docstring."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from baseline import module_from
+
+    old = module_from(path, package="sana_wm")
+    with torch.device("meta"):
+        old_vae = old.LTX2VAE(old.LTX2VAEConfig(**dataclasses.asdict(vae.config)))
+    old_vae.encoder = None
+    old_vae.load_state_dict(vae.state_dict(), assign=True)
+    decoders = {"current": vae.streaming_decoder(), "baseline": old_vae.streaming_decoder()}
+    for dec in decoders.values():
+        dec.decode(chunks[0])
+    times: dict[str, list[float]] = {"current": [], "baseline": []}
+    last = {}
+    for i, z in enumerate(chunks[1:]):
+        for name in ("current", "baseline") if i % 2 == 0 else ("baseline", "current"):
+            last[name], ms = _timed(lambda name=name, z=z: decoders[name].decode(z), device)
+            if i >= WARMUP:
+                times[name].append(ms)
+    diffs = [a - b for a, b in zip(times["current"], times["baseline"])]
+    out = {
+        "file": str(path),
+        "current_ms": [round(t, 2) for t in times["current"]],
+        "baseline_ms": [round(t, 2) for t in times["baseline"]],
+        "current_minus_baseline_ms": round(statistics.mean(diffs), 3),
+        "se_ms": round(statistics.stdev(diffs) / len(diffs) ** 0.5, 3) if len(diffs) > 1 else None,
+        "rel_diff_frames": float((last["current"].float() - last["baseline"].float()).norm() / last["baseline"].norm()),
+    }
+    if ref_last is not None:
+        for name in ("current", "baseline"):
+            out[f"{name}_rel_err_vs_fp32"] = float((last[name].float() - ref_last).norm() / ref_last.norm())
+    return out
+
+
 def _profile(vae: LTX2VAE, options: dict, chunks: list[torch.Tensor], top: int = 12) -> list[dict]:
     """Top GPU kernels (total ms, calls) of one steady chunk decoded eagerly with ``options``."""
     from torch.profiler import ProfilerActivity, profile
@@ -100,9 +143,11 @@ def _profile(vae: LTX2VAE, options: dict, chunks: list[torch.Tensor], top: int =
 
 
 @torch.no_grad()
-def run(device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", latent_hw=(22, 40)) -> dict:
+def run(
+    device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", latent_hw=(22, 40), baseline: Path | None = None
+) -> dict:
     """Steady-chunk decode time per variant (see the module docstring); ``skip``: substrings of variant names
-    (e.g. ``("compile",)``) or ``"profile"``."""
+    (e.g. ``("compile",)``) or ``"profile"``; ``baseline``: an earlier ``sana_wm/vae.py`` to time against."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -183,12 +228,18 @@ def run(device: str = "cuda", reps: int = 5, skip=(), preset: str = "ltx2", late
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         out["variants"][name] = row
         print(f"  {name}: {row.get('steady_ms', row.get('error'))}", file=sys.stderr, flush=True)
+    if baseline is not None:
+        try:
+            out["baseline"] = ab_baseline(vae, baseline, chunks, ref_last, device)
+            print(f"  baseline: {out['baseline']['current_minus_baseline_ms']} ms", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - reported in the JSON
+            out["baseline"] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
     if cuda and "profile" not in skip:
         try:
             vae.decoder.to(memory_format=torch.contiguous_format)
             out["profile"] = {
+                "defaults": _profile(vae, dict(STREAMING_DEFAULTS), chunks),
                 "current": _profile(vae, {}, chunks),
-                "one_pass+channels_last+triton_norm": _profile(vae, _TN, chunks),
             }
         except Exception as e:  # noqa: BLE001 - reported in the JSON
             out["profile"] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
@@ -208,9 +259,14 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--skip", action="append", default=[], help="skip variants whose name contains this (repeatable)")
     p.add_argument("--preset", default="ltx2", choices=("ltx2", "tiny"))
+    p.add_argument("--baseline", type=Path, help="an earlier sana_wm/vae.py, timed against the current decoder")
+    p.add_argument("--json", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     hw = (22, 40) if args.preset == "ltx2" else (2, 3)
-    print(json.dumps(run(args.device, args.reps, tuple(args.skip), args.preset, hw), indent=1))
+    text = json.dumps(run(args.device, args.reps, tuple(args.skip), args.preset, hw, args.baseline), indent=1)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
     return 0
 
 
