@@ -333,29 +333,59 @@ def _rms_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + eps)
 
 
-def _norm_silu_into(x: torch.Tensor, out: torch.Tensor, use_triton: bool = False) -> None:
-    """``out <- SiLU(RMS norm of x over channels)`` (x, out (B,C,T,H,W); ``out`` may be a strided view, e.g. the
-    inside of a padded conv buffer). The Triton kernel (one read of x, one write, fp32 math, one rounding) runs for
-    a channels-last x and an ``out`` with unit channel stride when ``use_triton`` and Triton can run on them."""
-    dense = x.is_contiguous(memory_format=torch.channels_last_3d) and _is_channels_last(x)
-    if use_triton and dense and out.stride(1) == 1 and x.shape[1] <= 4096 and runnable_on(x, out):
-        _norm_silu_triton(x, out)
-    else:
-        torch.ops.aten.silu.out(_rms_norm(x), out=out)
+def _dense(x: torch.Tensor) -> bool:
+    """A channels-last 5-D tensor without gaps (its storage is the (B,T,H,W,C) array)."""
+    return _is_channels_last(x) and x.is_contiguous(memory_format=torch.channels_last_3d)
 
+
+def _per_channel(bias: torch.Tensor) -> torch.Tensor:
+    return bias.view(1, -1, 1, 1, 1)
+
+
+def _norm_silu_into(
+    x: torch.Tensor, out: torch.Tensor, use_triton: bool = False, bias: torch.Tensor | None = None
+) -> None:
+    """``out <- SiLU(RMS norm of (x + bias) over channels)`` (x, out (B,C,T,H,W), bias (C,) or None; ``out`` may be
+    a strided view, e.g. the inside of a padded conv buffer). The Triton kernel (one read of x, one write, fp32 math,
+    one rounding) runs for a channels-last x and an ``out`` with unit channel stride when ``use_triton`` and Triton
+    can run on them. ``bias``: the producing conv's bias, left out of that conv so that it costs no pass of its own."""
+    if use_triton and _dense(x) and out.stride(1) == 1 and x.shape[1] <= 4096 and runnable_on(x, out):
+        _norm_silu_triton(x, out, bias)
+    else:
+        torch.ops.aten.silu.out(_rms_norm(x if bias is None else x + _per_channel(bias)), out=out)
+
+
+def _add_bias_residual_(h: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, use_triton: bool = False) -> torch.Tensor:
+    """``h += bias + x`` in place (h, x (B,C,T,H,W), bias (C,): a conv output whose bias was left out, and the
+    residual) and returns h: one pass (Triton, fp32 sum, one rounding) for dense channels-last h and x of one shape
+    when ``use_triton``, else two adds."""
+    if use_triton and _dense(h) and _dense(x) and h.shape == x.shape and runnable_on(h, x, bias):
+        n = h.numel()
+        _bias_residual_kernel[(triton.cdiv(n, _RESIDUAL_BLOCK),)](
+            h, x, bias, n, h.shape[1], BLOCK=_RESIDUAL_BLOCK, num_warps=8
+        )
+        return h
+    return h.add_(x).add_(_per_channel(bias))
+
+
+_RESIDUAL_BLOCK = 4096
 
 if HAS_TRITON:
 
     @triton.jit
     def _norm_silu_kernel(
-        x_ptr, out_ptr, P, C, T, H, W, s_b, s_t, s_h, s_w, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr
+        x_ptr, b_ptr, out_ptr, P, C, T, H, W, s_b, s_t, s_h, s_w, eps,
+        HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        """Rows of a channels-last x (P positions x C channels, row stride C) -> SiLU(x * rsqrt(mean(x^2) + eps))
-        at out[b, :, t, h, w] (element strides s_* for b, t, h, w; channel stride 1)."""
+        """Rows of a channels-last x (P positions x C channels, row stride C) plus the bias (C,) -> SiLU(y * rsqrt(
+        mean(y^2) + eps)) with y = x + bias at out[b, :, t, h, w] (element strides s_* for b, t, h, w; channel stride
+        1)."""
         rows = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
         cols = tl.arange(0, BLOCK_C)
         mask = (rows < P)[:, None] & (cols < C)[None, :]
         x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x = tl.where(mask, x + tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :], 0.0)
         y = x * tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)[:, None]
         y = y * tl.sigmoid(y)
         w = rows % W
@@ -365,15 +395,106 @@ if HAS_TRITON:
         dst = (q // T) * s_b + (q % T) * s_t + h * s_h + w * s_w
         tl.store(out_ptr + dst[:, None] + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _bias_residual_kernel(h_ptr, x_ptr, b_ptr, n, C, BLOCK: tl.constexpr):
+        """h[i] += x[i] + bias[i % C] over n elements of dense channels-last h and x (fp32 sum)."""
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        h = tl.load(h_ptr + i, mask=m).to(tl.float32)
+        x = tl.load(x_ptr + i, mask=m).to(tl.float32)
+        b = tl.load(b_ptr + i % C, mask=m).to(tl.float32)
+        tl.store(h_ptr + i, (h + x + b).to(h_ptr.dtype.element_ty), mask=m)
 
-def _norm_silu_triton(x: torch.Tensor, out: torch.Tensor, eps: float = 1e-8) -> None:
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _shuffle_kernel(
+        y_ptr, b_ptr, r_ptr, out_ptr, P, T, H, W, C, CR, drop, so_b, so_t, so_h, so_w,
+        ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, SI: tl.constexpr, SJ: tl.constexpr, SK: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """Depth-to-space of dense channels-last y (P = B*T*H*W pixels x C*S channels, S = ST*SH*SW) plus its bias,
+        plus the residual r (P x CR*S, output channel c reads r's channel group c % CR; CR a multiple of BLOCK_C):
+        out[b, c, t*ST + i - drop, h*SH + j, w*SW + k] = y[p, c*S + s] + bias[c*S + s] + r[p, (c % CR)*S + s] with
+        s = i*SI + j*SJ + k*SK; output frames before 0 (the causal first frame's dropped ones) are not written. One
+        program: BLOCK_P pixels x BLOCK_C output channels with all their sub-pixels, read as contiguous row pieces and
+        turned (pixel, channel, sub-pixel) -> (pixel, sub-pixel, channel) in registers, so that loads and stores are
+        both contiguous."""
+        S: tl.constexpr = ST * SH * SW
+        p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        c0 = tl.program_id(1) * BLOCK_C
+        e = tl.arange(0, BLOCK_C * S)  # (channel, sub-pixel) within the program's row piece
+        p_ok = p < P
+        load_ok = p_ok[:, None] & (e < (C - c0) * S)[None, :]
+        v = tl.load(y_ptr + p[:, None] * (C * S) + c0 * S + e[None, :], mask=load_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            v += tl.load(b_ptr + c0 * S + e, mask=e < (C - c0) * S, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:
+            r_row = r_ptr + p[:, None] * (CR * S) + (c0 % CR) * S + e[None, :]
+            v += tl.load(r_row, mask=load_ok, other=0.0).to(tl.float32)
+        v = tl.permute(tl.reshape(v, (BLOCK_P, BLOCK_C, S)), (0, 2, 1))  # (pixel, sub-pixel, channel)
+        sub = tl.arange(0, S)
+        if ST > 1:
+            i = (sub // SI) % ST
+        else:
+            i = sub * 0
+        j = (sub // SJ) % SH
+        k = (sub // SK) % SW
+        w = p % W
+        q = p // W
+        h = q % H
+        q = q // H
+        t = q % T
+        b = q // T
+        t_out = t[:, None] * ST + i[None, :] - drop  # (pixel, sub-pixel)
+        dst = b[:, None] * so_b + t_out * so_t
+        dst += (h[:, None] * SH + j[None, :]) * so_h + (w[:, None] * SW + k[None, :]) * so_w
+        c = c0 + tl.arange(0, BLOCK_C)
+        ok = (p_ok[:, None] & (t_out >= 0))[:, :, None] & (c < C)[None, None, :]
+        tl.store(out_ptr + dst[:, :, None] + c[None, None, :], v.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _shuffle_runs(y: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether :func:`_shuffle_triton` takes these tensors: dense channels-last y (and residual), a Triton device."""
+    present = [o for o in others if o is not None]
+    return _dense(y) and all(o.dim() != 5 or _dense(o) for o in present) and runnable_on(y, *present)
+
+
+def _shuffle_triton(
+    y: torch.Tensor, stride: tuple[int, int, int], sub: tuple[int, int, int], bias: torch.Tensor | None,
+    residual: torch.Tensor | None, drop: int,
+) -> torch.Tensor:
+    """``y`` (B, C*S, T, H, W) -> (B, C, T*st - drop, H*sh, W*sw) channels-last (see ``_shuffle_kernel``; ``sub`` =
+    (SI, SJ, SK) places sub-pixel (i, j, k) at channel offset i*SI + j*SJ + k*SK)."""
+    st, sh, sw = stride
+    b, cy, t, h, w = y.shape
+    c = cy // (st * sh * sw)
+    cr = c if residual is None else residual.shape[1] // (st * sh * sw)
+    out = torch.empty((b, c, t * st - drop, h * sh, w * sw), dtype=y.dtype, device=y.device,
+                      memory_format=torch.channels_last_3d)
+    block_c = min(32, triton.next_power_of_2(c))
+    if residual is not None:
+        block_c = min(block_c, cr & -cr)  # a power of two dividing CR
+    block_p = max(1, 4096 // (block_c * st * sh * sw))
+    P = b * t * h * w
+    _shuffle_kernel[(triton.cdiv(P, block_p), triton.cdiv(c, block_c))](
+        y, y if bias is None else bias, y if residual is None else residual, out, P, t, h, w, c, cr, drop,
+        out.stride(0), out.stride(2), out.stride(3), out.stride(4),
+        ST=st, SH=sh, SW=sw, SI=sub[0], SJ=sub[1], SK=sub[2], HAS_BIAS=bias is not None,
+        HAS_RES=residual is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+def _norm_silu_triton(x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 1e-8) -> None:
     b, c, t, h, w = x.shape
     rows = b * t * h * w
     block_c = triton.next_power_of_2(c)
     block_p = max(1, min(64, 4096 // block_c))
     _norm_silu_kernel[(triton.cdiv(rows, block_p),)](
-        x, out, rows, c, t, h, w, out.stride(0), out.stride(2), out.stride(3), out.stride(4), eps,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+        x, x if bias is None else bias, out, rows, c, t, h, w, out.stride(0), out.stride(2), out.stride(3),
+        out.stride(4), eps, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
     )
 
 
@@ -401,10 +522,10 @@ class LTX2VideoCausalConv3d(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None, pre=None
+        self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None, pre=None, add_bias: bool = True
     ) -> torch.Tensor:
         """``pre(x, out)``: an elementwise producer (e.g. RMS norm + SiLU) applied to ``x`` while it is written into
-        the padded buffer."""
+        the padded buffer; ``add_bias=False``: the conv's bias is left out (the caller adds it in its next pass)."""
         n = self.time_pad
         conv = self.conv
         mode = conv.padding_mode
@@ -416,7 +537,8 @@ class LTX2VideoCausalConv3d(nn.Module):
             x = _padded_frames(x, front, back, border=border, mode=mode, pre=pre)
         padding = conv.padding if mode == "zeros" else 0
         # cuDNN answers a channels-last input in channels-last (no copy here); the CPU kernels answer NCDHW.
-        return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding).contiguous(memory_format=_memory_format(x))
+        bias = conv.bias if add_bias else None
+        return F.conv3d(x, conv.weight, bias, conv.stride, padding).contiguous(memory_format=_memory_format(x))
 
 
 class _TimestepMLP(nn.Module):
@@ -486,14 +608,24 @@ class LTX2VideoResnetBlock3d(nn.Module):
         state: _StreamState | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        # Without timestep modulation, norm + SiLU write straight into each conv's padded input buffer.
+        # Without timestep modulation, norm + SiLU write straight into each conv's padded input buffer. With the
+        # Triton glue (streaming, no noise), each conv's bias joins the next pass over its output instead of costing
+        # one of its own (cuDNN adds a conv's bias as a separate kernel): conv1's in conv2's norm, conv2's in the
+        # residual add.
+        fold = (
+            state is not None and state.triton_norm and self.per_channel_scale1 is None
+            and self.per_channel_scale2 is None
+        )
         if self.scale_shift_table is None:
             pre = functools.partial(_norm_silu_into, use_triton=state is not None and state.triton_norm)
-            h = self.conv1(x, causal, state, pre)
+            h = self.conv1(x, causal, state, pre, add_bias=not fold)
             if self.per_channel_scale1 is not None:
                 h = self._noise(h, self.per_channel_scale1, generator)
-            h = self.conv2(h, causal, state, pre)
+            if fold:
+                pre = functools.partial(pre, bias=self.conv1.conv.bias)
+            h = self.conv2(h, causal, state, pre, add_bias=not fold)
         else:
+            fold = False
             mod = temb.unflatten(1, (4, -1)) + self.scale_shift_table[None, ..., None, None, None]
             shift1, scale1, shift2, scale2 = mod.unbind(dim=1)
             h = F.silu(_rms_norm(x) * (1 + scale1) + shift1, inplace=True)
@@ -508,7 +640,7 @@ class LTX2VideoResnetBlock3d(nn.Module):
             x = self.norm3(x.movedim(1, -1)).movedim(-1, 1)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return h.add_(x)
+        return _add_bias_residual_(h, self.conv2.conv.bias, x, use_triton=True) if fold else h.add_(x)
 
 
 def _space_to_depth(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
@@ -569,7 +701,18 @@ class LTX2VideoUpsampler3d(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = True, state: _StreamState | None = None) -> torch.Tensor:
         drop = 0 if state is not None and state.started else self.stride[0] - 1
-        h = _depth_to_space(self.conv(x, causal, state), self.stride)[:, :, drop:]
+        if state is not None and state.triton_norm:
+            y = self.conv(x, causal, state, add_bias=False)
+            if _shuffle_runs(y, x if self.residual else None, self.conv.conv.bias):
+                # one pass: the conv's bias, the shuffle and the residual (4 passes and a bias kernel otherwise)
+                sh, sw = self.stride[1:]
+                return _shuffle_triton(
+                    y, self.stride, (sh * sw, sw, 1), self.conv.conv.bias, x if self.residual else None, drop
+                )
+            y = y.add_(_per_channel(self.conv.conv.bias))
+        else:
+            y = self.conv(x, causal, state)
+        h = _depth_to_space(y, self.stride)[:, :, drop:]
         if self.residual:
             # The shuffled input repeated over channel groups, added group by group (no repeated copy).
             repeats = math.prod(self.stride) // self.upscale_factor
@@ -769,8 +912,14 @@ class LTX2VideoDecoder3d(nn.Module):
         for block in self.up_blocks:
             x = block(x, temb, causal, state, generator)
         if self.time_embedder is None:
-            pre = functools.partial(_norm_silu_into, use_triton=state is not None and state.triton_norm)
-            x = self.conv_out(x, causal, state, pre)
+            fold = state is not None and state.triton_norm
+            pre = functools.partial(_norm_silu_into, use_triton=fold)
+            x = self.conv_out(x, causal, state, pre, add_bias=not fold)
+            p = self.patch_size
+            if fold and _shuffle_runs(x, self.conv_out.conv.bias):  # unpatchify + the conv's bias in one pass
+                return _shuffle_triton(x, (1, p, p), (0, 1, p), self.conv_out.conv.bias, None, 0)
+            if fold:
+                x = x.add_(_per_channel(self.conv_out.conv.bias))
         else:
             mod = self.time_embedder(temb.flatten(), x.dtype).view(x.shape[0], 2, -1, 1, 1, 1)
             shift, scale = (mod + self.scale_shift_table[None, ..., None, None, None]).unbind(dim=1)

@@ -389,7 +389,8 @@ def test_one_pass_channels_last_snapshot_restore_bitwise(pairs):
     first = dec.decode(z[:, :, 4:7])
     dec.load_snapshot(snap)
     assert torch.equal(dec.decode(z[:, :, 4:7]), first)
-    plain = vae.streaming_decoder(frames_per_pass=1)  # a snapshot moves between switch settings
+    # a snapshot moves between switch settings
+    plain = vae.streaming_decoder(frames_per_pass=1, channels_last=False, triton_norm=False)
     plain.load_snapshot(snap)
     assert rel_err(plain.decode(z[:, :, 4:7]), first) <= 1e-5
 
@@ -440,23 +441,46 @@ def test_cuda_graph_replay_equals_eager_on_gpu(pairs):
 
 _INTERPRETED = r"""
 import torch
-from sana_wm.vae import LTX2VAE, LTX2VAEConfig, _norm_silu_into, _rms_norm
+from sana_wm.vae import (
+    LTX2VAE, LTX2VAEConfig, _add_bias_residual_, _depth_to_space, _norm_silu_into, _rms_norm, _shuffle_triton,
+)
 
 torch.manual_seed(0)
 worst = 0.0
+cl = torch.channels_last_3d
 for b, c, t, h, w in ((2, 16, 3, 4, 5), (1, 48, 2, 3, 3)):
-    x = torch.randn(b, c, t, h, w).contiguous(memory_format=torch.channels_last_3d)
-    buf = torch.full((b, c, t + 2, h + 2, w + 2), float("nan")).contiguous(memory_format=torch.channels_last_3d)
-    inner = buf[:, :, 2:, 1:-1, 1:-1]
-    _norm_silu_into(x, inner, use_triton=True)
-    ref = torch.nn.functional.silu(_rms_norm(x.contiguous()))
-    worst = max(worst, float(((inner - ref).norm() / ref.norm())))
-    rest = buf.clone()
-    rest[:, :, 2:, 1:-1, 1:-1] = 0
-    assert torch.isnan(rest).sum() == rest.numel() - inner.numel(), "wrote outside the view"
+    x = torch.randn(b, c, t, h, w).contiguous(memory_format=cl)
+    for bias in (None, torch.randn(c)):
+        buf = torch.full((b, c, t + 2, h + 2, w + 2), float("nan")).contiguous(memory_format=cl)
+        inner = buf[:, :, 2:, 1:-1, 1:-1]
+        _norm_silu_into(x, inner, use_triton=True, bias=bias)
+        y = x.contiguous() if bias is None else x.contiguous() + bias.view(1, -1, 1, 1, 1)
+        ref = torch.nn.functional.silu(_rms_norm(y))
+        worst = max(worst, float(((inner - ref).norm() / ref.norm())))
+        rest = buf.clone()
+        rest[:, :, 2:, 1:-1, 1:-1] = 0
+        assert torch.isnan(rest).sum() == rest.numel() - inner.numel(), "wrote outside the view"
+    hh, res, bias = torch.randn(b, c, t, h, w).contiguous(memory_format=cl), torch.randn_like(x), torch.randn(c)
+    ref = hh + res + bias.view(1, -1, 1, 1, 1)
+    out = _add_bias_residual_(hh, bias, res, use_triton=True)
+    assert out.data_ptr() == hh.data_ptr(), "not in place"
+    worst = max(worst, float(((out - ref).norm() / ref.norm())))
+for b, c, drop, res in ((2, 8, 1, True), (1, 3, 0, False), (1, 16, 0, True)):  # upsampler: bias, shuffle, residual
+    y, bias = torch.randn(b, c * 8, 3, 2, 3).contiguous(memory_format=cl), torch.randn(c * 8)
+    r = torch.randn(b, c * 4, 3, 2, 3).contiguous(memory_format=cl) if res else None  # 2 repeats of c / 2 channels
+    ref = _depth_to_space(y + bias.view(1, -1, 1, 1, 1), (2, 2, 2))
+    if res:
+        ref.unflatten(1, (2, -1)).add_(_depth_to_space(r, (2, 2, 2)).unsqueeze(1))
+    out = _shuffle_triton(y, (2, 2, 2), (4, 2, 1), bias, r, drop)
+    worst = max(worst, float(((out - ref[:, :, drop:]).norm() / ref.norm())))
+y, bias, p = torch.randn(1, 3 * 16, 2, 2, 3).contiguous(memory_format=cl), torch.randn(3 * 16), 4  # unpatchify
+x = y + bias.view(1, -1, 1, 1, 1)
+ref = x.unflatten(1, (-1, p, p)).permute(0, 1, 4, 5, 3, 6, 2).reshape(1, 3, 2, 2 * p, 3 * p)
+out = _shuffle_triton(y, (1, p, p), (0, 1, p), bias, None, 0)
+worst = max(worst, float(((out - ref).norm() / ref.norm())))
 vae = LTX2VAE(LTX2VAEConfig.preset("tiny"))
 z = torch.randn(1, 16, 3, 2, 2)
-plain = vae.streaming_decoder(frames_per_pass=1)
+plain = vae.streaming_decoder(frames_per_pass=1, channels_last=False, triton_norm=False)
 ref = torch.cat([plain.decode(z[:, :, :2]), plain.decode(z[:, :, 2:])], dim=2)
 fused = vae.streaming_decoder(frames_per_pass=None, channels_last=True, triton_norm=True)
 out = torch.cat([fused.decode(z[:, :, :2]), fused.decode(z[:, :, 2:])], dim=2)
@@ -467,8 +491,10 @@ print("WORST", worst)
 
 @pytest.mark.slow
 def test_triton_norm_silu_in_interpreter():
-    """The fused RMS norm + SiLU kernel (channels-last, written into a padded buffer view) and a tiny streaming decode
-    through it, in Triton's interpreter, against the torch path."""
+    """The fused RMS norm + SiLU kernel (channels-last, written into a padded buffer view, with and without a folded
+    conv bias), the bias + residual kernel, the shuffle kernel (upsampler: bias + depth-to-space + residual, dropped
+    first frames; unpatchify + bias), and a tiny streaming decode through them (conv biases folded), in Triton's
+    interpreter, against the torch path."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
@@ -481,16 +507,44 @@ def test_triton_norm_silu_in_interpreter():
 @pytest.mark.gpu
 @torch.no_grad()
 def test_triton_norm_full_width_on_gpu():
-    """bf16 on CUDA at the full-size widths: the fused kernel against the torch path (one bf16 rounding apart)."""
-    from sana_wm.vae import _norm_silu_into
+    """bf16 on CUDA at the full-size widths: the fused kernels (RMS norm + SiLU with and without a folded bias, bias +
+    residual) against the fp32 torch path on the same bf16 inputs (one bf16 rounding apart)."""
+    from sana_wm.vae import _add_bias_residual_, _norm_silu_into
 
+    cl = torch.channels_last_3d
     for c in (128, 256, 512, 1024):
-        x = torch.randn(1, c, 3, 22, 40, device="cuda", dtype=torch.bfloat16)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        buf = torch.zeros(1, c, 5, 24, 42, device="cuda", dtype=torch.bfloat16)
-        buf = buf.contiguous(memory_format=torch.channels_last_3d)
-        _norm_silu_into(x, buf[:, :, 2:, 1:-1, 1:-1], use_triton=True)
-        ref = torch.empty_like(x)
-        _norm_silu_into(x, ref, use_triton=False)
-        assert rel_err(buf[:, :, 2:, 1:-1, 1:-1], ref) <= 1e-2
-        assert buf[:, :, :2].abs().max() == 0 and buf[:, :, :, 0].abs().max() == 0
+        x = torch.randn(1, c, 3, 22, 40, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+        for bias in (None, torch.randn(c, device="cuda", dtype=torch.bfloat16)):
+            buf = torch.zeros(1, c, 5, 24, 42, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+            _norm_silu_into(x, buf[:, :, 2:, 1:-1, 1:-1], use_triton=True, bias=bias)
+            ref = torch.empty_like(x, dtype=torch.float32)
+            _norm_silu_into(x.float(), ref, use_triton=False, bias=None if bias is None else bias.float())
+            assert rel_err(buf[:, :, 2:, 1:-1, 1:-1], ref) <= 4e-3  # bf16 output rounding: ~1.1e-3
+            assert buf[:, :, :2].abs().max() == 0 and buf[:, :, :, 0].abs().max() == 0
+        h, bias = torch.randn_like(x), torch.randn(c, device="cuda", dtype=torch.bfloat16)
+        ref = h.float() + x.float() + bias.float().view(1, -1, 1, 1, 1)
+        assert rel_err(_add_bias_residual_(h, bias, x, use_triton=True), ref) <= 4e-3
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_triton_shuffle_full_size_on_gpu():
+    """bf16 on CUDA at the full-size decoder's shapes: the upsamplers' bias + depth-to-space + residual (steady and
+    first chunk, which drops a frame) and conv_out's unpatchify + bias, against fp32 torch on the same bf16 inputs."""
+    from sana_wm.vae import _depth_to_space, _shuffle_triton
+
+    cl = torch.channels_last_3d
+    for c_in, t, h, w in ((1024, 3, 22, 40), (512, 6, 44, 80), (256, 12, 88, 160)):
+        y = torch.randn(1, c_in * 4, t, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+        x = torch.randn(1, c_in, t, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+        bias = torch.randn(c_in * 4, device="cuda", dtype=torch.bfloat16)
+        ref = _depth_to_space(y.float() + bias.float().view(1, -1, 1, 1, 1), (2, 2, 2))
+        ref.unflatten(1, (4, -1)).add_(_depth_to_space(x.float(), (2, 2, 2)).unsqueeze(1))
+        for drop in (0, 1):
+            out = _shuffle_triton(y, (2, 2, 2), (4, 2, 1), bias, x, drop)
+            assert out.is_contiguous(memory_format=cl)
+            assert rel_err(out, ref[:, :, drop:]) <= 4e-3  # bf16 output rounding: ~1.1e-3
+    y = torch.randn(1, 48, 24, 176, 320, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+    bias = torch.randn(48, device="cuda", dtype=torch.bfloat16)
+    ref = (y.float() + bias.float().view(1, -1, 1, 1, 1)).unflatten(1, (-1, 4, 4)).permute(0, 1, 4, 5, 3, 6, 2)
+    assert rel_err(_shuffle_triton(y, (1, 4, 4), (0, 1, 4), bias, None, 0), ref.reshape(1, 3, 24, 704, 1280)) <= 4e-3
