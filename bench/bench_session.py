@@ -14,7 +14,8 @@ parts on a side stream while the cache-writing pass runs):
 
 The first chunks (eager chunk 0, graph captures) are left out of the medians. Also reports whether the frames of
 every run are bitwise equal (they must be) and the world's peak GPU memory (what the process held before is left
-out). Writes ``$OUT/bench_session.json``.
+out). Writes ``$OUT/bench_session.json`` (``--json``); ``--decoder-options JSON`` sets the sessions' VAE decoder
+switches (``World.decoder_options``, e.g. ``{"cuda_graph": true}``).
 """
 
 from __future__ import annotations
@@ -91,15 +92,17 @@ def pipeline_rate(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
 
 
 @torch.no_grad()
-def run(device: str = "cuda", smoke: bool = False) -> dict:
+def run(device: str = "cuda", smoke: bool = False, decoder_options: dict | None = None) -> dict:
     device = torch.device(device)
     cuda = device.type == "cuda"
     before = torch.cuda.memory_allocated(device) if cuda else 0  # the caller's own tensors (e.g. gpu_check's)
     world = build_world(device, smoke)
+    world.decoder_options = dict(decoder_options or {})
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     image = np.random.default_rng(0).integers(0, 256, (world.height, world.width, 3), dtype=np.uint8)
     out: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+    out["decoder_options"] = world.decoder_options
     frames = {}
     for name, measure in (("stream", stream_latency), ("pipeline", pipeline_rate)):
         for overlap in (False, True):
@@ -117,15 +120,18 @@ def run(device: str = "cuda", smoke: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny networks on the CPU (checks the script)")
+    p.add_argument("--decoder-options", type=json.loads, default={},
+                   help="the sessions' VAE decoder switches as JSON (World.decoder_options)")
+    p.add_argument("--json", default="bench_session.json", help="file name under $OUT (bench_session.json)")
     args = p.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("bench_session needs CUDA (or --smoke)")
-    out = run("cpu" if args.smoke else "cuda", smoke=args.smoke)
+    out = run("cpu" if args.smoke else "cuda", smoke=args.smoke, decoder_options=args.decoder_options)
     text = json.dumps(out, indent=1)
     print(text)
     folder = Path(os.environ.get("OUT", "."))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench_session.json").write_text(text)
+    (folder / args.json).write_text(text)
     return 0
 
 

@@ -76,3 +76,30 @@ def test_time_graph_times_again_after_the_sustain_only_when_asked():
     assert timed["graph"] >= 0 and timed["graph_sustained"] is None and timed["clocks"] == {"forward_graph": None}
     timed = bench.time_graph(lambda: calls.append(1), torch.device("cpu"), 3, 0.02)
     assert timed["graph_sustained"] >= 0 and timed["clocks"] == {"forward_graph": None, "forward_graph_sustained": None}
+
+
+def test_trace_chunk_analysis_finds_idle_gaps_and_the_host_frame_behind_them():
+    """``bench/trace_chunk.analyse`` on a hand-made trace: two streams, one 300 us idle gap while the host ran
+    ``engine/session.py``'s ``_launch``, one 20 us gap below the threshold."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from trace_chunk import analyse
+
+    def dev(ts, dur, stream):
+        return {"cat": "kernel", "ts": ts, "dur": dur, "args": {"stream": stream}}
+
+    events = [
+        dev(0, 100, 7), dev(50, 100, 9), dev(170, 30, 7), dev(500, 100, 7),
+        {"cat": "python_function", "ts": 150, "dur": 400, "name": "/x/engine/session.py(10): _launch"},
+        {"cat": "python_function", "ts": 100, "dur": 600, "name": "/x/server/bench.py(5): run"},
+        {"cat": "python_function", "ts": 190, "dur": 5, "name": "threading.py(1): wait"},
+    ]
+    out = analyse(events, gap_us=50)
+    assert out["window_ms"] == 0.6 and out["device_busy_ms"] == 0.28 and out["device_idle_ms"] == 0.32
+    assert out["streams"]["7"] == {"busy_ms": 0.23, "events": 3} and out["streams"]["9"]["busy_ms"] == 0.1
+    assert out["gaps_over_threshold"] == 1 and out["largest_gaps"][0]["ms"] == 0.3
+    assert out["idle_by_host_frame_ms"] == {"/x/engine/session.py(10): _launch": 0.3}
+    assert out["largest_gaps"][0]["inner"] == "/x/engine/session.py(10): _launch [thread None]"
+    assert analyse([], 50) == {"note": "no device events (CPU run)"}
