@@ -1126,10 +1126,12 @@ def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None
 
 
 # Speed switches of :class:`LTX2StreamingDecoder` (all give the same frames; ``bench/micro_vae.py`` times them).
-# Defaults from an H100 run (bf16, 3 latent frames at 22 x 40, steady chunk): per frame NCDHW 107.9 ms, one pass
-# 87.1, + channels-last 70.8, + Triton norm 57.6, + CUDA graph 56.8 (not on: a graph pool per session for ~1 ms).
+# Defaults from H100 runs (bf16, 3 latent frames at 22 x 40, steady chunk): per frame NCDHW 107.9 ms, one pass
+# 87.1, + channels-last 70.8, + Triton norm 57.6 (50.5 since the conv biases are folded), + CUDA graph 56.8. The
+# graph saves little on a whole chunk but takes the host out of a session's decode parts (one latent frame each,
+# host-bound when eager): key-to-frame 158 -> 147 ms on an H200 (bench/bench_session.py), memory unchanged.
 STREAMING_DEFAULTS: dict = {
-    "frames_per_pass": None, "channels_last": True, "triton_norm": True, "cuda_graph": False, "compile": False,
+    "frames_per_pass": None, "channels_last": True, "triton_norm": True, "cuda_graph": True, "compile": False,
     "cudnn_benchmark": False,
 }
 

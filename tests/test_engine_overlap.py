@@ -83,11 +83,11 @@ def _cuda_world():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("decoder_options", [{}, {"cuda_graph": True}], ids=["eager-decoder", "graphed-decoder"])
+@pytest.mark.parametrize("decoder_options", [{"cuda_graph": False}, {}], ids=["eager-decoder", "graphed-decoder"])
 def test_cuda_overlapped_session_equals_sequential(image, decoder_options):
     """Side-stream decode (while the cache-writing pass runs) == inline decode after it, bitwise; streamed parts of
-    an overlapped chunk do not wait for the cache write; an abandoned stream leaves the state consistent. Also with
-    the decoder's own CUDA graphs (captured and replayed on the side stream)."""
+    an overlapped chunk do not wait for the cache write; an abandoned stream leaves the state consistent. With the
+    decoder eager and with its own CUDA graphs (the default: captured and replayed on the side stream)."""
     world = _cuda_world()
     world.decoder_options = decoder_options
 

@@ -268,3 +268,28 @@ def test_cuda_bf16_repeatable_and_constant_memory(image):
         return np.concatenate(frames)
 
     np.testing.assert_array_equal(run(), run())
+
+
+@pytest.mark.gpu
+def test_cuda_decoder_graphs_give_the_eager_frames(image):
+    """Sessions decode through CUDA-graph replays of the VAE decoder by default (``cuda_graph`` in
+    ``sana_wm.vae.STREAMING_DEFAULTS``): frames bitwise equal to the eager decoder's, through ``step``, ``stream``,
+    ``pipeline``, a fork (a new decoder: its own graphs) and a restored snapshot."""
+    world = World.demo(height=H, width=W, seed=0, device="cuda", dtype=torch.bfloat16)
+
+    def run(options):
+        world.decoder_options = options
+        s = world.start(image, prompt=PROMPT, seed=5)
+        frames = [s.step("w-24").frames, s.step("dw-24").frames]
+        frames += [np.concatenate([p.frames for p in s.stream("a-24")])]
+        snap = s.snapshot()
+        frames += [c.frames for c in s.pipeline(["w-24", "jw-24", "d-24"])]
+        fork = s.fork()
+        frames += [fork.step("w-24").frames, fork.step("w-24").frames]
+        s.restore(snap)
+        frames += [s.step("d-24").frames, s.step("w-24").frames]
+        fork.close()
+        s.close()
+        return np.concatenate(frames)
+
+    np.testing.assert_array_equal(run({"cuda_graph": True}), run({"cuda_graph": False}))
