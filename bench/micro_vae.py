@@ -11,7 +11,8 @@ pixel frames), the same latents for every variant. Per variant: the median GPU t
 events; the first 2 steady chunks are warm-up: cuDNN autotuning, graph capture), the max abs difference of the first
 chunk and of the last steady chunk against the ``current`` variant (same inputs, same history), the peak memory of
 the decode over the weights, and the wall time of the variant (compile/capture included). ``profile`` lists the
-top GPU kernels of one steady chunk of the decoder's defaults (as the engine runs it) and of ``current`` (eager).
+top GPU kernels of one steady chunk of the decoder's defaults (as the engine runs it, but eager: a graph replay hides
+its kernels) and of ``current``.
 ``baseline`` (``--baseline FILE``: an earlier ``sana_wm/vae.py``): that module's streaming decoder, defaults and the
 same weights, against the current one on the same steady chunks in ABBA order (the card's clock drifts, so the pairs
 count): ms of each, the mean of current - baseline with its standard error, and both last chunks' error against the
@@ -238,7 +239,7 @@ def run(
         try:
             vae.decoder.to(memory_format=torch.contiguous_format)
             out["profile"] = {
-                "defaults": _profile(vae, dict(STREAMING_DEFAULTS), chunks),
+                "defaults": _profile(vae, {**STREAMING_DEFAULTS, "cuda_graph": False}, chunks),  # kernels one by one
                 "current": _profile(vae, {}, chunks),
             }
         except Exception as e:  # noqa: BLE001 - reported in the JSON
