@@ -8,7 +8,8 @@ shape matters). For ``World.overlap_decode`` off (decode after the cache-writing
 parts on a side stream while the cache-writing pass runs):
 
 - ``stream``: ``Session.stream(actions)`` per chunk, host milliseconds from the call to its first part (8 frames:
-  the key-to-frame latency of an interactive client) and to the whole chunk;
+  the key-to-frame latency of an interactive client) and to the whole chunk, and the chunk's ``camera`` stage (its
+  conditioning and noise reaching the device, ``Chunk.timings``: host work before the denoise can start);
 - ``pipeline``: ``Session.pipeline`` over a known path (``render_path``'s loop): chunk interval and frames per
   second.
 
@@ -63,7 +64,7 @@ def _median_ms(values: list[float]) -> float:
 def stream_latency(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
     """Host time to the first part and to the whole chunk of ``Session.stream`` per chunk."""
     session = world.start(image, PROMPT, seed=0)
-    first, whole, frames = [], [], []
+    first, whole, camera, frames = [], [], [], []
     for actions in ACTIONS:
         _sync(world.device)
         t0 = time.perf_counter()
@@ -71,11 +72,13 @@ def stream_latency(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
         for part in session.stream(actions):
             if not parts:
                 first.append(time.perf_counter() - t0)
+                camera.append(part.timings["camera"])
             parts.append(part.frames)
         whole.append(time.perf_counter() - t0)
         frames.append(np.concatenate(parts))
     session.close()
-    return {"first_part_ms": _median_ms(first), "chunk_ms": _median_ms(whole)}, np.concatenate(frames)
+    out = {"first_part_ms": _median_ms(first), "chunk_ms": _median_ms(whole), "camera_ms": _median_ms(camera)}
+    return out, np.concatenate(frames)
 
 
 def pipeline_rate(world, image: np.ndarray) -> tuple[dict, np.ndarray]:

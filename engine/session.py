@@ -47,13 +47,14 @@ class Chunk:
 
     timings, seconds, from the chunk's start (its camera conditioning); on CUDA they are device times between events,
     on the CPU wall clock:
-    ``camera`` (conditioning to the device), ``denoise`` (the Euler passes), ``cache_write`` (the cache-writing pass;
-    it is queued after the decode of the chunk's first part, or of all parts without the decode overlap, so a
-    streamed part leaves it out, since the pass may still run; with the overlap it runs while later parts decode on
-    the side stream, so ``denoise + cache_write + decode`` can exceed ``total``), ``decode`` (decode + uint8 conversion + copy to the host of the parts delivered
-    so far, summed), ``first_part`` (start to the first 8 frames on the host: the key-to-frame latency of the
-    chunk's first frames) and ``total`` (start to the last stage delivered so far: the frames of this part, or for a
-    whole chunk its last frames and the cache write; on the CPU it includes time a stream's consumer held a part).
+    ``camera`` (conditioning to the device), ``denoise`` (the Euler passes), ``cache_write`` (the cache-writing pass; it
+    is queued after the decode of the chunk's first part, or of all parts without the decode overlap, so a streamed part
+    leaves it out, since the pass may still run; with the overlap it runs while later parts decode on the side stream,
+    so ``denoise + cache_write + decode`` can exceed ``total``), ``decode`` (decode + uint8 conversion + copy to the
+    host of the parts delivered so far, summed), ``first_part`` (start to the first 8 frames on the host: the
+    key-to-frame latency of the chunk's first frames) and ``total`` (start to the last stage delivered so far: the
+    frames of this part, or for a whole chunk its last frames and the cache write; on the CPU it includes time a
+    stream's consumer held a part).
     """
 
     frames: np.ndarray
@@ -165,6 +166,8 @@ class Session:
         self._busy = False
         self._pipe: FramePipe | None = None
         self._last: _Launched | None = None  # the last launched chunk (its later parts may still be unsubmitted)
+        # ((chunk index, shape), noise on the device) drawn while the chunk before it ran (``_chunk_noise``)
+        self._noise_ahead: tuple[tuple, torch.Tensor] | None = None
         self.on_chunk = on_chunk
 
     # ------------------------------------------------------------------ properties
@@ -336,7 +339,7 @@ class Session:
         raymap, plucker = self._camera(window, lat0, lat1)
         n_lat = lat1 - lat0
         h, w = setup.height // world.spatial_stride, setup.width // world.spatial_stride
-        noise = chunk_noise(setup.seed, c, (1, setup.first_latent.shape[1], n_lat, h, w), world.device)
+        noise = self._chunk_noise(c, (1, setup.first_latent.shape[1], n_lat, h, w))
         clock.mark("camera")
         # one CUDA-graph replay each for the denoise passes and the cache write on CUDA worlds (engine.graphs)
         graphs = world.chunk_graphs(setup.steps)
@@ -361,7 +364,18 @@ class Session:
         state.chunk_index = c + 1
         if controller_after is not None:
             state.controller.load_state_dict(controller_after)
+        # the next chunk's noise, drawn now that the device is busy, not after the next key press
+        shape = (1, setup.first_latent.shape[1], world.config.chunk_size, h, w)
+        self._noise_ahead = ((c + 1, shape), chunk_noise(setup.seed, c + 1, shape, world.device))
         return launched
+
+    def _chunk_noise(self, c: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """``chunk_noise(seed, c, shape)`` on the device: the one drawn ahead during the chunk before, if it is this
+        one (a pure function of seed, chunk and shape, so a restore or a fork cannot make it stale)."""
+        ahead, self._noise_ahead = self._noise_ahead, None
+        if ahead is not None and ahead[0] == (c, shape):
+            return ahead[1]
+        return chunk_noise(self.state.setup.seed, c, shape, self._world.device)
 
     def _collect(self, launched: _Launched) -> Iterator[Chunk]:
         """Yield the parts of a launched chunk as their frames reach the host; return the whole ``Chunk``."""
@@ -466,9 +480,9 @@ class Session:
                poses: np.ndarray | None = None) -> Iterator[Chunk]:
         """Like ``step`` but yield each latent frame's 8 pixel frames as soon as they are decoded (3 parts per
         chunk; ``LATENTS_PER_PART``). The chunk's cache-writing pass is queued after its first part's decode, so the
-        first 8 frames do not wait for it (with the decode overlap the later parts decode beside it). Inputs are checked at the call; the chunk is generated when
-        the first part is requested. Closing the iterator early still finishes the chunk's decoding (the state stays
-        consistent)."""
+        first 8 frames do not wait for it (with the decode overlap the later parts decode beside it). Inputs are
+        checked at the call; the chunk is generated when the first part is requested. Closing the iterator early
+        still finishes the chunk's decoding (the state stays consistent)."""
         return self._begin(actions, keys, poses)
 
     # ------------------------------------------------------------------ stills
@@ -539,6 +553,7 @@ class Session:
         self._state = None
         self._pipe = None
         self._last = None
+        self._noise_ahead = None
 
     def __enter__(self) -> Session:
         return self

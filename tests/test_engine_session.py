@@ -293,3 +293,19 @@ def test_cuda_decoder_graphs_give_the_eager_frames(image):
         return np.concatenate(frames)
 
     np.testing.assert_array_equal(run({"cuda_graph": True}), run({"cuda_graph": False}))
+
+
+def test_next_chunk_noise_is_drawn_ahead(world, image):
+    """A launched chunk draws the next chunk's noise while the device runs (``Session._chunk_noise`` then takes it):
+    the same tensor ``chunk_noise`` gives; a restore to another chunk draws afresh, with the same frames."""
+    s = world.start(image, prompt=PROMPT, seed=3)
+    s.step("w-24")
+    (c, shape), noise = s._noise_ahead
+    assert c == 1 and torch.equal(noise, chunk_noise(3, 1, shape))
+    snap = s.snapshot()
+    first = s.step("dw-24").frames
+    s.step("w-24")
+    s.restore(snap)
+    np.testing.assert_array_equal(s.step("dw-24").frames, first)
+    s.close()
+    assert s._noise_ahead is None
