@@ -234,7 +234,7 @@ class _StreamState:
 
     def __init__(self, triton_norm: bool = False) -> None:
         self.started = False
-        self.triton_norm = triton_norm  # RMS norm + SiLU producers through the Triton kernel where it can run
+        self.triton_norm = triton_norm  # the Triton glue around the convs where it can run (see the decoder's switch)
         self.tails: dict[str, torch.Tensor] = {}
 
     def pad(
@@ -404,9 +404,6 @@ if HAS_TRITON:
         x = tl.load(x_ptr + i, mask=m).to(tl.float32)
         b = tl.load(b_ptr + i % C, mask=m).to(tl.float32)
         tl.store(h_ptr + i, (h + x + b).to(h_ptr.dtype.element_ty), mask=m)
-
-
-if HAS_TRITON:
 
     @triton.jit
     def _shuffle_kernel(
@@ -1129,7 +1126,7 @@ def _blend_into(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> None
 # Defaults from H100 runs (bf16, 3 latent frames at 22 x 40, steady chunk): per frame NCDHW 107.9 ms, one pass
 # 87.1, + channels-last 70.8, + Triton norm 57.6 (50.5 since the conv biases are folded), + CUDA graph 56.8. The
 # graph saves little on a whole chunk but takes the host out of a session's decode parts (one latent frame each,
-# host-bound when eager): key-to-frame 158 -> 147 ms on an H200 (bench/bench_session.py), memory unchanged.
+# host-bound when eager): key-to-frame 177 -> 157 ms (H100, bench/bench_session.py ABBA), memory unchanged.
 STREAMING_DEFAULTS: dict = {
     "frames_per_pass": None, "channels_last": True, "triton_norm": True, "cuda_graph": True, "compile": False,
     "cudnn_benchmark": False,
@@ -1161,7 +1158,9 @@ class LTX2StreamingDecoder:
       converts the VAE decoder's conv weights to that memory format in place (values and names unchanged) and
       returns pixels in that memory format (NDHWC storage: a permute to (B,N,H,W,3) is then a view);
     - ``triton_norm``: with ``channels_last`` on CUDA, every RMS norm + SiLU before a conv is one Triton kernel that
-      writes into the conv's padded input buffer (one read, one write; fp32 math, one rounding);
+      writes into the conv's padded input buffer (one read, one write; fp32 math, one rounding), and each conv's bias
+      joins the next pass over its output (that norm, a bias + residual kernel, the upsamplers' depth-to-space +
+      residual and the unpatchify: one Triton kernel each) instead of cuDNN's separate bias kernel;
     - ``cuda_graph``: on CUDA, calls after the clip's first one (``temb`` None) are CUDA-graph replays per input
       shape: the first such call of a shape runs eagerly (warm-up), the second captures, later ones replay.
       The carried tails are read and written in place by the graph; the returned pixels are a fresh copy.
