@@ -24,7 +24,6 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from server import bench as B  # noqa: E402
 from server.clocks import ClockSampler, summarise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from baseline import module_from  # noqa: E402
+from baseline import mean_se, module_from  # noqa: E402
 from trace_forward import full_size_forward  # noqa: E402
 
 MODULES = ("short_conv_triton", "gdn_triton", "gdn_gates_triton", "qk_prep_triton", "ffn_triton", "modulation_triton")
@@ -88,12 +87,6 @@ def patched(assignments: list[tuple[object, str, object]]) -> Iterator[None]:
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
-
-
-def mean_se(values: list[float]) -> dict:
-    """Mean and standard error of the mean (NaN for one value), rounded to 3 places."""
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return {"mean": round(statistics.fmean(values), 3), "standard_error": round(se, 3)}
 
 
 def abba(

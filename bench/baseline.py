@@ -4,6 +4,7 @@ current one for a same-run comparison."""
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,3 +38,9 @@ def module_from(path: Path, package: str = "sana_wm.ops") -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def mean_se(values: list[float]) -> dict:
+    """Mean and standard error of the mean (NaN for one value), rounded to 3 places: of an A/B's paired differences."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return {"mean": round(statistics.fmean(values), 3), "standard_error": round(se, 3)}

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from baseline import mean_se, module_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,9 +93,6 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def ab_baseline(vae: LTX2VAE, path: Path, chunks: list[torch.Tensor], ref_last, device: torch.device) -> dict:
     """The streaming decoder of the earlier module ``path`` (same weights: its VAE's parameters are the current one's
     tensors) against the current decoder, steady chunks in ABBA order; see the module docstring."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from baseline import module_from
-
     old = module_from(path, package="sana_wm")
     with torch.device("meta"):
         old_vae = old.LTX2VAE(old.LTX2VAEConfig(**dataclasses.asdict(vae.config)))
@@ -111,12 +109,13 @@ def ab_baseline(vae: LTX2VAE, path: Path, chunks: list[torch.Tensor], ref_last, 
             if i >= WARMUP:
                 times[name].append(ms)
     diffs = [a - b for a, b in zip(times["current"], times["baseline"])]
+    diff = mean_se(diffs)
     out = {
         "file": str(path),
         "current_ms": [round(t, 2) for t in times["current"]],
         "baseline_ms": [round(t, 2) for t in times["baseline"]],
-        "current_minus_baseline_ms": round(statistics.mean(diffs), 3),
-        "se_ms": round(statistics.stdev(diffs) / len(diffs) ** 0.5, 3) if len(diffs) > 1 else None,
+        "current_minus_baseline_ms": diff["mean"],
+        "se_ms": diff["standard_error"] if len(diffs) > 1 else None,
         "rel_diff_frames": float((last["current"].float() - last["baseline"].float()).norm() / last["baseline"].norm()),
     }
     if ref_last is not None:

@@ -908,11 +908,11 @@ class LTX2VideoDecoder3d(nn.Module):
         x = self.mid_block(x, temb, causal, state, generator)
         for block in self.up_blocks:
             x = block(x, temb, causal, state, generator)
+        p = self.patch_size
         if self.time_embedder is None:
             fold = state is not None and state.triton_norm
             pre = functools.partial(_norm_silu_into, use_triton=fold)
             x = self.conv_out(x, causal, state, pre, add_bias=not fold)
-            p = self.patch_size
             if fold and _shuffle_runs(x, self.conv_out.conv.bias):  # unpatchify + the conv's bias in one pass
                 return _shuffle_triton(x, (1, p, p), (0, 1, p), self.conv_out.conv.bias, None, 0)
             if fold:
@@ -923,7 +923,6 @@ class LTX2VideoDecoder3d(nn.Module):
             x = F.silu(_rms_norm(x) * (1 + scale) + shift, inplace=True)
             x = self.conv_out(x, causal, state)
         # Unpatchify: channel (c, p_w, p_h) -> pixel (h * p + p_h, w * p + p_w); one copy in x's memory format.
-        p = self.patch_size
         b, _, t, h, w = x.shape
         out = torch.empty((b, x.shape[1] // p**2, t, h * p, w * p), dtype=x.dtype, device=x.device,
                           memory_format=_memory_format(x))
