@@ -33,24 +33,28 @@ def num_latent_frames(num_pixel_frames: int) -> int:
     return (num_pixel_frames - 1) // TEMPORAL_STRIDE + 1
 
 
-def plucker_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Plucker rays ``[d, t x d]`` on an integer pixel grid.
+def plucker_rays(c2w: np.ndarray, intrinsics: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Plucker rays ``[d, t x d]`` on an integer pixel grid, float32, channel-major.
 
     Args:
         c2w: (N, 4, 4) camera-to-world (OpenCV). intrinsics: (N, 4) ``[fx, fy, cx, cy]`` in grid pixels.
     Returns:
-        (N, height, width, 6).
+        (N, 6, height, width).
+
+    Elementwise numpy (a few dozen passes over N*height*width values, one thread): the torch version of the same
+    arithmetic spent milliseconds per chunk in per-op overhead and thread wake-ups on the interactive path.
     """
-    n = c2w.shape[0]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=c2w.dtype), torch.arange(width, dtype=c2w.dtype), indexing="ij"
-    )
-    fx, fy, cx, cy = (intrinsics[:, j].view(n, 1, 1) for j in range(4))
-    rays = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs).expand(n, -1, -1)], dim=-1)
-    dirs = torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], rays)
-    dirs = dirs / torch.norm(dirs, dim=-1, keepdim=True)
-    origins = c2w[:, :3, 3].view(n, 1, 1, 3).expand_as(dirs)
-    return torch.cat([dirs, torch.cross(origins, dirs, dim=-1)], dim=-1)
+    c2w = np.asarray(c2w, dtype=np.float32)
+    k = np.asarray(intrinsics, dtype=np.float32)[:, :, None, None]
+    x = (np.arange(width, dtype=np.float32)[None, None] - k[:, 2]) / k[:, 0]  # (N, 1, W)
+    y = (np.arange(height, dtype=np.float32)[None, :, None] - k[:, 3]) / k[:, 1]  # (N, H, 1)
+    r = c2w[:, :3, :3, None, None]
+    d = [r[:, i, 0] * x + r[:, i, 1] * y + r[:, i, 2] for i in range(3)]  # R @ [x, y, 1]
+    norm = np.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+    d = [di / norm for di in d]
+    t = c2w[:, :3, 3, None, None]
+    m = [t[:, 1] * d[2] - t[:, 2] * d[1], t[:, 2] * d[0] - t[:, 0] * d[2], t[:, 0] * d[1] - t[:, 1] * d[0]]
+    return np.stack(d + m, axis=1)
 
 
 def _take(array, index: np.ndarray) -> np.ndarray:
@@ -117,22 +121,21 @@ def camera_conditioning(
             )
         intrinsics = _take(intrinsics, needed)
     intr = as_intrinsics(intrinsics, n_frames=len(needed))
-    poses = torch.from_numpy(checked).float()
-    first_inv = torch.zeros(4, 4)
+    poses = checked.astype(np.float32)
+    first_inv = np.zeros((4, 4), dtype=np.float32)
     first_inv[:3, :3] = poses[0, :3, :3].T
     first_inv[:3, 3:] = -poses[0, :3, :3].T @ poses[0, :3, 3:]
     first_inv[3, 3] = 1.0
-    rel = torch.matmul(first_inv, poses)
-    rel[needed == 0] = torch.eye(4)
+    rel = first_inv @ poses
+    rel[needed == 0] = np.eye(4, dtype=np.float32)
 
-    k = intr if intr.ndim == 2 else np.tile(intr, (len(needed), 1))
-    k_latent = torch.from_numpy(k).float()
-    k_latent[:, [0, 2]] *= latent_w / float(width)
-    k_latent[:, [1, 3]] *= latent_h / float(height)
+    k_latent = (intr if intr.ndim == 2 else np.tile(intr, (len(needed), 1))).astype(np.float32)
+    k_latent[:, [0, 2]] *= np.float32(latent_w / float(width))
+    k_latent[:, [1, 3]] *= np.float32(latent_h / float(height))
 
-    ray_idx = torch.from_numpy(inverse[1 : 1 + len(latent)])
-    win_idx = torch.from_numpy(inverse[1 + len(latent) :])
-    raymap = torch.cat([rel[ray_idx].reshape(len(latent), 16), k_latent[ray_idx]], dim=-1)
-    rays = plucker_rays(rel[win_idx], k_latent[win_idx], latent_h, latent_w)  # (T*8, h, w, 6)
-    plucker = rays.view(len(latent), TEMPORAL_STRIDE, latent_h, latent_w, 6).permute(1, 4, 0, 2, 3)
-    return raymap, plucker.reshape(TEMPORAL_STRIDE * 6, len(latent), latent_h, latent_w).contiguous()
+    ray_idx = inverse[1 : 1 + len(latent)]
+    win_idx = inverse[1 + len(latent) :]
+    raymap = np.concatenate([rel[ray_idx].reshape(len(latent), 16), k_latent[ray_idx]], axis=-1)
+    rays = plucker_rays(rel[win_idx], k_latent[win_idx], latent_h, latent_w)  # (T*8, 6, h, w)
+    plucker = rays.reshape(len(latent), TEMPORAL_STRIDE * 6, latent_h, latent_w).transpose(1, 0, 2, 3)
+    return torch.from_numpy(raymap), torch.from_numpy(np.ascontiguousarray(plucker))
