@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from sana_wm.cuda_graph import capture
+from sana_wm.transformer import TextInputs
 
 from .sampler import DEFAULT_STEPS, StreamingSampler
 
@@ -63,7 +64,8 @@ class _PreparedModel:
         return self.model.parameters()
 
     def forward_chunk(
-        self, latents, timestep, text, text_mask, raymap, plucker, *, cache, start_frame, write_cache=False
+        self, latents, timestep, text, text_mask, raymap, plucker, *, cache, start_frame, write_cache=False,
+        prompt=None,
     ):
         return self.model.run_blocks(latents, timestep, self.frames, cache, write_cache)
 
@@ -88,6 +90,13 @@ class _Captured:
     noise: torch.Tensor  # static input (B, C, T, h, w) fp32
     frames: object  # static per-chunk inputs (the transformer's _Frames)
     out: torch.Tensor  # static output: clean latents (B, C, T, h, w) fp32
+
+
+def _own_frames(frames):
+    """A ``_Frames`` whose tensors are fresh copies: a graph's static inputs, rewritten by every later chunk, must
+    not be tensors that others hold (a session's ``TextInputs`` are shared by its forks and snapshots)."""
+    tensors = {f.name: getattr(frames, f.name) for f in dataclasses.fields(frames)}
+    return dataclasses.replace(frames, **{k: v.clone() for k, v in tensors.items() if isinstance(v, torch.Tensor)})
 
 
 def _copy_frames(dst, src) -> None:
@@ -119,8 +128,8 @@ class ChunkGraphs:
         self._conds: dict[tuple[int, int, int], object] = {}  # (step, batch, frames) -> the transformer's Conditioning
         self.captures = 0
 
-    def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int):
-        frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
+    def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int, prompt):
+        frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None, prompt)
         frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range()
         return frames
@@ -179,28 +188,30 @@ class ChunkGraphs:
         plucker: torch.Tensor,
         cache,
         start_frame: int,
+        prompt: TextInputs | None = None,
     ) -> torch.Tensor:
         """The denoise passes of one chunk (``StreamingSampler.denoise``); ``write_cache`` must follow, with the
         same cache, before anything else uses it.
 
-        Arguments as ``StreamingSampler.denoise``. Returns the clean latents (B, C, T, h, w) fp32; on the graph path
-        this is the graph's output buffer, which the next ``denoise`` of the same shape overwrites (clone it to
+        Arguments as ``StreamingSampler.denoise`` (``prompt``: the transformer's ``text_inputs(text, text_mask)``
+        if already computed; a session's are, once). Returns the clean latents (B, C, T, h, w) fp32; on the graph
+        path this is the graph's output buffer, which the next ``denoise`` of the same shape overwrites (clone it to
         read it later or on another stream)."""
         B, _, T, h, w = noise.shape
         cache.check_chunk(batch_size=B, height=h, width=w, start_frame=start_frame, num_frames=T)
         if id(cache) in self._pending:
             raise RuntimeError("ChunkGraphs.denoise: the previous chunk of this cache was not written (write_cache)")
         cond = {"text": text, "text_mask": text_mask, "raymap": raymap, "plucker": plucker, "cache": cache,
-                "start_frame": start_frame}
+                "start_frame": start_frame, "prompt": prompt}
         if not self.enabled or pinned is not None:
             latents = self.sampler.denoise(noise, pinned=pinned, **cond)
             self._pending[id(cache)] = (None, cond)
             return latents
-        frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame)
+        frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame, prompt)
         key = (id(cache), tuple(noise.shape), frames.kv_offset, frames.write_tokens)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(noise, frames, cache, start_frame)
+            entry = self._graphs[key] = self._capture(noise, _own_frames(frames), cache, start_frame)
             if id(cache) not in self._watched:  # a collected cache drops its graphs before its id can recur
                 self._watched.add(id(cache))
                 weakref.finalize(cache, self._forget, weakref.ref(self), id(cache))

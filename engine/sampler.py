@@ -13,6 +13,8 @@ from itertools import pairwise
 import numpy as np
 import torch
 
+from sana_wm.transformer import TextInputs
+
 DEFAULT_STEPS: tuple[int, ...] = (1000, 960, 889, 727, 0)
 """The distilled streaming student's step list (the shift-8 warp of a uniform 4-step grid)."""
 
@@ -101,12 +103,13 @@ class StreamingSampler:
 
     def denoise(self, noise: torch.Tensor, *, pinned: torch.Tensor | None, text: torch.Tensor,
                 text_mask: torch.Tensor | None, raymap: torch.Tensor, plucker: torch.Tensor, cache,
-                start_frame: int) -> torch.Tensor:
+                start_frame: int, prompt: TextInputs | None = None) -> torch.Tensor:
         """Denoise one chunk.
 
         noise (B,C,F,h,w) fp32 (with ``pinned``, frame 0 of it is ignored); pinned (B,C,1,h,w) or None: the clean
         latent written into the chunk's frame 0 with timestep 0 (chunk 0 of a session; it gets ``dt = 0``);
-        raymap (B,F,20); plucker (B,48,F,h,w). Returns clean latents (B,C,F,h,w) fp32. The cache is read only;
+        raymap (B,F,20); plucker (B,48,F,h,w); prompt: the model's ``text_inputs(text, text_mask)`` if computed
+        before (streaming passes then skip it). Returns clean latents (B,C,F,h,w) fp32. The cache is read only;
         ``cache=None`` runs a clip from frame 0 with no history (the chunk-causal full forward, e.g. one frame).
         """
         x = noise.to(torch.float32).clone()
@@ -121,16 +124,18 @@ class StreamingSampler:
                 v = self.model(x.to(self.dtype), timestep, text, text_mask, raymap, plucker, causal=True)
             else:
                 v = self.model.forward_chunk(x.to(self.dtype), timestep, text, text_mask, raymap, plucker,
-                                             cache=cache, start_frame=start_frame, write_cache=False)
+                                             cache=cache, start_frame=start_frame, write_cache=False, prompt=prompt)
             x[:, :, first:] -= dt * v[:, :, first:].float()
         return x
 
     def write_cache(self, latents: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor | None,
-                    raymap: torch.Tensor, plucker: torch.Tensor, cache, start_frame: int) -> None:
-        """The cache-writing pass at ``t = 0`` on the clean chunk ``latents`` (B,C,F,h,w)."""
+                    raymap: torch.Tensor, plucker: torch.Tensor, cache, start_frame: int,
+                    prompt: TextInputs | None = None) -> None:
+        """The cache-writing pass at ``t = 0`` on the clean chunk ``latents`` (B,C,F,h,w) (``prompt`` as in
+        ``denoise``)."""
         timestep = self._timesteps(0, latents.shape[0], latents.shape[2], False, latents.device)
         self.model.forward_chunk(latents.to(self.dtype), timestep, text, text_mask, raymap, plucker,
-                                 cache=cache, start_frame=start_frame, write_cache=True)
+                                 cache=cache, start_frame=start_frame, write_cache=True, prompt=prompt)
 
 
 def sample_bidirectional(model: torch.nn.Module, noise: torch.Tensor, first_latent: torch.Tensor | None, *,

@@ -48,13 +48,13 @@ class Chunk:
     timings, seconds, from the chunk's start (its camera conditioning); on CUDA they are device times between events,
     on the CPU wall clock:
     ``camera`` (conditioning to the device), ``denoise`` (the Euler passes), ``cache_write`` (the cache-writing pass; it
-    is queued after the decode of the chunk's first part, or of all parts without the decode overlap, so a streamed part
-    leaves it out, since the pass may still run; with the overlap it runs while later parts decode on the side stream,
-    so ``denoise + cache_write + decode`` can exceed ``total``), ``decode`` (decode + uint8 conversion + copy to the
-    host of the parts delivered so far, summed), ``first_part`` (start to the first 8 frames on the host: the
-    key-to-frame latency of the chunk's first frames) and ``total`` (start to the last stage delivered so far: the
-    frames of this part, or for a whole chunk its last frames and the cache write; on the CPU it includes time a
-    stream's consumer held a part).
+    is queued after the decode of the chunk's first part, beside it in ``pipeline``, or after all parts without the
+    decode overlap, so a streamed part leaves it out, since the pass may still run; with the overlap it runs while
+    parts decode on the side stream, so ``denoise + cache_write + decode`` can exceed ``total``), ``decode`` (decode +
+    uint8 conversion + copy to the host of the parts delivered so far, summed), ``first_part`` (start to the first 8
+    frames on the host: the key-to-frame latency of the chunk's first frames) and ``total`` (start to the last stage
+    delivered so far: the frames of this part, or for a whole chunk its last frames and the cache write; on the CPU
+    it includes time a stream's consumer held a part).
     """
 
     frames: np.ndarray
@@ -319,7 +319,8 @@ class Session:
             self._pipe = FramePipe(world.vae_decoder_step, world.device, slots, overlap=world.overlap_decode)
         return self._pipe
 
-    def _launch(self, new_poses: np.ndarray, controller_after: dict | None) -> _Launched:
+    def _launch(self, new_poses: np.ndarray, controller_after: dict | None, first_part_first: bool = True
+                ) -> _Launched:
         """Queue the next chunk's work and advance the session to the following chunk.
 
         Denoise passes, the first decode part, then the cache-writing pass, so a chunk's first frames never wait
@@ -328,7 +329,8 @@ class Session:
         part), or before the next chunk's first part. With the
         decode overlap the parts run on the side stream, reading a copy of the clean latents that the main stream no
         longer touches, and the write pass starts once the first part is decoded (it then runs beside the other
-        parts); without it everything runs in that order on one stream."""
+        parts; ``first_part_first=False``: at once, beside the first part too, for throughput where no one waits on
+        the first frames); without it everything runs in that order on one stream."""
         state = self.state
         setup = state.setup
         world = self._world
@@ -345,7 +347,7 @@ class Session:
         graphs = world.chunk_graphs(setup.steps)
         out = graphs.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
                              text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
-                             start_frame=start_frame)
+                             start_frame=start_frame, prompt=setup.text_inputs)
         # the graph's output buffer is rewritten by the next chunk's denoise; the side stream reads a copy
         latents = out.clone() if graphs.enabled or pipe.overlapped else out
         clock.mark("denoise")
@@ -356,7 +358,7 @@ class Session:
                 self._submit_next(self._last)
         self._last = launched
         self._submit_next(launched)
-        if pipe.overlapped:  # the first part decodes alone (frame latency), the write pass runs beside the others
+        if pipe.overlapped and first_part_first:  # the first part decodes alone (frame latency)
             torch.cuda.current_stream(world.device).wait_event(launched.tickets[0].done)
         clock.mark("write_begin")
         graphs.write_cache(out, state.cache)
@@ -429,7 +431,8 @@ class Session:
     def pipeline(self, inputs: Iterable) -> Iterator[Chunk]:
         """Generate one chunk per item of ``inputs`` (camera inputs known in advance, e.g. a whole path) and yield
         each ``Chunk`` (as ``step`` returns it). With the decode overlap (CUDA), chunk N+1's transformer work is
-        queued before chunk N's frames are waited for, so it runs while chunk N decodes on the side stream; the next
+        queued before chunk N's frames are waited for, so it runs while chunk N decodes on the side stream, and a
+        chunk's cache-writing pass does not wait for its first decode part (no one waits on single parts); the next
         item is taken from ``inputs`` before chunk N is yielded. An item is an action string, a (24,4,4) poses
         array, or a dict of ``step``'s keywords (``actions`` / ``keys`` / ``poses``). Frames equal ``step``'s.
         Closing the iterator early finishes the decoding of the chunks already launched."""
@@ -443,7 +446,8 @@ class Session:
                     item = {"actions": item}
                 elif not isinstance(item, Mapping):
                     item = {"poses": item}
-                queue.append(self._launch(*self._next_poses(item.get("actions"), item.get("keys"), item.get("poses"))))
+                poses, after = self._next_poses(item.get("actions"), item.get("keys"), item.get("poses"))
+                queue.append(self._launch(poses, after, first_part_first=False))
                 ahead = 1 if self._frame_pipe().overlapped else 0  # nothing to overlap: collect each chunk at once
                 while len(queue) > ahead:
                     chunk = self._drain(queue[0])
@@ -504,7 +508,7 @@ class Session:
         noise = chunk_noise(setup.seed, c, shape, world.device)[:, :, : lat1 - lat0]
         latents = self._sampler.denoise(noise, pinned=setup.first_latent if c == 0 else None, text=setup.text,
                                         text_mask=setup.text_mask, raymap=raymap, plucker=plucker, cache=state.cache,
-                                        start_frame=start_frame)
+                                        start_frame=start_frame, prompt=setup.text_inputs)
         decoder = world.streaming_decoder()
         decoder.load_snapshot(state.decoder.state_dict_snapshot())
         video = world.vae_decoder_step(decoder, latents)

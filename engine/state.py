@@ -11,11 +11,14 @@ whole RNG state.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from sana_wm.transformer import TextInputs
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -30,6 +33,8 @@ def tensor_bytes(obj: Any) -> int:
         return sum(tensor_bytes(v) for v in obj)
     if hasattr(obj, "nbytes") and callable(obj.nbytes):
         return int(obj.nbytes())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return 0
 
 
@@ -38,6 +43,8 @@ class SessionSetup:
     """The immutable inputs of a session.
 
     text (1,L,D) / text_mask (1,L) on the device (``engine.world.valid_text``: the valid tokens and None);
+    text_inputs: what the transformer derives from them alone (``SanaWMTransformer.text_inputs``: cross-attention
+    K/V of every block), computed once here instead of once per chunk;
     first_latent (1,C,1,h,w) fp32, the VAE-encoded first image; first_frame (H,W,3) uint8, the prepared (resized +
     centre-cropped) image; intrinsics (4,) float64 in pixels of the frame; steps: the streaming step list; world:
     ``id`` of the World (snapshots only restore into its sessions).
@@ -49,6 +56,7 @@ class SessionSetup:
     width: int
     text: torch.Tensor
     text_mask: torch.Tensor | None
+    text_inputs: TextInputs
     first_latent: torch.Tensor
     first_frame: np.ndarray
     intrinsics: np.ndarray
@@ -57,7 +65,8 @@ class SessionSetup:
     world: int
 
     def nbytes(self) -> int:
-        return tensor_bytes([self.text, self.text_mask, self.first_latent, self.first_frame, self.intrinsics])
+        return tensor_bytes([self.text, self.text_mask, self.text_inputs, self.first_latent, self.first_frame,
+                             self.intrinsics])
 
 
 @dataclass(frozen=True)

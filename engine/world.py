@@ -252,8 +252,8 @@ class World:
         text, mask = valid_text(*self.encode_prompt(prompt))
         latent, frame, k = self._prepare(image, intrinsics, fov_deg, size)
         return SessionSetup(prompt=prompt, seed=seed, height=size[0], width=size[1], text=text, text_mask=mask,
-                            first_latent=latent, first_frame=frame, intrinsics=k, steps=steps, mapping=mapping,
-                            world=id(self))
+                            text_inputs=self.transformer.text_inputs(text, mask), first_latent=latent,
+                            first_frame=frame, intrinsics=k, steps=steps, mapping=mapping, world=id(self))
 
     # ------------------------------------------------------------------ offline rendering
     @torch.no_grad()

@@ -52,7 +52,7 @@ from .ops.rope import rope_frequencies, slice_rope_for_camera
 from .ops.temporal_conv import ffn_temporal_conv_tokens, past_tap, tap_major
 from .ops.ucpe import RAYMAP_CHANNELS, invert_se3, ray_matrices
 
-__all__ = ["Conditioning", "SanaWMTransformer"]
+__all__ = ["Conditioning", "SanaWMTransformer", "TextInputs"]
 
 _TIMESTEP_CHANNELS = 256
 
@@ -279,6 +279,18 @@ class Conditioning:
 
     blocks: torch.Tensor
     final: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """What every forward derives from the prompt alone (:meth:`SanaWMTransformer.text_inputs`): ``y`` (B, L, C)
+    the embedded text, ``y_mask`` (B, 1, 1, L) its padding as an additive mask (None: no padding) and ``kv``
+    (num_layers, 2, B, H, L, D) every block's cross-attention keys / values. A session computes it once (its prompt
+    is fixed) instead of once per chunk."""
+
+    y: torch.Tensor
+    y_mask: torch.Tensor | None
+    kv: torch.Tensor
 
 
 @dataclass
@@ -754,15 +766,18 @@ class SanaWMTransformer(nn.Module):
         start_frame: int,
         mode: str,
         chunk_starts: list[int] | None,
+        prompt: TextInputs | None = None,
     ) -> _Frames:
-        """The timestep-independent inputs of a forward over frames ``[start_frame, start_frame + T)``."""
+        """The timestep-independent inputs of a forward over frames ``[start_frame, start_frame + T)``; ``prompt``:
+        ``text_inputs(text, text_mask)`` computed before (text and text_mask are then not read)."""
         hd = self.config.head_dim
         _, _, T, H, W = plucker.shape
         rope = rope_frequencies(
             hd, torch.arange(start_frame, start_frame + T, device=raymap.device), H, W, theta=self.config.rope_theta
         )
         ray = ray_matrices(raymap, H, W)
-        y = self.attention_y_norm(self.y_embedder(text.to(self.x_embedder.proj.weight.dtype)))
+        if prompt is None:
+            prompt = self.text_inputs(text, text_mask)
         plucker_emb = self.plucker_embedder(plucker)
         projections = [b.plucker_proj(plucker_emb) for b in self.blocks if hasattr(b, "plucker_proj")]
         rows, n = [], 0
@@ -781,12 +796,19 @@ class SanaWMTransformer(nn.Module):
             ray_kv=invert_se3(ray).contiguous(),
             ray_out=ray,
             window_chunks=self.config.window_chunks,
-            y=y,
-            y_mask=None if text_mask is None else additive_mask(text_mask, y.dtype),
-            text_kv=torch.stack([b.cross_attn.text_kv(y) for b in self.blocks]),
+            y=prompt.y,
+            y_mask=prompt.y_mask,
+            text_kv=prompt.kv,
             plucker_add=torch.stack(projections) if projections else None,
             plucker_rows=tuple(rows),
         )
+
+    def text_inputs(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> TextInputs:
+        """text (B, L, caption_channels) prompt embeddings and its (B, L) padding mask (None: every token valid) ->
+        their :class:`TextInputs`."""
+        y = self.attention_y_norm(self.y_embedder(text.to(self.x_embedder.proj.weight.dtype)))
+        y_mask = None if text_mask is None else additive_mask(text_mask, y.dtype)
+        return TextInputs(y, y_mask, torch.stack([b.cross_attn.text_kv(y) for b in self.blocks]))
 
     def conditioning(self, timestep: torch.Tensor) -> Conditioning:
         """(B, T) timesteps on the 0..1000 scale (truncated with ``.long()``) -> their :class:`Conditioning`."""
@@ -870,6 +892,7 @@ class SanaWMTransformer(nn.Module):
         cache: StreamingCache,
         start_frame: int,
         write_cache: bool = False,
+        prompt: TextInputs | None = None,
     ) -> torch.Tensor:
         """Velocity for one chunk at absolute latent frames ``[start_frame, start_frame + T_chunk)``.
 
@@ -878,14 +901,15 @@ class SanaWMTransformer(nn.Module):
         frames before ``start_frame``); writes this chunk's states / tails / K/V into it only if ``write_cache``
         (call that once per chunk, on the clean latents at t = 0). A read-only call may take fewer frames, 1 to
         T_chunk (e.g. one latent frame for a still): it equals the chunk-causal forward whose last chunk is that
-        short (``forward(..., causal=True, chunk_starts=...)``), not the first frames of a full chunk.
+        short (``forward(..., causal=True, chunk_starts=...)``), not the first frames of a full chunk. ``prompt``:
+        :meth:`text_inputs` of ``text`` and ``text_mask`` if computed before (a session's are).
         """
         if not isinstance(cache, StreamingCache):
             raise TypeError(f"cache must be a StreamingCache (model.new_cache(...)), got {type(cache).__name__}.")
         timestep = self._check_inputs(latents, timestep, text, text_mask, raymap, plucker)
         B, _, T, H, W = latents.shape
         cache.check_chunk(batch_size=B, height=H, width=W, start_frame=start_frame, num_frames=T, write=write_cache)
-        frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None)
+        frames = self.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None, prompt)
         frames.kv_offset = cache.kv_offset()
         frames.write_tokens = cache.write_token_range() if write_cache else None
         out = self.run_blocks(latents, timestep, frames, cache, write_cache)

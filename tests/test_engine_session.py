@@ -309,3 +309,35 @@ def test_next_chunk_noise_is_drawn_ahead(world, image):
     np.testing.assert_array_equal(s.step("dw-24").frames, first)
     s.close()
     assert s._noise_ahead is None
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_prompt_inputs_once_per_session_and_across_restores(world, image, device, monkeypatch):
+    """A session derives its prompt's ``TextInputs`` (every block's cross-attention K/V) once, at start, not per
+    chunk. A snapshot of a session with another prompt restores with that prompt: the frames equal that session's,
+    and the first prompt's inputs (shared with forks and snapshots) are left as they were, although on CUDA the same
+    chunk graphs, whose static copy of the prompt inputs is rewritten, run both."""
+    if device == "cuda":
+        world = World.demo(height=H, width=W, seed=0, device="cuda", dtype=torch.bfloat16)
+    a = world.start(image, prompt=PROMPT, seed=2)
+    b = world.start(image, prompt="a forest in fog", seed=2)
+    setup_a = a.state.setup
+    kv_a = setup_a.text_inputs.kv.clone()
+    calls = []
+    model = type(world.transformer)
+    original = model.text_inputs
+    monkeypatch.setattr(model, "text_inputs", lambda self, *args: calls.append(1) or original(self, *args))
+    for _ in range(3):  # chunk 0 eager; chunks 1 and 2 capture their graphs on CUDA
+        a.step("w-24")
+    b.step("w-24")
+    b.step("w-24")
+    snap = b.snapshot()
+    expected = np.concatenate([b.step("dw-24").frames, b.step("w-24").frames])
+    a.restore(snap)
+    got = np.concatenate([a.step("dw-24").frames, a.step("w-24").frames])
+    np.testing.assert_array_equal(got, expected)
+    assert calls == []
+    assert torch.equal(setup_a.text_inputs.kv, kv_a)
+    assert not torch.equal(snap.setup.text_inputs.kv, kv_a)
+    a.close()
+    b.close()
