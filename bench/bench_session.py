@@ -8,8 +8,9 @@ shape matters). For ``World.overlap_decode`` off (decode after the cache-writing
 parts on a side stream while the cache-writing pass runs):
 
 - ``stream``: ``Session.stream(actions)`` per chunk, host milliseconds from the call to its first part (8 frames:
-  the key-to-frame latency of an interactive client) and to the whole chunk, and the chunk's ``camera`` stage (its
-  conditioning and noise reaching the device, ``Chunk.timings``: host work before the denoise can start);
+  the key-to-frame latency of an interactive client), to the whole chunk and to its denoise passes being queued
+  (``queued_ms``: the host work before the device can start on the chunk), and the chunk's ``camera`` stage (its
+  conditioning and noise reaching the device, ``Chunk.timings``);
 - ``pipeline``: ``Session.pipeline`` over a known path (``render_path``'s loop): chunk interval and frames per
   second.
 
@@ -22,6 +23,7 @@ switches (``World.decoder_options``, e.g. ``{"cuda_graph": true}``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,23 +63,47 @@ def _median_ms(values: list[float]) -> float:
     return round(float(np.median(values[WARM_CHUNKS:] or values)) * 1000, 2)
 
 
+@contextlib.contextmanager
+def _denoise_marks(marks: list[float]):
+    """Append the host clock to ``marks`` each time ``ChunkGraphs.denoise`` returns (the denoise passes queued)."""
+    from engine.graphs import ChunkGraphs
+
+    original = ChunkGraphs.denoise
+
+    def denoise(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        marks.append(time.perf_counter())
+        return out
+
+    ChunkGraphs.denoise = denoise
+    try:
+        yield
+    finally:
+        ChunkGraphs.denoise = original
+
+
 def stream_latency(world, image: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Host time to the first part and to the whole chunk of ``Session.stream`` per chunk."""
+    """Host time to the first part and to the whole chunk of ``Session.stream`` per chunk, and to the moment its
+    denoise passes are queued (the host work a key press waits for before the device can start)."""
     session = world.start(image, PROMPT, seed=0)
-    first, whole, camera, frames = [], [], [], []
+    first, whole, camera, queued, frames = [], [], [], [], []
     for actions in ACTIONS:
         _sync(world.device)
+        marks: list[float] = []
         t0 = time.perf_counter()
         parts = []
-        for part in session.stream(actions):
-            if not parts:
-                first.append(time.perf_counter() - t0)
-                camera.append(part.timings["camera"])
-            parts.append(part.frames)
+        with _denoise_marks(marks):
+            for part in session.stream(actions):
+                if not parts:
+                    first.append(time.perf_counter() - t0)
+                    camera.append(part.timings["camera"])
+                parts.append(part.frames)
         whole.append(time.perf_counter() - t0)
+        queued.append(marks[0] - t0)
         frames.append(np.concatenate(parts))
     session.close()
-    out = {"first_part_ms": _median_ms(first), "chunk_ms": _median_ms(whole), "camera_ms": _median_ms(camera)}
+    out = {"first_part_ms": _median_ms(first), "chunk_ms": _median_ms(whole), "camera_ms": _median_ms(camera),
+           "queued_ms": _median_ms(queued)}
     return out, np.concatenate(frames)
 
 
