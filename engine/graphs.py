@@ -11,12 +11,12 @@ chunks) is computed once per chunk shape (the transformer's ``conditioning``) an
 nothing inside a chunk synchronises with the host.
 
 A graph pair binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length,
-the cache's K/V offset and write range (which differ while the softmax window fills). Chunk 0 (the image
-chunk: 4 frames, frame 0 pinned) runs eagerly; with the default ``window_chunks=1`` chunk 1 has its own graphs and
-every later chunk replays a second pair. Capture warms up on a clone of the cache, so the cache advances exactly
-once per chunk. All graphs of a ``ChunkGraphs`` share one memory pool (their outputs are copied to buffers outside
-it; a pair is always replayed in capture order on one stream), so extra sessions cost their static inputs, not
-another set of activations.
+the cache's K/V offset and write range (which differ while the softmax window fills) and the shapes of the per-chunk
+inputs (the prompt's length). Chunk 0 (the image chunk: 4 frames, frame 0 pinned) runs eagerly; with the default
+``window_chunks=1`` chunk 1 has its own graphs and every later chunk replays a second pair. Capture warms up on a
+clone of the cache, so the cache advances exactly once per chunk. All graphs of a ``ChunkGraphs`` share one memory
+pool (their outputs are copied to buffers outside it; a pair is always replayed in capture order on one stream), so
+extra sessions cost their static inputs, not another set of activations.
 
 ``FramePipe`` decodes clean latents on a side stream, converts them to uint8 on the device and copies them into
 pinned host buffers, so the transformer work queued after it on the main stream (the chunk's cache-writing pass,
@@ -90,6 +90,13 @@ class _Captured:
     noise: torch.Tensor  # static input (B, C, T, h, w) fp32
     frames: object  # static per-chunk inputs (the transformer's _Frames)
     out: torch.Tensor  # static output: clean latents (B, C, T, h, w) fp32
+
+
+def _shapes(frames) -> tuple:
+    """The shape of every tensor of a ``_Frames`` (None for an absent one): a graph replays one geometry, and the
+    prompt's length can change under a cache (a restored snapshot of a session with another prompt)."""
+    values = (getattr(frames, f.name) for f in dataclasses.fields(frames))
+    return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in values)
 
 
 def _own_frames(frames):
@@ -208,7 +215,7 @@ class ChunkGraphs:
             self._pending[id(cache)] = (None, cond)
             return latents
         frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame, prompt)
-        key = (id(cache), tuple(noise.shape), frames.kv_offset, frames.write_tokens)
+        key = (id(cache), tuple(noise.shape), frames.kv_offset, frames.write_tokens, _shapes(frames))
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(noise, _own_frames(frames), cache, start_frame)
