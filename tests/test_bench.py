@@ -103,3 +103,22 @@ def test_trace_chunk_analysis_finds_idle_gaps_and_the_host_frame_behind_them():
     assert out["idle_by_host_frame_ms"] == {"/x/engine/session.py(10): _launch": 0.3}
     assert out["largest_gaps"][0]["inner"] == "/x/engine/session.py(10): _launch [thread None]"
     assert analyse([], 50) == {"note": "no device events (CPU run)"}
+
+
+def test_bench_session_smoke_reports_every_stage_and_equal_frames():
+    """``bench/bench_session.py --smoke`` (tiny networks on the CPU): every mode's fields, the stages of a streamed
+    chunk in order (its denoise queued before its first frames arrive), bitwise-equal frames across modes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_session
+
+    out = bench_session.run("cpu", smoke=True)
+    assert out["frames_bitwise_equal"] is True
+    for mode in ("stream_sequential", "stream_overlap"):
+        stream = out[mode]
+        assert set(stream) == {"first_part_ms", "chunk_ms", "camera_ms", "queued_ms"}
+        assert 0 < stream["camera_ms"] <= stream["queued_ms"] <= stream["first_part_ms"] <= stream["chunk_ms"]
+    for mode in ("pipeline_sequential", "pipeline_overlap"):
+        assert out[mode]["fps"] == pytest.approx(24000 / out[mode]["chunk_interval_ms"], rel=1e-3)
