@@ -4,11 +4,13 @@
 ``StreamingSampler.write_cache`` do for one chunk (they run those same methods), but on CUDA, once a chunk's shapes
 repeat, as **two graph replays**: the ``len(steps) - 1`` Euler passes that read the cache, then the cache-writing
 pass at t = 0 (split so that the caller can queue the decode of the clean latents in between, on a side stream).
-What does not depend on the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices, text
-and Plücker embeddings, the cache's K/V offsets) is computed once per chunk, eagerly, by the transformer's
-``chunk_inputs`` and copied into the graphs' static inputs; the timestep conditioning of every step (the same for all
-chunks) is computed once per chunk shape (the transformer's ``conditioning``) and read by the graphs as a constant;
-nothing inside a chunk synchronises with the host.
+What does not depend on the latents or the timestep (RoPE at the chunk's absolute positions, UCPE ray matrices,
+Plücker embeddings and projections: the transformer's ``chunk_inputs``) is computed once per chunk at the start of
+the denoise graph, from static inputs that the chunk's raymap, Plücker map and frame positions are copied into (a
+hundred small kernels that the host would otherwise launch one by one while a key press waits); the prompt's
+``TextInputs`` are a static copy too, rewritten only when the prompt changes; the timestep conditioning of every step
+(the same for all chunks) is computed once per chunk shape (the transformer's ``conditioning``) and read by the graphs
+as a constant; nothing inside a chunk synchronises with the host.
 
 A graph pair binds the tensors of one ``StreamingCache``: captures are keyed by the cache object, the chunk length,
 the cache's K/V offset and write range (which differ while the softmax window fills) and the shapes of the per-chunk
@@ -25,7 +27,7 @@ chunk N+1) overlaps the decode of chunk N.
 How ``engine.session.Session`` uses them (``_launch`` / ``_collect``)::
 
     out = graphs.denoise(noise, pinned=..., text=..., text_mask=..., raymap=..., plucker=..., cache=cache,
-                         start_frame=start_frame)
+                         start_frame=start_frame, prompt=setup.text_inputs)
     latents = out.clone()                            # out is rewritten by the next chunk's denoise
     tickets = [pipe.submit(decoder, latents[:, :, lo:hi], drop_first=...) for lo, hi, ... in parts]   # side stream
     graphs.write_cache(out, cache)                   # main stream, concurrently with the decode
@@ -35,7 +37,6 @@ How ``engine.session.Session`` uses them (``_launch`` / ``_collect``)::
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -84,36 +85,44 @@ class _GraphSampler(StreamingSampler):
 
 
 @dataclass
+class _Inputs:
+    """What the graphs read of one chunk besides its noise, as static tensors that each chunk's values are copied
+    into (``ChunkGraphs._inputs``): raymap (B, T, 20) and Plücker map (B, 48, T, h, w),
+    ``positions`` (T,) int64 the chunk's absolute latent frames, ``prompt`` a copy of the ``TextInputs`` (a graph
+    must not read tensors that others hold: a session's are shared by its forks and snapshots; ``source`` is the
+    ``TextInputs`` last copied in, so a session's prompt is copied once), and the cache's K/V offset and write range
+    (host values baked into the graphs, so part of their key)."""
+
+    raymap: torch.Tensor
+    plucker: torch.Tensor
+    positions: torch.Tensor
+    prompt: TextInputs
+    kv_offset: int
+    write_tokens: tuple[int, int] | None
+    source: weakref.ref | None = None
+
+    def update(self, raymap: torch.Tensor, plucker: torch.Tensor, start_frame: int, prompt: TextInputs) -> None:
+        """Copy one chunk's values in (on the current stream)."""
+        self.raymap.copy_(raymap)
+        self.plucker.copy_(plucker)
+        torch.arange(start_frame, start_frame + len(self.positions), out=self.positions)
+        if self.source is None or self.source() is not prompt:
+            for name in ("y", "y_mask", "kv"):
+                static = getattr(self.prompt, name)
+                if static is not None:
+                    static.copy_(getattr(prompt, name))
+            self.source = weakref.ref(prompt)
+
+
+@dataclass
 class _Captured:
-    denoise: torch.cuda.CUDAGraph  # the Euler passes: noise -> out
+    denoise: torch.cuda.CUDAGraph  # the per-chunk inputs (the transformer's chunk_inputs) + the Euler passes
     write: torch.cuda.CUDAGraph  # the cache-writing pass on out
     noise: torch.Tensor  # static input (B, C, T, h, w) fp32
-    frames: object  # static per-chunk inputs (the transformer's _Frames)
+    inputs: _Inputs  # static inputs of chunk_inputs
+    frames: object  # chunk_inputs' output (the transformer's _Frames) in the graphs' pool, which the write graph
+    # reads: held so that no later capture in the pool gets its memory
     out: torch.Tensor  # static output: clean latents (B, C, T, h, w) fp32
-
-
-def _shapes(frames) -> tuple:
-    """The shape of every tensor of a ``_Frames`` (None for an absent one): a graph replays one geometry, and the
-    prompt's length can change under a cache (a restored snapshot of a session with another prompt)."""
-    values = (getattr(frames, f.name) for f in dataclasses.fields(frames))
-    return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in values)
-
-
-def _own_frames(frames):
-    """A ``_Frames`` whose tensors are fresh copies: a graph's static inputs, rewritten by every later chunk, must
-    not be tensors that others hold (a session's ``TextInputs`` are shared by its forks and snapshots)."""
-    tensors = {f.name: getattr(frames, f.name) for f in dataclasses.fields(frames)}
-    return dataclasses.replace(frames, **{k: v.clone() for k, v in tensors.items() if isinstance(v, torch.Tensor)})
-
-
-def _copy_frames(dst, src) -> None:
-    """Copy the tensors of one ``_Frames`` into another of the same geometry (non-tensor fields must agree)."""
-    for f in dataclasses.fields(dst):
-        a, b = getattr(dst, f.name), getattr(src, f.name)
-        if isinstance(a, torch.Tensor):
-            a.copy_(b)
-        elif a != b:
-            raise ValueError(f"chunk graph: field {f.name!r} differs from the captured chunk ({b!r} != {a!r}).")
 
 
 class ChunkGraphs:
@@ -135,10 +144,27 @@ class ChunkGraphs:
         self._conds: dict[tuple[int, int, int], object] = {}  # (step, batch, frames) -> the transformer's Conditioning
         self.captures = 0
 
-    def _prepare(self, text, text_mask, raymap, plucker, cache, start_frame: int, prompt):
-        frames = self.model.chunk_inputs(text, text_mask, raymap, plucker, start_frame, "stream", None, prompt)
-        frames.kv_offset = cache.kv_offset()
-        frames.write_tokens = cache.write_token_range()
+    def _inputs(self, raymap, plucker, start_frame: int, prompt: TextInputs, cache) -> _Inputs:
+        """Fresh static inputs holding one chunk's values."""
+        inputs = _Inputs(
+            raymap=torch.empty_like(raymap),
+            plucker=torch.empty_like(plucker),
+            positions=torch.empty(raymap.shape[1], dtype=torch.int64, device=raymap.device),
+            prompt=TextInputs(*(None if t is None else torch.empty_like(t) for t in (prompt.y, prompt.y_mask,
+                                                                                    prompt.kv))),
+            kv_offset=cache.kv_offset(),
+            write_tokens=cache.write_token_range(),
+        )
+        inputs.update(raymap, plucker, start_frame, prompt)
+        return inputs
+
+    def _frames(self, inputs: _Inputs):
+        """The transformer's per-chunk inputs (``chunk_inputs``: RoPE, UCPE rays, Plücker projections) from the
+        static ones: ~100 small kernels, run inside the denoise graph rather than launched one by one per chunk."""
+        frames = self.model.chunk_inputs(None, None, inputs.raymap, inputs.plucker, inputs.positions, "stream", None,
+                                         inputs.prompt)
+        frames.kv_offset = inputs.kv_offset
+        frames.write_tokens = inputs.write_tokens
         return frames
 
     def _conditionings(self, batch: int, frames: int, device: torch.device) -> None:
@@ -149,18 +175,22 @@ class ChunkGraphs:
                 timestep = torch.full((batch, frames), float(t), device=device)
                 self._conds[t, batch, frames] = self.model.conditioning(timestep)
 
-    def _denoise_body(self, noise: torch.Tensor, frames, cache, out: torch.Tensor, start_frame: int) -> None:
+    def _denoise_body(self, noise: torch.Tensor, inputs: _Inputs, cache, out: torch.Tensor, start_frame: int):
+        """The chunk's inputs and its Euler passes into ``out``; returns the inputs (the transformer's ``_Frames``)
+        for the write pass."""
+        frames = self._frames(inputs)
         sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
         cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
                 "start_frame": start_frame}
         out.copy_(sampler.denoise(noise, pinned=None, **cond))
+        return frames
 
     def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:
         sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
         sampler.write_cache(latents, text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache,
                             start_frame=start_frame)
 
-    def _capture(self, noise: torch.Tensor, frames, cache, start_frame: int) -> _Captured:
+    def _capture(self, noise: torch.Tensor, inputs: _Inputs, cache, start_frame: int) -> _Captured:
         static_noise = noise.to(torch.float32).clone()
         out = torch.empty_like(static_noise)
         self._conditionings(noise.shape[0], noise.shape[2], noise.device)
@@ -168,20 +198,19 @@ class ChunkGraphs:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._denoise_body(static_noise, frames, scratch, out, start_frame)
+            frames = self._denoise_body(static_noise, inputs, scratch, out, start_frame)
             self._write_body(out, frames, scratch, start_frame)
         torch.cuda.current_stream().wait_stream(side)
-        del scratch
-        # Both graphs share the pool: they are always replayed in capture order (denoise, then write) on one stream.
-        graphs = []
-        for body, args in ((self._denoise_body, (static_noise, frames, cache, out, start_frame)),
-                           (self._write_body, (out, frames, cache, start_frame))):
-            graph = torch.cuda.CUDAGraph()
-            with capture(graph, pool=self.pool):  # thread-local capture: other threads may run
-                body(*args)
-            graphs.append(graph)
+        del scratch, frames
+        # Both graphs share the pool: they are always replayed in capture order (denoise, then write) on one stream;
+        # the write graph reads the per-chunk inputs that the denoise graph computes (kept alive by the entry).
+        denoise, write = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with capture(denoise, pool=self.pool):  # thread-local capture: other threads may run
+            frames = self._denoise_body(static_noise, inputs, cache, out, start_frame)
+        with capture(write, pool=self.pool):
+            self._write_body(out, frames, cache, start_frame)
         self.captures += 1
-        return _Captured(graphs[0], graphs[1], static_noise, frames, out)
+        return _Captured(denoise, write, static_noise, inputs, frames, out)
 
     @torch.no_grad()
     def denoise(
@@ -214,17 +243,20 @@ class ChunkGraphs:
             latents = self.sampler.denoise(noise, pinned=pinned, **cond)
             self._pending[id(cache)] = (None, cond)
             return latents
-        frames = self._prepare(text, text_mask, raymap, plucker, cache, start_frame, prompt)
-        key = (id(cache), tuple(noise.shape), frames.kv_offset, frames.write_tokens, _shapes(frames))
+        if prompt is None:
+            prompt = self.model.text_inputs(text, text_mask)
+        key = (id(cache), tuple(noise.shape), cache.kv_offset(), cache.write_token_range(), raymap.shape,
+               raymap.dtype, plucker.shape, plucker.dtype, prompt.kv.shape, prompt.y_mask is None)  # (prompt length)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(noise, _own_frames(frames), cache, start_frame)
+            inputs = self._inputs(raymap, plucker, start_frame, prompt, cache)
+            entry = self._graphs[key] = self._capture(noise, inputs, cache, start_frame)
             if id(cache) not in self._watched:  # a collected cache drops its graphs before its id can recur
                 self._watched.add(id(cache))
                 weakref.finalize(cache, self._forget, weakref.ref(self), id(cache))
         else:
             entry.noise.copy_(noise)
-            _copy_frames(entry.frames, frames)
+            entry.inputs.update(raymap, plucker, start_frame, prompt)
         entry.denoise.replay()
         self._pending[id(cache)] = (entry, cond)
         return entry.out

@@ -759,22 +759,26 @@ class SanaWMTransformer(nn.Module):
     # -- shared pre/post -------------------------------------------------------------------------------------------
     def chunk_inputs(
         self,
-        text: torch.Tensor,
+        text: torch.Tensor | None,
         text_mask: torch.Tensor | None,
         raymap: torch.Tensor,
         plucker: torch.Tensor,
-        start_frame: int,
+        start_frame: int | torch.Tensor,
         mode: str,
         chunk_starts: list[int] | None,
         prompt: TextInputs | None = None,
     ) -> _Frames:
-        """The timestep-independent inputs of a forward over frames ``[start_frame, start_frame + T)``; ``prompt``:
-        ``text_inputs(text, text_mask)`` computed before (text and text_mask are then not read)."""
+        """The timestep-independent inputs of a forward over frames ``[start_frame, start_frame + T)``
+        (``start_frame`` may be those frames' (T,) int64 indices on the device: no host value then, as inside a
+        CUDA graph); ``prompt``: ``text_inputs(text, text_mask)`` computed before (text and text_mask are then not
+        read)."""
         hd = self.config.head_dim
         _, _, T, H, W = plucker.shape
-        rope = rope_frequencies(
-            hd, torch.arange(start_frame, start_frame + T, device=raymap.device), H, W, theta=self.config.rope_theta
-        )
+        if isinstance(start_frame, torch.Tensor):
+            positions = start_frame
+        else:
+            positions = torch.arange(start_frame, start_frame + T, device=raymap.device)
+        rope = rope_frequencies(hd, positions, H, W, theta=self.config.rope_theta)
         ray = ray_matrices(raymap, H, W)
         if prompt is None:
             prompt = self.text_inputs(text, text_mask)

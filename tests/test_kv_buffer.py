@@ -182,10 +182,10 @@ def test_graph_passes_with_precomputed_conditioning_equal_the_sampler():
             cond = {"text": text, "text_mask": mask, "raymap": raymap[:, s:e], "plucker": plucker[:, :, s:e]}
             want = graphs.sampler.denoise(noise[:, :, s:e], pinned=None, cache=cache, start_frame=s, **cond)
             graphs.sampler.write_cache(want, cache=cache, start_frame=s, **cond)
-            frames = graphs._prepare(text, mask, raymap[:, s:e], plucker[:, :, s:e], mirror, s)
+            inputs = graphs._inputs(raymap[:, s:e], plucker[:, :, s:e], s, model.text_inputs(text, mask), mirror)
             graphs._conditionings(B, e - s, clean.device)
             out = torch.empty_like(want)
-            graphs._denoise_body(noise[:, :, s:e], frames, mirror, out, s)
+            frames = graphs._denoise_body(noise[:, :, s:e], inputs, mirror, out, s)
             assert torch.equal(out, want)
             graphs._write_body(out, frames, mirror, s)
             mirror.commit_chunk(e - s)
@@ -197,8 +197,9 @@ def test_graph_passes_with_precomputed_conditioning_equal_the_sampler():
 
 
 def test_graph_runner_inputs_drive_the_blocks_like_forward_chunk():
-    """``ChunkGraphs`` computes each chunk's static inputs (incl. the K/V offset and write range) eagerly and replays
-    ``run_blocks`` on them; on the CPU, run those inputs directly: == ``forward_chunk`` for every chunk, read-only
+    """``ChunkGraphs`` copies each chunk's camera, frame positions and prompt into static inputs (with the K/V offset
+    and write range), computes the transformer's per-chunk inputs from them inside its denoise graph and replays
+    ``run_blocks`` on those; on the CPU, run the same code directly: == ``forward_chunk`` for every chunk, read-only
     and cache-writing, while the window fills and after."""
     from engine.graphs import ChunkGraphs
 
@@ -209,7 +210,8 @@ def test_graph_runner_inputs_drive_the_blocks_like_forward_chunk():
     cache, mirror = model.new_cache(B, height=H, width=W), model.new_cache(B, height=H, width=W)
     with torch.no_grad():
         for s, e in cfg.chunk_bounds(clean.shape[2]):
-            frames = graphs._prepare(text, mask, raymap[:, s:e], plucker[:, :, s:e], mirror, s)
+            prompt = model.text_inputs(text, mask)
+            frames = graphs._frames(graphs._inputs(raymap[:, s:e], plucker[:, :, s:e], s, prompt, mirror))
             x, t = _noisy(clean, noise, s, e, 727)
             want = _chunk(model, cache, x, t, (text, mask, raymap, plucker), s, e)
             assert torch.equal(model.run_blocks(x[:, :, s:e], t[:, s:e], frames, mirror, False), want)
@@ -217,3 +219,26 @@ def test_graph_runner_inputs_drive_the_blocks_like_forward_chunk():
             model.run_blocks(clean[:, :, s:e], torch.zeros(B, e - s), frames, mirror, True)
             mirror.commit_chunk(e - s)
             assert all(torch.equal(a, b) for a, b in zip(cache._tensors(), mirror._tensors(), strict=True))
+
+
+def test_graph_static_inputs_take_each_chunk_and_copy_a_prompt_once():
+    """``ChunkGraphs``' static inputs own their tensors; ``update`` copies a chunk's camera and positions every
+    time and the prompt's inputs only when the prompt changes (a session's are copied once, at the capture)."""
+    from engine.graphs import ChunkGraphs
+
+    model = _model(8)
+    _, _, text, mask, raymap, plucker = _inputs(model.config, 3, seed=8)
+    first, second = model.text_inputs(text, mask), model.text_inputs(2 * text, mask)
+    graphs, cache = ChunkGraphs(model), model.new_cache(B, height=H, width=W)
+    inputs = graphs._inputs(raymap[:, 4:7], plucker[:, :, 4:7], 4, first, cache)
+    assert inputs.prompt.kv is not first.kv and torch.equal(inputs.prompt.kv, first.kv)
+    assert inputs.positions.tolist() == [4, 5, 6] and torch.equal(inputs.raymap, raymap[:, 4:7])
+    assert (inputs.kv_offset, inputs.write_tokens) == (cache.kv_offset(), cache.write_token_range())
+    inputs.update(raymap[:, 7:10], plucker[:, :, 7:10], 7, second)
+    assert inputs.positions.tolist() == [7, 8, 9] and torch.equal(inputs.plucker, plucker[:, :, 7:10])
+    assert torch.equal(inputs.prompt.kv, second.kv) and torch.equal(inputs.prompt.y_mask, second.y_mask)
+    inputs.prompt.kv.zero_()
+    inputs.update(raymap[:, 4:7], plucker[:, :, 4:7], 4, second)  # the same prompt: not copied again
+    assert not inputs.prompt.kv.any() and inputs.positions.tolist() == [4, 5, 6]
+    inputs.update(raymap[:, 4:7], plucker[:, :, 4:7], 4, first)
+    assert torch.equal(inputs.prompt.kv, first.kv)
