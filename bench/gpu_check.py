@@ -1,22 +1,22 @@
 """One GPU run for the performance work: kernel checks, kernel timings, full-size forward / chunk / memory, diffusers.
 
-    OUT=/path/to/dir python bench/gpu_check.py [--budget-s 360] [--skip compile,batched]
+    OUT=/path/to/dir python bench/gpu_check.py [--budget-s 600] [--pytest-timeout-s 300] [--skip compile,batched]
 
 Sections run in order of importance, each guarded (an error is recorded and the run goes on) and skipped when the
 time budget would be exceeded; ``$OUT/gpu_check.json`` is rewritten after every section, so a run that is cut
 short still leaves its results. Also writes ``$OUT/bench.json`` (the ``sana-wm bench`` report fields) and
 ``$OUT/bench.png`` (when matplotlib is present) and prints a summary table at the end.
 
-Sections: env, micro_scripts (with ``--micro ffn,prep,...``: ``run()`` of each ``bench/micro_<name>.py``), pytest_gpu (the repository's ``-m gpu`` tests), kernels_bf16 (each Triton kernel vs the CPU fp32
-reference on fresh random inputs), forward (full-size forward over 3 latent frames against a full cache: reference
-ops / Triton kernels / CUDA graph; profiles by kernel category of the eager forward and of the graph replay, and the
-top-25 ops by CUDA time), diffusers (its forward on the same shape, ratio), stream (chunks with the VAE decode
-overlapped, fps, time to first frame, peak memory), session (``bench/bench_session.py``: real sessions' key-to-frame
-latency and chunk rate, decode overlap off / on), compile (torch.compile of the blocks: compile time, compiled and
-compiled + graph forward), memory (after chunk 5 and chunk 200), accuracy (a whole chunk: GPU bf16 path vs fp32
-reference, full size and a small config against the CPU), batched (B = 2, 4), micro (reference vs Triton, temporal
-conv variants, softmax attention over the cached window), compile_stream (chunks with compiled blocks inside the
-chunk graphs), kernels_fp32.
+Sections: env, micro_scripts (with ``--micro ffn,prep,...``: ``run()`` of each ``bench/micro_<name>.py``), pytest_gpu
+(the repository's ``-m gpu`` tests), kernels_bf16 (each Triton kernel vs the CPU fp32 reference on fresh random
+inputs), forward (full-size forward over 3 latent frames against a full cache: reference ops / Triton kernels / CUDA
+graph; profiles by kernel category of the eager forward and of the graph replay, and the top-25 ops by CUDA time),
+diffusers (its forward on the same shape, ratio), stream (chunks with the VAE decode overlapped, fps, time to first
+frame, peak memory), session (``bench/bench_session.py``: real sessions' key-to-frame latency and chunk rate, decode
+overlap off / on), compile (torch.compile of the blocks: compile time, compiled and compiled + graph forward), memory
+(after chunk 5 and chunk 200), accuracy (a whole chunk: GPU bf16 path vs fp32 reference, full size and a small config
+against the CPU), batched (B = 2, 4), micro (reference vs Triton, temporal conv variants, softmax attention over the
+cached window), compile_stream (chunks with compiled blocks inside the chunk graphs), kernels_fp32.
 """
 
 from __future__ import annotations
@@ -838,7 +838,8 @@ def sec_compile_stream(chunks: int) -> dict:
         out["stream"] = s
         out["fps"] = round(24 / (s["wall_ms"] / 1000), 2)
         log(
-            f"  compiled + graphs: chunk {s['wall_ms']:.1f} ms (transformer {s['transformer_ms']:.1f}) -> {out['fps']} fps"
+            f"  compiled + graphs: chunk {s['wall_ms']:.1f} ms (transformer {s['transformer_ms']:.1f}) -> "
+            f"{out['fps']} fps"
         )
     finally:
         for block in model.blocks:
@@ -1032,8 +1033,9 @@ def _exact(fn):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-s", type=float, default=360.0, help="start no section that would end after this (360)")
-    p.add_argument("--pytest-timeout-s", type=float, default=90.0, help="limit of the pytest -m gpu section (90)")
+    p.add_argument("--budget-s", type=float, default=600.0, help="start no section that would end after this (600)")
+    p.add_argument("--pytest-timeout-s", type=float, default=300.0,
+                   help="limit of the pytest -m gpu section (300; the 36 tests took 140-200+ s on one H100 / H200)")
     p.add_argument("--skip", default="", help="comma-separated section names to skip")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--chunks", type=int, default=8)
