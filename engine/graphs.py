@@ -87,11 +87,11 @@ class _GraphSampler(StreamingSampler):
 @dataclass
 class _Inputs:
     """What the graphs read of one chunk besides its noise, as static tensors that each chunk's values are copied
-    into (``ChunkGraphs._inputs``): raymap (B, T, 20) and Plücker map (B, 48, T, h, w),
-    ``positions`` (T,) int64 the chunk's absolute latent frames, ``prompt`` a copy of the ``TextInputs`` (a graph
-    must not read tensors that others hold: a session's are shared by its forks and snapshots; ``source`` is the
-    ``TextInputs`` last copied in, so a session's prompt is copied once), and the cache's K/V offset and write range
-    (host values baked into the graphs, so part of their key)."""
+    into (``ChunkGraphs._inputs``): raymap (B, T, 20) and Plücker map (B, 48, T, h, w), ``positions`` (T,) int64 the
+    chunk's absolute latent frames, ``prompt`` a copy of the ``TextInputs`` (a graph must not read tensors that
+    others hold: a session's are shared by its forks and snapshots; ``source`` is the ``TextInputs`` last copied in,
+    so a session's prompt is copied once), and the cache's K/V offset and write range (host values baked into the
+    graphs, so part of their key)."""
 
     raymap: torch.Tensor
     plucker: torch.Tensor
@@ -176,8 +176,8 @@ class ChunkGraphs:
                 self._conds[t, batch, frames] = self.model.conditioning(timestep)
 
     def _denoise_body(self, noise: torch.Tensor, inputs: _Inputs, cache, out: torch.Tensor, start_frame: int):
-        """The chunk's inputs and its Euler passes into ``out``; returns the inputs (the transformer's ``_Frames``)
-        for the write pass."""
+        """The chunk's per-chunk inputs and its Euler passes into ``out``; returns those inputs (the transformer's
+        ``_Frames``) for the write pass."""
         frames = self._frames(inputs)
         sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
         cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
