@@ -180,14 +180,14 @@ class ChunkGraphs:
         ``_Frames``) for the write pass."""
         frames = self._frames(inputs)
         sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
-        cond = {"text": frames.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
+        cond = {"text": frames.prompt.y, "text_mask": None, "raymap": None, "plucker": None, "cache": cache,
                 "start_frame": start_frame}
         out.copy_(sampler.denoise(noise, pinned=None, **cond))
         return frames
 
     def _write_body(self, latents: torch.Tensor, frames, cache, start_frame: int) -> None:
         sampler = _GraphSampler(_PreparedModel(self.model, frames), self.steps, self._conds)
-        sampler.write_cache(latents, text=frames.y, text_mask=None, raymap=None, plucker=None, cache=cache,
+        sampler.write_cache(latents, text=frames.prompt.y, text_mask=None, raymap=None, plucker=None, cache=cache,
                             start_frame=start_frame)
 
     def _capture(self, noise: torch.Tensor, inputs: _Inputs, cache, start_frame: int) -> _Captured:

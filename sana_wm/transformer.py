@@ -301,10 +301,9 @@ class _Frames:
 
     ``mode``: ``"full"`` (bidirectional), ``"causal"`` (chunk-causal, ``chunk_starts`` set) or ``"stream"`` (one chunk
     against a cache). ``rope`` (N, hd/2) / ``rope_cam`` (N, hd/4) complex; ``ray_q`` / ``ray_kv`` / ``ray_out``
-    (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``y`` (B, L, C) embedded
-    text with ``y_mask`` (B, 1, 1, L) its padding as an additive mask (0 / -inf, the activation dtype: SDPA takes it
-    as is, a boolean mask costs a conversion per call; None: no padding); ``text_kv`` (num_layers, 2, B, H, L, D)
-    cross-attention keys / values per block; ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P
+    (B, N, 4, 4) UCPE matrices for queries (P^T), keys/values (P^-1) and the output (P); ``prompt`` the prompt's
+    :class:`TextInputs` (its padding mask additive, 0 / -inf in the activation dtype: SDPA takes it as is, a boolean
+    mask costs a conversion per call); ``plucker_add`` (P, B, N, C) the ``plucker_proj`` outputs of the P
     blocks that have one, row ``plucker_rows[i]`` for block i (None: no projection).
     """
 
@@ -319,9 +318,7 @@ class _Frames:
     ray_kv: torch.Tensor
     ray_out: torch.Tensor
     window_chunks: int
-    y: torch.Tensor
-    y_mask: torch.Tensor | None
-    text_kv: torch.Tensor
+    prompt: TextInputs
     plucker_add: torch.Tensor | None
     plucker_rows: tuple[int | None, ...]
     kv_offset: int | None = None  # stream: token offset of this pass's K/V in the buffer (cache.kv_offset())
@@ -708,7 +705,7 @@ class SanaWMBlock(nn.Module):
         attn = self.attn(h, frames, cache, write)
         row = frames.plucker_rows[index]
         x = gated_residual(x, gate_msa, attn, None if row is None else frames.plucker_add[row])
-        cross = self.cross_attn(x, frames.text_kv[index], frames.y_mask)
+        cross = self.cross_attn(x, frames.prompt.kv[index], frames.prompt.y_mask)
         x, h = residual_layernorm_modulate(x, cross, shift_mlp, scale_mlp)
         return x, (gate_mlp, *self.mlp(h, frames, cache, write))
 
@@ -800,9 +797,7 @@ class SanaWMTransformer(nn.Module):
             ray_kv=invert_se3(ray).contiguous(),
             ray_out=ray,
             window_chunks=self.config.window_chunks,
-            y=prompt.y,
-            y_mask=prompt.y_mask,
-            text_kv=prompt.kv,
+            prompt=prompt,
             plucker_add=torch.stack(projections) if projections else None,
             plucker_rows=tuple(rows),
         )
