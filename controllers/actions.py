@@ -200,12 +200,15 @@ class CameraMotion:
         """Advance one frame towards ``target`` velocity; ``extra_*`` (rad) are direct rotations (mouse look).
         Returns the new pose (4,4)."""
         if not self.smooth or controls - self.controls:
-            self.velocity = target.copy()
+            velocity = target.tolist()
         else:
-            tau = np.where(np.abs(target) > 1e-12, TAU_HELD, TAU_COAST)
-            self.velocity = self.velocity + (1.0 - np.exp(-self.dt / tau)) * (target - self.velocity)
+            velocity = [
+                v + (1.0 - math.exp(-self.dt / (TAU_HELD if abs(t) > 1e-12 else TAU_COAST))) * (t - v)
+                for v, t in zip(self.velocity.tolist(), target.tolist())
+            ]
+        self.velocity = np.array(velocity)
         self.controls = controls
-        fwd_speed, strafe_speed, yaw, pitch_step = self.velocity
+        fwd_speed, strafe_speed, yaw, pitch_step = velocity
         yaw += extra_yaw
         pitch_step += extra_pitch
 
@@ -219,16 +222,22 @@ class CameraMotion:
             new_pitch, pitch_step = self.pitch, 0.0
         self.pitch = new_pitch
 
-        rot = _rot_y(yaw) @ self.pose[:3, :3] @ _rot_x(pitch_step)
-        forward, right = rot[:, 2].copy(), rot[:, 0].copy()
-        forward[1] = right[1] = 0.0
-        for axis in (forward, right):
-            norm = float(np.linalg.norm(axis))
+        # rot = rot_y(yaw) @ R @ rot_x(pitch_step), on Python floats (24 steps a chunk sit on the key-to-frame path)
+        (r0, r1, r2), pos = self.pose[:3, :3].tolist(), self.pose[:3, 3].tolist()
+        cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch_step), math.sin(pitch_step)
+        rows = [[cy * a + sy * b for a, b in zip(r0, r2)], r1, [cy * b - sy * a for a, b in zip(r0, r2)]]
+        rot = [[x, cp * y + sp * z, cp * z - sp * y] for x, y, z in rows]
+        move = [0.0, 0.0, 0.0]
+        for column, speed in ((2, fwd_speed), (0, strafe_speed)):  # the camera's Z / X axes on the world XZ plane
+            ax, az = rot[0][column], rot[2][column]
+            norm = math.hypot(ax, az)
             if norm > 0:
-                axis /= norm + self.mapping.axis_eps
+                ax, az = ax / (norm + self.mapping.axis_eps), az / (norm + self.mapping.axis_eps)
+            move[0] += ax * speed
+            move[2] += az * speed
         pose = np.eye(4)
         pose[:3, :3] = rot
-        pose[:3, 3] = self.pose[:3, 3] + (forward * fwd_speed + right * strafe_speed)
+        pose[:3, 3] = [p + m for p, m in zip(pos, move)]
         self.pose = pose
         return pose.copy()
 
