@@ -12,12 +12,13 @@ session whose encoder was offloaded after the prompt.
 Reported (JSON, see ``FIELDS``): forward ms over one 3-frame chunk against a full cache (eager, with the Triton
 kernels, as a CUDA graph, the graph again after ``--sustain-s`` seconds of replays (the card hot and at its power
 cap, as in a long session), compiled with ``--compile``); the diffusers ``SanaWMTransformer3DModel`` forward on the
-same latent shape and its ratio to ours; the steady chunk time (the sampler's passes + the VAE decode of the
-chunk's 24 frames, decode overlapped on a side stream) and the generated fps it gives, with its multiple of real
-time (16 fps); time to the first frame of a new session on a warm world; peak device memory and the memory after
-chunk 5 and chunk ``--memory-chunks`` (the later chunks only run the cache-writing pass, which is what grows
-state if anything does); batched sessions (``--batch 1,2,4``): aggregate and per-session fps; ``clocks``: the GPU's
-SM clock, power and power-cap share while the timings ran (``server.clocks``, where nvidia-smi is there).
+same latent shape, its ratio to ours, and the device time of its kernels (the eager reference is host-bound); the
+steady chunk time (the sampler's passes + the VAE decode of the chunk's 24 frames, decode overlapped on a side
+stream) and the generated fps it gives, with its multiple of real time (16 fps); time to the first frame of a new
+session on a warm world; peak device memory and the memory after chunk 5 and chunk ``--memory-chunks`` (the later
+chunks only run the cache-writing pass, which is what grows state if anything does); batched sessions (``--batch
+1,2,4``): aggregate and per-session fps; ``clocks``: the GPU's SM clock, power and power-cap share while the timings
+ran (``server.clocks``, where nvidia-smi is there).
 """
 
 from __future__ import annotations
@@ -273,6 +274,21 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
     return statistics.median(times)
 
 
+def kernel_ms(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Summed device time (ms) of the kernels, copies and memsets of one ``fn()`` after a warm-up call (the profiler);
+    None off CUDA. Beside a wall time it shows how much of a call the device was busy."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync(device)
+    return round(sum(event.device_time_total for event in prof.key_averages()) / 1000, 2)
+
+
 def run_for(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
     """Call ``fn`` back to back for ``seconds`` (synchronising every few calls, so the launch queue stays short);
     returns the number of calls. Heats the card to the state a long session runs in before a sustained timing."""
@@ -436,11 +452,13 @@ def _measure_compiled(model, latents, timestep, scene, raymap, plucker, cache, s
 
 @torch.no_grad()
 def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
-    """diffusers' forward over the same latent shape (bidirectional, 3 frames, no cache)."""
+    """diffusers' forward over the same latent shape (bidirectional, 3 frames, no cache): median wall ms (CUDA events)
+    and, on CUDA, the device time of its kernels in one forward (``kernel_ms``: the eager reference is host-bound, so
+    its wall time depends on the host's CPU more than on the card)."""
     try:
         ref = build_diffusers(cfg, scene.device, dtype)
     except ImportError as e:
-        return {"forward_ms": None, "ratio": None, "reason": f"diffusers not importable: {e}"}
+        return {"forward_ms": None, "kernel_ms": None, "ratio": None, "reason": f"diffusers not importable: {e}"}
     raymap, plucker, _ = (x.to(dtype) if torch.is_tensor(x) else x for x in scene.camera(2))
     latents, text = scene.noise(2).to(dtype), scene.padded_text.to(dtype)
     timestep = torch.full((scene.batch, 1, 3), 727.0, device=scene.device)
@@ -458,14 +476,18 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
     try:
         with ClockSampler(scene.device) as clocks:
             ms = time_ms(forward, scene.device, reps)
+        busy = kernel_ms(forward, scene.device)
     except Exception as e:  # noqa: BLE001
-        return {"forward_ms": None, "ratio": None, "reason": f"diffusers forward failed: {type(e).__name__}: {e}"}
+        return {
+            "forward_ms": None, "kernel_ms": None, "ratio": None,
+            "reason": f"diffusers forward failed: {type(e).__name__}: {e}",
+        }
     finally:
         ref = None  # frees the reference model (the closure shares this cell)
         if scene.device.type == "cuda":
             torch.cuda.empty_cache()
-    log(f"diffusers forward: {ms:.2f} ms")
-    return {"forward_ms": ms, "ratio": None, "reason": None, "clocks": clocks.summary()}
+    log(f"diffusers forward: {ms:.2f} ms" + (f", of which its kernels {busy:.2f} ms" if busy is not None else ""))
+    return {"forward_ms": ms, "kernel_ms": busy, "ratio": None, "reason": None, "clocks": clocks.summary()}
 
 
 @torch.no_grad()
@@ -729,7 +751,8 @@ def run(args: argparse.Namespace) -> dict:
         scene1 = Scene(_stub_model(cfg), args.height, args.width, 1, device, dtype, args.seed)
         report["diffusers"] = measure_diffusers(cfg, scene1, args.reps, dtype)
     else:
-        report["diffusers"] = {"forward_ms": None, "ratio": None, "reason": "skipped (--no-diffusers)"}
+        skipped = "skipped (--no-diffusers)"
+        report["diffusers"] = {"forward_ms": None, "kernel_ms": None, "ratio": None, "reason": skipped}
 
     t = time.perf_counter()
     model = prepare_for_inference(build_transformer(preset, device, dtype, args.seed))
@@ -824,6 +847,7 @@ def summary(report: dict) -> str:
         "forward (3 frames, full cache) ms: "
         + ", ".join(f"{k} {v:.2f}" for k, v in fwd.items() if isinstance(v, float) and k != "compile_s"),
         f"diffusers forward ms: {diff['forward_ms']}  ratio: {diff['ratio']}"
+        + (f"  (its kernels: {diff['kernel_ms']} ms)" if diff.get("kernel_ms") else "")
         + (f"  ({diff['reason']})" if diff.get("reason") else ""),
         f"chunk ms: {report['chunk_ms']}",
         f"fps: {report['fps']}  ({report['realtime_multiple']}x real time)   ttff ms: {report['ttff_ms']}",

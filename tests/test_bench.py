@@ -1,5 +1,5 @@
 """``sana-wm bench`` on the CPU with the tiny model: every JSON field is written, the numbers are sane, bad options
-fail with one line. (Full-size numbers come from a GPU run: bench/gpu_check.py.)"""
+fail with one line; on CUDA, the profiler's kernel time. (Full-size numbers come from a GPU run: bench/gpu_check.py.)"""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_numbers_are_sane(report):
     assert report["clocks"] == {"diffusers": None, "stream": None}  # nvidia-smi samples CUDA devices only
     diff = report["diffusers"]
     assert diff["forward_ms"] > 0 and diff["ratio"] == pytest.approx(diff["forward_ms"] / fwd["best"], rel=1e-2)
+    assert diff["kernel_ms"] is None  # the profiler's device time is measured on CUDA only
     chunk = report["chunk_ms"]
     assert chunk["total"] > 0 and chunk["transformer"] > 0 and chunk["decode"] > 0 and chunk["chunks"] == 3
     assert report["fps"] == pytest.approx(24 / (chunk["total"] / 1000), rel=1e-2)
@@ -61,6 +62,16 @@ def test_bad_options_fail_in_one_line(capsys):
     assert "--sustain-s" in capsys.readouterr().err
     assert cli_main(["bench", "--demo", "--device", "cpu", "--chunks", "2"]) == 2
     assert "--chunks must be at least 3" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_kernel_ms_is_the_device_time_of_one_call():
+    dev = torch.device("cuda")
+    a = torch.randn(4096, 4096, device=dev)
+    one = bench.kernel_ms(lambda: a @ a, dev)
+    four = bench.kernel_ms(lambda: [a @ a for _ in range(4)], dev)
+    assert one > 0 and four == pytest.approx(4 * one, rel=0.2)
+    assert one <= bench.time_ms(lambda: a @ a, dev, reps=5) * 1.2
 
 
 def test_run_for_calls_back_to_back_for_the_given_time():
