@@ -884,7 +884,8 @@ def write_png(report: dict, path: Path) -> bool:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     fwd = {k: v for k, v in report["forward_ms"].items() if isinstance(v, float) and k not in ("compile_s", "best")}
     if report["diffusers"]["forward_ms"]:
-        fwd = {"diffusers": report["diffusers"]["forward_ms"], **fwd}
+        busy = {"diffusers kernels": report["diffusers"]["kernel_ms"]} if report["diffusers"].get("kernel_ms") else {}
+        fwd = {"diffusers": report["diffusers"]["forward_ms"], **busy, **fwd}
     ax = axes[0][0]
     bars = ax.bar(list(fwd), list(fwd.values()), color="tab:blue")
     clocks = report.get("clocks") or {}
