@@ -1,6 +1,6 @@
 """The transformer's GEMMs inside a CUDA graph with and without a cuBLAS workspace (``sana_wm.cuda_graph.capture``).
 
-    python bench/micro_blas.py [--fallbacks]   # prints JSON (CUDA only)
+    python bench/micro_blas.py            # prints JSON (CUDA only)
 
 Shapes of one streaming forward (B 1, 3 latent frames = 2,640 tokens, hidden 2,240, bf16): the merged input
 projection of a block (2,240 -> 15,744 rows, bias), the FFN's input linear (2,240 -> 13,440, bias) and output linear
@@ -9,18 +9,12 @@ once with the default workspace and once with workspace size 0; per case: median
 and the memset nodes per call (from the profiler). With a workspace cuBLAS picks kernels that zero a counter in it
 first (one memset node per GEMM, with ~7 us of idle device around it in a graph); without one, their ``ssched``
 twins.
-
-``--fallbacks``: which token counts make cuBLASLt refuse a bias GEMM without a workspace (it then warns
-``gemm_and_bias error ... CUBLAS_STATUS_INVALID_VALUE`` and torch runs the product and the bias add unfused): every
-case's shape at the token counts of 1 and 3 latent frames at several resolutions, B = 1 and 2, plus the tiny test
-model's 12 tokens; per refused shape, the graph's us per call with and without a workspace.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -88,37 +82,7 @@ def run(reps: int = 30) -> dict:
     return out
 
 
-#: Latent grids (height, width) after the 32x VAE: 704x1280, 480x832, 512x512, 736x1280, and the tiny tests' 2x2.
-GRIDS = ((22, 40), (15, 26), (16, 16), (23, 40), (2, 2))
-
-
-def fallbacks(reps: int = 20) -> dict:
-    """Token counts (rows) at which a bias GEMM of ``CASES`` has no cuBLASLt kernel without a workspace."""
-    dev = torch.device("cuda")
-    gen = torch.Generator(device=dev).manual_seed(0)
-    tokens = sorted({batch * frames * h * w for h, w in GRIDS for frames in (1, 3) for batch in (1, 2)})
-    refused = []
-    for name, (k, n, has_bias) in CASES.items():
-        if not has_bias:
-            continue
-        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen) * k**-0.5
-        b = torch.randn(n, device=dev, dtype=torch.bfloat16, generator=gen)
-        for rows in tokens:
-            x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16, generator=gen)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                graph = _graph(lambda: F.linear(x, w, b), workspace=False)
-            if any("gemm_and_bias" in str(c.message) for c in caught):
-                with_ws = _graph(lambda: F.linear(x, w, b), workspace=True)
-                refused.append({
-                    "case": name, "tokens": rows,
-                    "us_no_workspace": round(1e3 * time_ms(graph.replay, dev, reps, warmup=3) / CALLS, 2),
-                    "us_workspace": round(1e3 * time_ms(with_ws.replay, dev, reps, warmup=3) / CALLS, 2),
-                })
-    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": tokens, "refused": refused}
-
-
 if __name__ == "__main__":
     if not torch.cuda.is_available():
         sys.exit("micro_blas needs CUDA")
-    print(json.dumps(fallbacks() if "--fallbacks" in sys.argv else run(), indent=1))
+    print(json.dumps(run(), indent=1))
