@@ -32,6 +32,7 @@ from torch import nn
 
 from .cache import StreamingCache
 from .config import SanaWMConfig
+from .cuda_graph import fork_stream
 from .ops.gdn import chunk_segments
 from .ops.kernels import (
     gated_output,
@@ -334,14 +335,11 @@ class _Frames:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
 def _side_by_side(
     first: Callable[[], object], second: Callable[[], object], enabled: bool = True
 ) -> tuple[object, object]:
-    """``(first(), second())``, with ``second``'s kernels on a side stream of the current CUDA device when
-    ``enabled``, so that the two run concurrently (the GDN branches are small, latency-bound kernels that leave most
+    """``(first(), second())``, with ``second``'s kernels on the current CUDA device's fork stream
+    (``sana_wm.cuda_graph.fork_stream``) when ``enabled``, so that the two run concurrently (the GDN branches are small, latency-bound kernels that leave most
     of the GPU idle alone). Forked from and joined back into the current stream, so it also works inside CUDA-graph
     capture. Tensors cross streams safely without ``record_stream``: the caller's inputs stay referenced until the
     join, and every side-stream region starts by waiting for the current stream, so memory the side stream hands
@@ -350,9 +348,7 @@ def _side_by_side(
     if not enabled or torch.compiler.is_compiling():
         return first(), second()
     current = torch.cuda.current_stream()
-    side = _SIDE_STREAMS.get(current.device)
-    if side is None:
-        side = _SIDE_STREAMS[current.device] = torch.cuda.Stream(current.device)
+    side = fork_stream(current.device)
     side.wait_stream(current)
     with torch.cuda.stream(side):
         b = second()

@@ -1,10 +1,12 @@
 """``sana_wm.cuda_graph.capture``: Python's garbage collector is paused for the capture and restored after it, also
-when the capture fails (CPU: torch.cuda.graph replaced by a recording stand-in)."""
+when the capture fails, and the cuBLAS workspace sizes likewise (CPU: torch.cuda.graph replaced by a recording
+stand-in); on CUDA, the streams of a capture keep full cuBLASLt workspaces."""
 
 from __future__ import annotations
 
 import gc
 import os
+import warnings
 from contextlib import contextmanager
 
 import pytest
@@ -104,3 +106,44 @@ def test_capture_sets_the_lt_workspace_variable_where_torch_has_no_setter(monkey
     with pytest.raises(RuntimeError, match="capture failed"), cuda_graph.capture("g"):
         raise RuntimeError("capture failed")
     assert seen == ["0", "0"] and os.environ["CUBLASLT_WORKSPACE_SIZE"] == "2048"
+
+
+def _fallbacks(stream: torch.cuda.Stream, gemm) -> int:
+    """``gemm_and_bias`` fallback warnings of one eager ``gemm()`` on ``stream``."""
+    with warnings.catch_warnings(record=True) as caught, torch.cuda.stream(stream):
+        warnings.simplefilter("always")
+        gemm()
+        torch.cuda.synchronize()
+    return sum("gemm_and_bias" in str(c.message) for c in caught)
+
+
+@pytest.mark.gpu
+def test_streams_of_a_capture_keep_full_cublaslt_workspaces():
+    """A stream whose first cuBLASLt call ran without a workspace keeps an empty one, and later eager bias GEMMs on it
+    fall back to the unfused path; ``capture`` gives the capture stream and the fork stream theirs first."""
+    from sana_wm.transformer import _side_by_side
+
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x, w, b = (torch.randn(*shape, device=dev, dtype=torch.bfloat16, generator=gen)
+               for shape in ((12, 64), (512, 64), (512,)))
+
+    def gemm():
+        return torch.nn.functional.linear(x, w, b)
+
+    torch._C._cuda_clearCublasWorkspaces()  # no stream has a workspace yet (the graphs here need none)
+    try:
+        probe = torch.cuda.Stream()
+        with torch.cuda.stream(probe), cuda_graph._no_blas_workspace():
+            gemm()
+        if not _fallbacks(probe, gemm):
+            pytest.skip("this torch / cuBLAS runs the bias GEMM with an empty workspace: nothing to guard against")
+        torch._C._cuda_clearCublasWorkspaces()
+        stream, graph = torch.cuda.Stream(), torch.cuda.CUDAGraph()
+        with cuda_graph.capture(graph, stream=stream):
+            _side_by_side(gemm, gemm)
+        graph.replay()
+        assert _fallbacks(stream, gemm) == 0
+        assert _fallbacks(cuda_graph.fork_stream(dev), gemm) == 0
+    finally:
+        torch._C._cuda_clearCublasWorkspaces()
