@@ -339,12 +339,13 @@ def _side_by_side(
     first: Callable[[], object], second: Callable[[], object], enabled: bool = True
 ) -> tuple[object, object]:
     """``(first(), second())``, with ``second``'s kernels on the current CUDA device's fork stream
-    (``sana_wm.cuda_graph.fork_stream``) when ``enabled``, so that the two run concurrently (the GDN branches are small, latency-bound kernels that leave most
-    of the GPU idle alone). Forked from and joined back into the current stream, so it also works inside CUDA-graph
-    capture. Tensors cross streams safely without ``record_stream``: the caller's inputs stay referenced until the
-    join, and every side-stream region starts by waiting for the current stream, so memory the side stream hands
-    back is only reused after the current stream's uses of it. Under ``torch.compile`` both run on the current stream
-    (the compiled path was measured that way; see ``sana_wm.ops.kernels`` for why its ops run eagerly there)."""
+    (``sana_wm.cuda_graph.fork_stream``) when ``enabled``, so that the two run concurrently (the GDN branches are small,
+    latency-bound kernels that leave most of the GPU idle alone). Forked from and joined back into the current stream,
+    so it also works inside CUDA-graph capture. Tensors cross streams safely without ``record_stream``: the caller's
+    inputs stay referenced until the join, and every side-stream region starts by waiting for the current stream, so
+    memory the side stream hands back is only reused after the current stream's uses of it. Under ``torch.compile`` both
+    run on the current stream (the compiled path was measured that way; see ``sana_wm.ops.kernels`` for why its ops run
+    eagerly there)."""
     if not enabled or torch.compiler.is_compiling():
         return first(), second()
     current = torch.cuda.current_stream()
