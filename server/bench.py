@@ -276,16 +276,21 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
 
 def kernel_ms(fn: Callable[[], object], device: torch.device) -> float | None:
     """Summed device time (ms) of the kernels, copies and memsets of one ``fn()`` after a warm-up call (the profiler);
-    None off CUDA. Beside a wall time it shows how much of a call the device was busy."""
+    None off CUDA, or where the profiler cannot run (no CUPTI, another profiler active: logged). Beside a wall time
+    it shows how much of a call the device was busy."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     _sync(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        _sync(device)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            _sync(device)
+    except RuntimeError as e:
+        log(f"kernel time not measured: {e}")
+        return None
     return round(sum(event.device_time_total for event in prof.key_averages()) / 1000, 2)
 
 
@@ -476,11 +481,7 @@ def measure_diffusers(cfg, scene: Scene, reps: int, dtype: torch.dtype) -> dict:
     try:
         with ClockSampler(scene.device) as clocks:
             ms = time_ms(forward, scene.device, reps)
-        try:
-            busy = kernel_ms(forward, scene.device)
-        except RuntimeError as e:  # the profiler can be unavailable (no CUPTI) or busy (another profiler running)
-            busy = None
-            log(f"diffusers kernel time not measured: {e}")
+        busy = kernel_ms(forward, scene.device)
     except Exception as e:  # noqa: BLE001
         return {
             "forward_ms": None, "kernel_ms": None, "ratio": None,
